@@ -1,0 +1,124 @@
+"""``check()``: read a database's sequence-backed columns and judge each one.
+
+Round trips per check are constant, whatever the number of tables: discovery (one
+query), sequence states (one pipelined batch), column bounds (one pipelined batch), and
+row counts for the few columns whose verdict depends on them (one batch, often empty).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from collections.abc import Sequence as Seq
+from typing import Any
+
+from . import catalog, drift
+from .connections import CannotCheck, session_for
+from .model import Bounds, Checked, Column, Report, Sequence, SequenceState, Skipped
+
+DEFAULT_LOCK_TIMEOUT_MS = 1000
+
+
+def check(
+    conn: Any,
+    *,
+    schemas: Iterable[str] | None = None,
+    exclude_tables: Seq[str] = (),
+    threshold: float = drift.DEFAULT_THRESHOLD,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    statement_timeout_ms: int | None = None,
+) -> Report:
+    """Check every sequence-backed column the connection can see; never writes.
+
+    ``schemas`` limits the check to those schemas; ``exclude_tables`` takes fnmatch
+    patterns matched against ``table`` and ``schema.table``; ``threshold`` is the share
+    of a column's range that, once used, counts as overflow or exhaustion.
+
+    Raises ``CannotCheck`` when the database cannot be checked at all. A column that
+    cannot be read (privileges, a lock held past the lock timeout) is listed in
+    ``Report.skipped`` with the reason, and the rest is still checked.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], not {threshold!r}")
+    session = session_for(conn)
+    with session.read_only(
+        lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms
+    ):
+        rows = session.query_dicts(catalog.DISCOVERY, catalog.discovery_params(schemas))
+        columns, sequences = catalog.parse_discovery(rows, exclude_tables)
+        report = Report()
+        readable = [c for c in columns if c.skip_reason is None]
+        for c in columns:
+            if c.skip_reason is not None:
+                report.skipped.append(_skipped(c, sequences[c.sequence_oid], c.skip_reason))
+
+        # 1. sequence states, read after the snapshot that the discovery query took
+        wanted = sorted({c.sequence_oid for c in readable})
+        answers = session.batch([(catalog.state_query(sequences[oid]), ()) for oid in wanted])
+        states: dict[int, SequenceState | CannotCheck] = {}
+        for oid, answer in zip(wanted, answers, strict=True):
+            states[oid] = answer if isinstance(answer, CannotCheck) else catalog.parse_state(answer)
+
+        # 2. column bounds, planned from the states
+        todo: list[tuple[Column, Sequence, SequenceState]] = []
+        for c in readable:
+            seq, state = sequences[c.sequence_oid], states[c.sequence_oid]
+            if isinstance(state, CannotCheck):
+                report.skipped.append(_skipped(c, seq, state.args[0]))
+            elif not c.plain_default:
+                report.checked.append(Checked(c, seq, "unchecked", note=_unplain(c)))
+            elif c.type_range is None and c.data_type != "numeric":
+                report.checked.append(
+                    Checked(
+                        c,
+                        seq,
+                        "unchecked",
+                        note=f"a {c.data_type} column is not compared with a sequence",
+                    )
+                )
+            else:
+                todo.append((c, seq, state))
+        answers = session.batch(
+            [catalog.bounds_query(c, drift.plan(c, s, st)) for c, s, st in todo]
+        )
+        bounded: list[tuple[Column, Sequence, SequenceState, Bounds]] = []
+        for (c, seq, state), answer in zip(todo, answers, strict=True):
+            if isinstance(answer, CannotCheck):
+                report.skipped.append(_skipped(c, seq, answer.args[0]))
+            else:
+                bounded.append((c, seq, state, catalog.parse_bounds(answer)))
+
+        # 3. row counts, only where "fewer values left than rows" could decide
+        counting = [
+            (i, limit)
+            for i, (c, seq, state, _) in enumerate(bounded)
+            if (limit := drift.row_count_wanted(c, seq, state, threshold)) is not None
+        ]
+        counted = session.batch(
+            [catalog.row_count_query(bounded[i][0], limit) for i, limit in counting]
+        )
+        rows_by_index: dict[int, int] = {}
+        for (i, _), answer in zip(counting, counted, strict=True):
+            if not isinstance(answer, CannotCheck):
+                rows_by_index[i] = int(answer[0][0])
+
+        for i, (c, seq, state, bounds) in enumerate(bounded):
+            found, verdict = drift.assess(
+                c, seq, state, bounds, threshold=threshold, rows=rows_by_index.get(i)
+            )
+            report.findings.extend(found)
+            report.checked.append(verdict)
+    report.checked.sort(
+        key=lambda v: (v.column.schema, v.column.table, v.column.column, v.sequence.qualified)
+    )
+    return report
+
+
+def _skipped(column: Column, seq: Sequence, reason: str) -> Skipped:
+    return Skipped(column.schema, column.table, column.column, seq.qualified, reason)
+
+
+def _unplain(column: Column) -> str:
+    return (
+        f"default {column.default_expr} is more than the sequence's next value: "
+        "the arithmetic cannot judge it (the --seqdrift probe can)"
+    )

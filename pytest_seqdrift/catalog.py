@@ -1,0 +1,224 @@
+"""The SQL that reads PostgreSQL: discovery in one query, then batched reads.
+
+Every object is matched by OID, never by name, and every name that goes back into SQL
+is composed with ``psycopg.sql.Identifier``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from collections.abc import Sequence as Seq
+from typing import Any
+
+from psycopg import sql
+
+from .model import Bounds, Column, Plan, Sequence, SequenceState, Window
+
+# One row per (column, sequence) pair where the column's values come from the sequence:
+# identity columns (pg_depend deptype 'i'), and any column default that depends on a
+# sequence (pg_attrdef -> pg_class, deptype 'n') -- serial columns, sequences owned by
+# nothing or by another table, and sequences shared by several tables alike.
+DISCOVERY = """
+WITH links AS (
+    SELECT d.refobjid AS table_oid, d.refobjsubid::int2 AS attnum, d.objid AS seq_oid
+    FROM pg_depend d
+    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND d.deptype = 'i' AND d.refobjsubid > 0
+    UNION
+    SELECT ad.adrelid, ad.adnum, d.refobjid
+    FROM pg_attrdef ad
+    JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+     AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'n'
+)
+SELECT
+    t.oid::int8 AS table_oid,
+    tn.nspname::text AS schema,
+    t.relname::text AS table_name,
+    quote_ident(tn.nspname) || '.' || quote_ident(t.relname) AS qualified_table,
+    a.attname::text AS column_name,
+    format_type(coalesce(nullif(ty.typbasetype, 0), a.atttypid), NULL) AS data_type,
+    t.relkind = 'p' AS partitioned,
+    t.relispartition AS is_partition,
+    (SELECT array_agg(i.inhparent::int8) FROM pg_inherits i WHERE i.inhrelid = t.oid) AS parents,
+    a.attidentity::text AS identity,
+    s.oid::int8 AS seq_oid,
+    sn.nspname::text AS seq_schema,
+    s.relname::text AS seq_name,
+    quote_ident(sn.nspname) || '.' || quote_ident(s.relname) AS seq_qualified,
+    format_type(sq.seqtypid, NULL) AS seq_type,
+    sq.seqstart, sq.seqincrement, sq.seqmin, sq.seqmax, sq.seqcycle,
+    pg_get_expr(ad.adbin, ad.adrelid) AS default_expr,
+    pg_get_expr(ad.adbin, ad.adrelid) IN (
+        format('nextval(%%L::regclass)', s.oid::regclass),
+        format('(nextval(%%L::regclass))::%%s', s.oid::regclass, format_type(a.atttypid, a.atttypmod))
+    ) AS plain_default,
+    u.key_columns,
+    has_column_privilege(t.oid, a.attnum, 'SELECT') AS can_read_column,
+    has_sequence_privilege(s.oid, 'SELECT') AS can_read_sequence
+FROM links l
+JOIN pg_class t ON t.oid = l.table_oid AND t.relkind IN ('r', 'p')
+JOIN pg_namespace tn ON tn.oid = t.relnamespace
+JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = l.attnum AND NOT a.attisdropped
+JOIN pg_type ty ON ty.oid = a.atttypid
+JOIN pg_class s ON s.oid = l.seq_oid AND s.relkind = 'S'
+JOIN pg_namespace sn ON sn.oid = s.relnamespace
+JOIN pg_sequence sq ON sq.seqrelid = s.oid
+LEFT JOIN pg_attrdef ad ON ad.adrelid = t.oid AND ad.adnum = a.attnum
+LEFT JOIN LATERAL (
+    -- the smallest unique key (index, PK or UNIQUE constraint) that includes the column
+    SELECT array_agg(coalesce(ka.attname::text, '(expression)') ORDER BY k.ord) AS key_columns
+    FROM (
+        SELECT i.indrelid, (i.indkey::int2[])[0:i.indnkeyatts - 1] AS keys
+        FROM pg_index i
+        WHERE i.indrelid = t.oid AND i.indisunique AND i.indpred IS NULL
+          AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
+        ORDER BY i.indnkeyatts, i.indisprimary DESC, i.indexrelid
+        LIMIT 1
+    ) best
+    CROSS JOIN LATERAL unnest(best.keys) WITH ORDINALITY AS k(attnum, ord)
+    LEFT JOIN pg_attribute ka ON ka.attrelid = best.indrelid AND ka.attnum = k.attnum
+) u ON true
+WHERE tn.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND tn.nspname NOT LIKE 'pg\\_toast%%'
+  AND NOT pg_is_other_temp_schema(tn.oid)
+  AND (%(schemas)s::text[] IS NULL OR tn.nspname = ANY (%(schemas)s::text[]))
+ORDER BY tn.nspname, t.relname, a.attnum, sn.nspname, s.relname
+"""
+
+_SOURCES = {"a": "identity always", "d": "identity by default", "": "default"}
+
+
+def discovery_params(schemas: Iterable[str] | None) -> dict[str, Any]:
+    return {"schemas": list(schemas) if schemas is not None else None}
+
+
+def parse_discovery(
+    rows: Iterable[dict[str, Any]], exclude_tables: Seq[str] = ()
+) -> tuple[list[Column], dict[int, Sequence]]:
+    """Columns and their sequences from the discovery rows.
+
+    A partition whose parent draws the same column from the same sequence is checked
+    through the parent (which reads the whole hierarchy), not on its own.
+    """
+    rows = list(rows)
+    linked = {(r["table_oid"], r["column_name"], r["seq_oid"]) for r in rows}
+    columns: list[Column] = []
+    sequences: dict[int, Sequence] = {}
+    for r in rows:
+        if r["is_partition"] and any(
+            (parent, r["column_name"], r["seq_oid"]) in linked for parent in r["parents"] or ()
+        ):
+            continue
+        if _excluded(r["schema"], r["table_name"], exclude_tables):
+            continue
+        seq = sequences.setdefault(
+            r["seq_oid"],
+            Sequence(
+                oid=r["seq_oid"],
+                schema=r["seq_schema"],
+                name=r["seq_name"],
+                qualified=r["seq_qualified"],
+                data_type=r["seq_type"],
+                start=r["seqstart"],
+                increment=r["seqincrement"],
+                min_value=r["seqmin"],
+                max_value=r["seqmax"],
+                cycle=r["seqcycle"],
+            ),
+        )
+        source = _SOURCES.get(r["identity"], "default")
+        skip = None
+        if not r["can_read_column"]:
+            skip = f"permission denied: cannot SELECT column {r['column_name']}"
+        elif not r["can_read_sequence"]:
+            skip = f"permission denied: cannot SELECT from sequence {seq.qualified}"
+        columns.append(
+            Column(
+                table_oid=r["table_oid"],
+                schema=r["schema"],
+                table=r["table_name"],
+                column=r["column_name"],
+                qualified_table=r["qualified_table"],
+                data_type=r["data_type"],
+                partitioned=r["partitioned"],
+                source=source,  # type: ignore[arg-type]
+                sequence_oid=seq.oid,
+                plain_default=source != "default" or bool(r["plain_default"]),
+                default_expr=r["default_expr"],
+                key_columns=tuple(r["key_columns"]) if r["key_columns"] is not None else None,
+                skip_reason=skip,
+            )
+        )
+    return columns, sequences
+
+
+def _excluded(schema: str, table: str, patterns: Seq[str]) -> bool:
+    return any(
+        fnmatch.fnmatchcase(f"{schema}.{table}", p) or fnmatch.fnmatchcase(table, p)
+        for p in patterns
+    )
+
+
+def state_query(seq: Sequence) -> sql.Composed:
+    return sql.SQL("SELECT last_value, is_called FROM {}").format(
+        sql.Identifier(seq.schema, seq.name)
+    )
+
+
+def parse_state(rows: list[tuple[Any, ...]]) -> SequenceState:
+    ((last_value, is_called),) = rows
+    return SequenceState(last_value=int(last_value), is_called=bool(is_called))
+
+
+def _relation(column: Column) -> sql.Composed:
+    """The table to read: a partitioned parent with its partitions, any other table
+    without its inheritance children (its unique indexes cover only its own rows)."""
+    only = sql.SQL("") if column.partitioned else sql.SQL("ONLY ")
+    return sql.SQL("{}{}").format(only, sql.Identifier(column.schema, column.table))
+
+
+def _first_in(column: Column, window: Window | None, params: list[int]) -> sql.Composable:
+    if window is None:
+        return sql.SQL("NULL")
+    col = sql.Identifier(column.column)
+    agg = sql.SQL("min" if window.ascending else "max")
+    where = sql.SQL("{col} BETWEEN %s AND %s").format(col=col)
+    params += [window.lo, window.hi]
+    if window.step != 1:
+        # numeric, so that the difference cannot overflow bigint
+        where = sql.SQL("{} AND mod({col}::numeric - %s, %s) = 0").format(where, col=col)
+        params += [window.base, window.step]
+    elif column.type_range is None:
+        # a numeric column can hold fractions, which no sequence hands out
+        where = sql.SQL("{} AND {col} = trunc({col})").format(where, col=col)
+    return sql.SQL("(SELECT {agg}({col}) FROM {rel} WHERE {where})").format(
+        agg=agg, col=col, rel=_relation(column), where=where
+    )
+
+
+def bounds_query(column: Column, plan: Plan) -> tuple[sql.Composed, list[int]]:
+    """One statement answers the whole plan: each part is an index range scan that stops
+    at its first match (PostgreSQL turns min/max over a range into LIMIT 1 scans)."""
+    params: list[int] = []
+    parts = [_first_in(column, w, params) for w in (plan.first_pass, plan.after_wrap, plan.top)]
+    return sql.SQL("SELECT {}, {}, {}").format(*parts), params
+
+
+def parse_bounds(rows: list[tuple[Any, ...]]) -> Bounds:
+    ((first_pass, after_wrap, top),) = rows
+
+    def as_int(v: Any) -> int | None:
+        return None if v is None else int(v)
+
+    return Bounds(as_int(first_pass), as_int(after_wrap), as_int(top))
+
+
+def row_count_query(column: Column, limit: int) -> tuple[sql.Composed, list[int]]:
+    """Count rows, but never more than ``limit``: cheap however large the table."""
+    return (
+        sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT %s) AS capped").format(
+            _relation(column)
+        ),
+        [limit],
+    )

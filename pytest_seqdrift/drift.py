@@ -1,0 +1,253 @@
+"""Exact sequence arithmetic: pure functions of facts read from PostgreSQL, no I/O.
+
+Everything is computed in *forward* coordinates, where the sequence always walks
+upwards: a value ``v`` of a sequence with a negative increment is handled as ``-v``.
+That way one set of formulas serves both directions, and ``forward()`` / ``backward()``
+are the only places that know about signs.
+
+The walk of ``nextval`` that these functions describe:
+
+* the next value is ``last_value`` when ``is_called`` is false, otherwise
+  ``last_value + increment``;
+* past MAXVALUE (MINVALUE for a negative increment) a CYCLE sequence restarts at
+  MINVALUE (MAXVALUE), any other sequence fails with "reached maximum value";
+* a value the column's type cannot hold fails the INSERT with "out of range".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import fixsql
+from .model import (
+    Bounds,
+    Checked,
+    Column,
+    Finding,
+    FindingKind,
+    Plan,
+    Sequence,
+    SequenceState,
+    Status,
+    Window,
+)
+
+DEFAULT_THRESHOLD = 0.8
+# Counting rows is only worth it where few values are left: beyond this many, the
+# "values left < rows" rule is left to the used-fraction threshold.
+ROW_COUNT_LIMIT = 1_000_000
+
+
+def next_value(seq: Sequence, state: SequenceState) -> int | None:
+    """The value the next ``nextval`` returns, or None when it would fail (exhausted)."""
+    if not state.is_called:
+        return state.last_value
+    candidate = state.last_value + seq.increment
+    if seq.min_value <= candidate <= seq.max_value:
+        return candidate
+    if seq.cycle:
+        return seq.min_value if seq.increment > 0 else seq.max_value
+    return None
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """A sequence and its column, in forward coordinates."""
+
+    sign: int  # +1 or -1: actual = sign * forward
+    step: int  # abs(increment), > 0
+    lo: int  # the sequence's range, forward
+    hi: int
+    type_lo: int | None  # the column type's range, forward; None: unbounded
+    type_hi: int | None
+    cycle: bool
+
+    @property
+    def cap(self) -> int:
+        """The last forward value the column can store before the walk ends or wraps."""
+        return self.hi if self.type_hi is None else min(self.hi, self.type_hi)
+
+    @property
+    def floor(self) -> int:
+        """The first forward value that both the sequence and the column allow."""
+        return self.lo if self.type_lo is None else max(self.lo, self.type_lo)
+
+    @property
+    def column_narrower(self) -> bool:
+        """The column's type ends the walk before the sequence's own limit does."""
+        return self.type_hi is not None and self.type_hi < self.hi
+
+    @property
+    def wraps(self) -> bool:
+        """A wrap happens (rather than an overflow) when the walk reaches its end."""
+        return self.cycle and not self.column_narrower
+
+    @property
+    def wrap_storable(self) -> bool:
+        """Values after a wrap start at ``lo``: can the column store that?"""
+        return self.type_lo is None or self.lo >= self.type_lo
+
+    def forward(self, value: int) -> int:
+        return self.sign * value
+
+    def backward(self, value: int) -> int:
+        return self.sign * value
+
+    def window(self, lo: int, hi: int, base: int) -> Window | None:
+        """The actual-value window for forward [lo, hi], searched from its start, keeping
+        only the values the walk from ``base`` reaches."""
+        if lo > hi:
+            return None
+        a, b = sorted((self.backward(lo), self.backward(hi)))
+        return Window(lo=a, hi=b, base=self.backward(base), step=self.step, ascending=self.sign > 0)
+
+    def far_end(self) -> Window | None:
+        """Every storable value, searched from the far end: finds the max existing value
+        (the min, for a negative increment)."""
+        if self.floor > self.cap:
+            return None
+        a, b = sorted((self.backward(self.floor), self.backward(self.cap)))
+        return Window(lo=a, hi=b, base=0, step=1, ascending=self.sign < 0)
+
+
+def _stream(column: Column, seq: Sequence) -> _Stream:
+    sign = 1 if seq.increment > 0 else -1
+    lo, hi = sorted((sign * seq.min_value, sign * seq.max_value))
+    type_range = column.type_range
+    if type_range is None:
+        type_lo = type_hi = None
+    else:
+        type_lo, type_hi = sorted((sign * type_range[0], sign * type_range[1]))
+    return _Stream(sign, abs(seq.increment), lo, hi, type_lo, type_hi, seq.cycle)
+
+
+def plan(column: Column, seq: Sequence, state: SequenceState) -> Plan:
+    """What to read from the column, given where its sequence stands."""
+    s = _stream(column, seq)
+    nv = next_value(seq, state)
+    top = s.far_end()
+    if nv is None:
+        return Plan(first_pass=None, after_wrap=None, top=top)
+    n = s.forward(nv)
+    lo = n if s.type_lo is None else max(n, s.type_lo)
+    first_pass = s.window(lo, s.cap, n)
+    after_wrap = s.window(s.floor, s.cap, s.lo) if s.wraps and s.wrap_storable else None
+    return Plan(first_pass=first_pass, after_wrap=after_wrap, top=top)
+
+
+@dataclass(frozen=True)
+class Collision:
+    value: int
+    inserts_until: int  # nextval calls that succeed before the one that collides
+    after_wrap: bool
+
+
+def first_collision(
+    column: Column, seq: Sequence, state: SequenceState, bounds: Bounds
+) -> Collision | None:
+    """The first existing value the sequence will hand out, from the plan's answers."""
+    nv = next_value(seq, state)
+    if nv is None:
+        return None
+    s = _stream(column, seq)
+    n = s.forward(nv)
+    if bounds.first_pass is not None:
+        v = s.forward(bounds.first_pass)
+        return Collision(bounds.first_pass, (v - n) // s.step, after_wrap=False)
+    if bounds.after_wrap is not None:
+        before_wrap = (s.cap - n) // s.step + 1 if n <= s.cap else 0
+        v = s.forward(bounds.after_wrap)
+        return Collision(bounds.after_wrap, before_wrap + (v - s.lo) // s.step, after_wrap=True)
+    return None
+
+
+@dataclass(frozen=True)
+class Capacity:
+    kind: FindingKind  # overflow (the column's type ends it) or exhaustion (the sequence's)
+    values_left: int  # nextval calls whose value can still be stored
+    used_fraction: float
+    ends: bool  # False: a CYCLE sequence that wraps inside the column's range
+
+
+def capacity(column: Column, seq: Sequence, state: SequenceState) -> Capacity:
+    """How much of the effective range (sequence ∩ column type) is left."""
+    s = _stream(column, seq)
+    leaves_column = s.column_narrower or (s.cycle and not s.wrap_storable)
+    kind: FindingKind = "overflow" if leaves_column else "exhaustion"
+    ends = not s.wraps or not s.wrap_storable
+    nv = next_value(seq, state)
+    if nv is None:
+        return Capacity("exhaustion", 0, 1.0, ends=True)
+    n = s.forward(nv)
+    if n > s.cap or (s.type_lo is not None and n < s.type_lo):
+        # the very next value cannot be stored: out of the column's range
+        return Capacity("overflow", 0, 1.0, ends=True)
+    left = (s.cap - n) // s.step + 1
+    used = (n - s.floor) // s.step
+    return Capacity(kind, left, used / (used + left), ends=ends)
+
+
+def row_count_wanted(
+    column: Column, seq: Sequence, state: SequenceState, threshold: float
+) -> int | None:
+    """When the verdict hangs on how many rows the table holds, return the number of
+    rows worth counting up to (values left + 1); None when the count cannot matter."""
+    cap = capacity(column, seq, state)
+    if not cap.ends or cap.values_left == 0 or cap.used_fraction >= threshold:
+        return None
+    if cap.values_left > ROW_COUNT_LIMIT:
+        return None
+    return cap.values_left + 1
+
+
+def assess(
+    column: Column,
+    seq: Sequence,
+    state: SequenceState,
+    bounds: Bounds,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    rows: int | None = None,
+) -> tuple[list[Finding], Checked]:
+    """The findings for one column, and its verdict for the "checked" list."""
+    nv = next_value(seq, state)
+    findings: list[Finding] = []
+    note: str | None = None
+    hit = first_collision(column, seq, state, bounds)
+    if hit is not None and column.unique:
+        findings.append(
+            Finding(
+                kind="collision",
+                column=column,
+                sequence=seq,
+                next_value=nv,
+                first_collision=hit.value,
+                inserts_until_collision=hit.inserts_until,
+                max_existing=bounds.top,
+                after_wrap=hit.after_wrap,
+                fix_sql=fixsql.for_collision(column, seq, state, bounds, after_wrap=hit.after_wrap),
+            )
+        )
+    elif hit is not None:
+        note = (
+            f"no unique index: after {hit.inserts_until} inserts the sequence hands out "
+            f"{hit.value}, which the column already holds (a duplicate, not an error)"
+        )
+    cap = capacity(column, seq, state)
+    crowded = rows is not None and cap.values_left < rows
+    if cap.ends and (cap.values_left == 0 or cap.used_fraction >= threshold or crowded):
+        findings.append(
+            Finding(
+                kind=cap.kind,
+                column=column,
+                sequence=seq,
+                next_value=nv,
+                max_existing=bounds.top,
+                values_left=cap.values_left,
+                used_fraction=cap.used_fraction,
+                fix_sql=fixsql.for_capacity(column, seq, cap.kind),
+            )
+        )
+    status: Status = "finding" if findings else ("duplicates" if note else "ok")
+    checked = Checked(column, seq, status, next_value=nv, max_existing=bounds.top, note=note)
+    return findings, checked

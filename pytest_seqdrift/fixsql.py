@@ -1,0 +1,102 @@
+"""SQL that fixes a finding: a ``setval`` that never moves a sequence backwards.
+
+Every statement is composed with psycopg's ``sql`` module, so names with quotes,
+spaces, capitals or unicode come out quoted and cannot inject SQL. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from .model import INT_RANGES, Bounds, Column, FindingKind, Sequence, SequenceState
+
+
+def _text(composed: sql.Composable) -> str:
+    return composed.as_string(None)
+
+
+def seq_ident(seq: Sequence) -> sql.Identifier:
+    return sql.Identifier(seq.schema, seq.name)
+
+
+def table_ident(column: Column) -> sql.Identifier:
+    return sql.Identifier(column.schema, column.table)
+
+
+def setval_at_least(seq: Sequence, value: int) -> str:
+    """Make the next value lie beyond ``value`` in the sequence's direction, unless the
+    sequence already stands further on. Reading ``last_value`` in the same statement
+    means the script stays safe when run later: it can only move the sequence forward.
+
+    ``setval(s, v)`` (is_called true) makes the next value ``v + increment``. When the
+    sequence is further on but not yet called, this skips one value: a harmless gap.
+    """
+    pick = "GREATEST" if seq.increment > 0 else "LEAST"
+    return _text(
+        sql.SQL("SELECT setval({seq}, {pick}({value}, last_value)) FROM {ident};").format(
+            seq=sql.Literal(seq.qualified),
+            pick=sql.SQL(pick),
+            value=sql.SQL(str(int(value))),
+            ident=seq_ident(seq),
+        )
+    )
+
+
+def _room_after(seq: Sequence, column: Column, value: int) -> bool:
+    """Is there a storable value after ``value`` for the sequence to hand out?"""
+    after = value + seq.increment
+    if not seq.min_value <= after <= seq.max_value:
+        return False
+    type_range = column.type_range
+    return type_range is None or type_range[0] <= after <= type_range[1]
+
+
+def for_collision(
+    column: Column, seq: Sequence, state: SequenceState, bounds: Bounds, *, after_wrap: bool
+) -> str:
+    if after_wrap:
+        limit = "MAXVALUE" if seq.increment > 0 else "MINVALUE"
+        return _text(
+            sql.SQL(
+                "-- {seq} is CYCLE: past {limit} it wraps and hands out ids the table "
+                "already holds; moving it forward cannot prevent that. Widen it instead:\n"
+                "-- {widen}"
+            ).format(seq=sql.SQL(seq.qualified), limit=sql.SQL(limit), widen=_widen(seq))
+        )
+    top = bounds.top
+    assert top is not None, "a collision implies an existing value"
+    if not _room_after(seq, column, top):
+        return _text(
+            sql.SQL(
+                "-- no value is left beyond the existing {top} in {seq}; widen it first:\n-- {widen}"
+            ).format(top=sql.SQL(str(top)), seq=sql.SQL(seq.qualified), widen=_widen(seq))
+        )
+    return setval_at_least(seq, top)
+
+
+def _widen(seq: Sequence) -> sql.Composed:
+    lo, hi = INT_RANGES["bigint"]
+    bound = sql.SQL("MAXVALUE {}").format(sql.SQL(str(hi)))
+    if seq.increment < 0:
+        bound = sql.SQL("MINVALUE {}").format(sql.SQL(str(lo)))
+    return sql.SQL("ALTER SEQUENCE {} AS bigint {};").format(seq_ident(seq), bound)
+
+
+def for_capacity(column: Column, seq: Sequence, kind: FindingKind) -> str:
+    """Overflow and exhaustion are not fixed by ``setval``: say what to do, commented."""
+    steps: list[sql.Composable] = []
+    if kind == "overflow" or column.data_type in ("smallint", "integer"):
+        steps.append(
+            sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE bigint;").format(
+                table_ident(column), sql.Identifier(column.column)
+            )
+        )
+    if kind == "exhaustion" or seq.data_type != "bigint":
+        steps.append(_widen(seq))
+    if column.data_type == "bigint" and seq.data_type == "bigint" and kind == "exhaustion":
+        limit = seq.max_value if seq.increment > 0 else seq.min_value
+        if abs(limit) >= INT_RANGES["bigint"][1]:
+            return "-- the sequence is at the end of bigint: no wider type exists; re-key the table"
+    lines = [_text(sql.SQL("-- not fixable by setval; widen the type instead:"))]
+    lines += ["-- " + _text(step) for step in steps]
+    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""Frozen facts read from PostgreSQL, and the findings computed from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FindingKind = Literal["collision", "overflow", "exhaustion"]
+Status = Literal["ok", "finding", "duplicates", "unchecked"]
+
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "smallint": (-(2**15), 2**15 - 1),
+    "integer": (-(2**31), 2**31 - 1),
+    "bigint": (-(2**63), 2**63 - 1),
+}
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """A sequence's identity and parameters (pg_sequence)."""
+
+    oid: int
+    schema: str
+    name: str
+    qualified: str  # schema.name, each part quoted only where PostgreSQL needs it
+    data_type: str  # smallint | integer | bigint
+    start: int
+    increment: int
+    min_value: int
+    max_value: int
+    cycle: bool
+
+
+@dataclass(frozen=True)
+class SequenceState:
+    """What `SELECT last_value, is_called FROM seq` says."""
+
+    last_value: int
+    is_called: bool
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column whose values are drawn from a sequence."""
+
+    table_oid: int
+    schema: str
+    table: str
+    column: str
+    qualified_table: str
+    data_type: str  # smallint | integer | bigint | numeric | anything else
+    partitioned: bool  # the table is a partitioned parent: read it with its partitions
+    source: Literal["identity always", "identity by default", "default"]
+    sequence_oid: int
+    plain_default: bool  # the value is the sequence's next value itself
+    default_expr: str | None
+    key_columns: tuple[str, ...] | None  # the smallest unique key that includes the column
+    skip_reason: str | None = None  # set when the role cannot read what the check needs
+
+    @property
+    def type_range(self) -> tuple[int, int] | None:
+        """The integer range the column can hold; None for numeric (unbounded here)."""
+        return INT_RANGES.get(self.data_type)
+
+    @property
+    def unique(self) -> bool:
+        return self.key_columns is not None
+
+    @property
+    def label(self) -> str:
+        return f"{self.schema}.{self.table}.{self.column}"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A range of existing values to search, in the order the sequence walks it.
+
+    Find the first value v in [lo, hi] (inclusive) with (v - base) divisible by step,
+    walking upwards when ``ascending`` and downwards otherwise.
+    """
+
+    lo: int
+    hi: int
+    base: int
+    step: int
+    ascending: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What must be read from a column, once the sequence's next value is known."""
+
+    first_pass: Window | None  # values the sequence reaches before it ends or wraps
+    after_wrap: Window | None  # values a cycling sequence reaches once it has wrapped
+    top: Window | None  # the whole reachable range: its far end is the max (or min) existing
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Answers to a Plan, read from the table."""
+
+    first_pass: int | None
+    after_wrap: int | None
+    top: int | None
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: FindingKind
+    column: Column
+    sequence: Sequence
+    next_value: int | None  # None: the sequence is exhausted, nextval fails
+    first_collision: int | None = None
+    inserts_until_collision: int | None = None
+    max_existing: int | None = None
+    after_wrap: bool = False
+    values_left: int | None = None
+    used_fraction: float | None = None
+    fix_sql: str = ""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One column's verdict."""
+
+    column: Column
+    sequence: Sequence
+    status: Status
+    next_value: int | None = None
+    max_existing: int | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A column that could not be checked, and why."""
+
+    schema: str
+    table: str
+    column: str
+    sequence: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    checked: list[Checked] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings

@@ -1,0 +1,93 @@
+"""Find PostgreSQL's ``pg_ctl`` and make it safe to run as root.
+
+PostgreSQL refuses to run as root. As root, the server is started through
+``unshare --user``: inside a new user namespace root appears as an unprivileged user,
+and no system user has to be created. Used by the test bed and the demo.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .connections import SeqdriftError
+
+
+class ServerNotFound(SeqdriftError):
+    """No usable PostgreSQL server binaries were found."""
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    parts = Path(path).parts
+    for part in reversed(parts):
+        if part.replace(".", "").isdigit():
+            return tuple(int(p) for p in part.split("."))
+    return ()
+
+
+def find_pg_ctl() -> str:
+    """``SEQDRIFT_PG_CTL``, then ``pg_config --bindir``, ``PATH``, ``/usr/lib/postgresql/*/bin``."""
+    looked: list[str] = []
+    env = os.environ.get("SEQDRIFT_PG_CTL")
+    if env:
+        if os.access(env, os.X_OK):
+            return env
+        looked.append(f"SEQDRIFT_PG_CTL={env} (not executable)")
+    else:
+        looked.append("SEQDRIFT_PG_CTL (not set)")
+    try:
+        bindir = subprocess.run(
+            ["pg_config", "--bindir"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+        candidate = os.path.join(bindir, "pg_ctl")
+        if os.access(candidate, os.X_OK):
+            return candidate
+        looked.append(f"pg_config --bindir: {candidate} (missing)")
+    except (OSError, subprocess.SubprocessError):
+        looked.append("pg_config --bindir (no pg_config)")
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        return on_path
+    looked.append("pg_ctl on PATH (none)")
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=_version_key)
+    if found:
+        return found[-1]
+    looked.append("/usr/lib/postgresql/*/bin/pg_ctl (none)")
+    raise ServerNotFound(
+        "no PostgreSQL server binaries found; looked at: "
+        + "; ".join(looked)
+        + ". Install PostgreSQL (e.g. apt-get install postgresql) or set SEQDRIFT_PG_CTL."
+    )
+
+
+def root_safe(pg_ctl: str) -> str:
+    """``pg_ctl`` itself, or as root a wrapper that runs it in a user namespace."""
+    if os.geteuid() != 0:
+        return pg_ctl
+    unshare = shutil.which("unshare")
+    works = unshare is not None and (
+        subprocess.run([unshare, "--user", "true"], capture_output=True, check=False).returncode
+        == 0
+    )
+    if not works:
+        raise ServerNotFound(
+            "running as root, and PostgreSQL refuses to run as root; user namespaces "
+            "(unshare --user) are not available here to work around it. Run as a "
+            "non-root user, or point --seqdrift-dsn at a running server."
+        )
+    digest = hashlib.sha256(pg_ctl.encode()).hexdigest()[:12]
+    wrapper_dir = Path(tempfile.gettempdir()) / f"seqdrift-pgctl-{digest}"
+    wrapper_dir.mkdir(mode=0o755, exist_ok=True)
+    wrapper = wrapper_dir / "pg_ctl"
+    script = f'#!/bin/sh\nexec {unshare} --user {pg_ctl} "$@"\n'
+    if not wrapper.exists() or wrapper.read_text() != script:
+        tmp = wrapper_dir / f".pg_ctl.{os.getpid()}"
+        tmp.write_text(script)
+        tmp.chmod(0o755)
+        tmp.replace(wrapper)
+    return str(wrapper)
