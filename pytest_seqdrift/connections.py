@@ -37,7 +37,7 @@ class CannotCheck(SeqdriftError):
     """The database could not be checked at all (connection, privilege, server)."""
 
 
-MIN_SERVER_VERSION = 100000  # pg_sequence appeared in PostgreSQL 10
+MIN_SERVER_VERSION = 110000  # pg_index.indnkeyatts appeared in PostgreSQL 11
 
 
 def describe(exc: BaseException) -> str:
@@ -53,6 +53,7 @@ class PsycopgSession:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
         self.statements = 0  # statements sent, for benchmarks and tests
+        self.round_trips = 0  # waits for the server: one per statement, one per pipeline
 
     @contextmanager
     def read_only(
@@ -70,7 +71,7 @@ class PsycopgSession:
             raise CannotCheck(f"the connection is busy ({status.name}): cannot check it now")
         if conn.info.server_version < MIN_SERVER_VERSION:
             raise CannotCheck(
-                f"PostgreSQL {conn.info.server_version} is too old: 10 or later is needed"
+                f"PostgreSQL {conn.info.server_version} is too old: 11 or later is needed"
             )
         own = status == TransactionStatus.IDLE
         autocommit = conn.autocommit
@@ -109,15 +110,15 @@ class PsycopgSession:
             if own and conn.info.transaction_status == TransactionStatus.IDLE:
                 conn.autocommit = autocommit
 
-    def _run(
-        self, query: Query, params: Seq[Any] | None = None
-    ) -> list[tuple[Any, ...]]:
+    def _run(self, query: Query, params: Seq[Any] | None = None) -> list[tuple[Any, ...]]:
         self.statements += 1
+        self.round_trips += 1
         cur = self.conn.execute(query, params)
         return cur.fetchall() if cur.description is not None else []
 
     def query_dicts(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         self.statements += 1
+        self.round_trips += 1
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query, params)
             return cur.fetchall()
@@ -134,6 +135,7 @@ class PsycopgSession:
             with conn.pipeline():
                 cursors = [conn.execute(q, p) for q, p in statements]
             self.statements += len(statements)
+            self.round_trips += 1
             results: list[list[tuple[Any, ...]] | CannotCheck] = [c.fetchall() for c in cursors]
         except psycopg.Error:
             if conn.broken:

@@ -13,7 +13,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import psycopg
+from psycopg import sql
 
 from .connections import SeqdriftError
 
@@ -91,3 +96,35 @@ def root_safe(pg_ctl: str) -> str:
         tmp.chmod(0o755)
         tmp.replace(wrapper)
     return str(wrapper)
+
+
+@contextmanager
+def throwaway_server(dbname: str = "seqdrift_demo") -> Iterator[str]:
+    """Start a private PostgreSQL in a temporary directory and yield a DSN for a fresh
+    database on it; stop it and remove everything on exit. For demos and scripts."""
+    import port_for
+    from pytest_postgresql.executors import PostgreSQLExecutor
+
+    pg_ctl = root_safe(find_pg_ctl())
+    with tempfile.TemporaryDirectory(prefix="seqdrift-pg-") as tmp:
+        os.chmod(tmp, 0o755)  # the server may run as another uid (see root_safe)
+        port = port_for.select_random()
+        executor = PostgreSQLExecutor(
+            executable=pg_ctl,
+            host="127.0.0.1",
+            port=port,
+            datadir=os.path.join(tmp, "data"),
+            unixsocketdir=tmp,
+            logfile=os.path.join(tmp, "postgresql.log"),
+            startparams="-w",
+            dbname=dbname,
+        )
+        executor.start()
+        try:
+            executor.wait_for_postgres()
+            base = f"host=127.0.0.1 port={port} user={executor.user}"
+            with psycopg.connect(f"{base} dbname=postgres", autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+            yield f"{base} dbname={dbname}"
+        finally:
+            executor.stop()

@@ -1,0 +1,83 @@
+"""check() and the connection it is given: transactions, settings and round trips."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.pq import TransactionStatus
+
+from pytest_seqdrift import CannotCheck, check
+from pytest_seqdrift.connections import PsycopgSession
+
+SEED = """
+CREATE TABLE billing (id serial PRIMARY KEY);
+INSERT INTO billing (id) VALUES (7), (9), (12), (14), (16);
+"""
+
+
+def test_idle_connection_is_left_idle_with_its_autocommit(db: psycopg.Connection[Any]) -> None:
+    db.execute(SEED)
+    db.autocommit = False
+    db.commit()
+    report = check(db)
+    assert [f.first_collision for f in report.findings] == [7]
+    assert db.info.transaction_status == TransactionStatus.IDLE
+    assert db.autocommit is False
+
+
+def test_runs_read_only_in_its_own_transaction(db: psycopg.Connection[Any]) -> None:
+    """The check's own transaction is READ ONLY: prove it from inside, through the
+    same session machinery check() uses."""
+    session = PsycopgSession(db)
+    with session.read_only(lock_timeout_ms=500):
+        assert session._run("SHOW transaction_read_only") == [("on",)]
+        assert session._run("SHOW transaction_isolation") == [("repeatable read",)]
+        assert session._run("SHOW lock_timeout") == [("500ms",)]
+    assert db.execute("SHOW lock_timeout").fetchone() == ("0",)
+
+
+def test_users_transaction_is_untouched_and_its_rows_are_seen(db: psycopg.Connection[Any]) -> None:
+    db.autocommit = False
+    db.execute(SEED)  # uncommitted: the check must see it, and must not end it
+    db.execute("SET LOCAL lock_timeout = '7s'")
+    report = check(db)
+    assert [f.first_collision for f in report.findings] == [7]
+    assert db.info.transaction_status == TransactionStatus.INTRANS
+    assert db.execute("SHOW lock_timeout").fetchone() == ("7s",)
+    db.rollback()
+    assert check(db).findings == []
+
+
+def test_failed_transaction_is_a_clear_error(db: psycopg.Connection[Any]) -> None:
+    db.autocommit = False
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        db.execute("SELECT 1 / 0")
+    with pytest.raises(CannotCheck, match="failed transaction"):
+        check(db)
+    assert db.info.transaction_status == TransactionStatus.INERROR
+
+
+def test_not_a_connection_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="cannot check a builtins.str"):
+        check("postgresql://localhost/db")
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.5, -1])
+def test_threshold_is_validated(db: psycopg.Connection[Any], threshold: float) -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        check(db, threshold=threshold)
+
+
+def test_round_trips_do_not_grow_with_the_number_of_tables(db: psycopg.Connection[Any]) -> None:
+    def trips(n: int) -> int:
+        for i in range(n):
+            db.execute(f"CREATE TABLE IF NOT EXISTS t{i} (id serial PRIMARY KEY)")
+            db.execute(f"INSERT INTO t{i} (id) VALUES (5) ON CONFLICT DO NOTHING")
+        session = PsycopgSession(db)
+        report = check(session)
+        assert len(report.findings) == n
+        return session.round_trips
+
+    assert trips(2) == trips(40)
