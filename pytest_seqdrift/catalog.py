@@ -48,10 +48,10 @@ SELECT
     quote_ident(sn.nspname) || '.' || quote_ident(s.relname) AS seq_qualified,
     format_type(sq.seqtypid, NULL) AS seq_type,
     sq.seqstart, sq.seqincrement, sq.seqmin, sq.seqmax, sq.seqcycle,
-    pg_get_expr(ad.adbin, ad.adrelid) AS default_expr,
-    pg_get_expr(ad.adbin, ad.adrelid) IN (
-        format('nextval(%%L::regclass)', s.oid::regclass),
-        format('(nextval(%%L::regclass))::%%s', s.oid::regclass, format_type(a.atttypid, a.atttypmod))
+    e.default_expr,
+    e.default_expr IN (
+        format('nextval(%%s::regclass)', lit.seq_literal),
+        format('(nextval(%%s::regclass))::%%s', lit.seq_literal, format_type(a.atttypid, a.atttypmod))
     ) AS plain_default,
     u.key_columns,
     has_column_privilege(t.oid, a.attnum, 'SELECT') AS can_read_column,
@@ -65,6 +65,25 @@ JOIN pg_class s ON s.oid = l.seq_oid AND s.relkind = 'S'
 JOIN pg_namespace sn ON sn.oid = s.relnamespace
 JOIN pg_sequence sq ON sq.seqrelid = s.oid
 LEFT JOIN pg_attrdef ad ON ad.adrelid = t.oid AND ad.adnum = a.attnum
+CROSS JOIN LATERAL (
+    -- pg_get_expr(expr, table) locks the table (AccessShareLock), so one table held by a
+    -- migration's ACCESS EXCLUSIVE lock would fail the whole discovery. A default has no
+    -- column references (only a generated column's expression has), and without them
+    -- the table adds nothing to the text: deparse it without the table.
+    SELECT CASE WHEN ad.adbin::text LIKE '%%{VAR %%' THEN pg_get_expr(ad.adbin, ad.adrelid)
+                ELSE pg_get_expr(ad.adbin, 0) END AS default_expr
+) e
+CROSS JOIN LATERAL (
+    -- the sequence's name as a string literal, spelled the way pg_get_expr spells it
+    -- (ruleutils' simple_quote_literal: quotes doubled, backslashes doubled only without
+    -- standard_conforming_strings, never E''). format('%%L') would write E'...' for a
+    -- name with a backslash, and such a plain nextval() would go unchecked.
+    SELECT chr(39) || replace(
+        CASE WHEN current_setting('standard_conforming_strings') = 'on'
+             THEN s.oid::regclass::text
+             ELSE replace(s.oid::regclass::text, chr(92), repeat(chr(92), 2)) END,
+        chr(39), repeat(chr(39), 2)) || chr(39) AS seq_literal
+) lit
 LEFT JOIN LATERAL (
     -- the smallest unique key (index, PK or UNIQUE constraint) that includes the column
     SELECT array_agg(coalesce(ka.attname::text, '(expression)') ORDER BY k.ord) AS key_columns
@@ -99,15 +118,24 @@ def parse_discovery(
     """Columns and their sequences from the discovery rows.
 
     A partition whose parent draws the same column from the same sequence is checked
-    through the parent (which reads the whole hierarchy), not on its own.
+    through the parent (which reads the whole hierarchy), not on its own -- unless the
+    partition has a unique key and the parent has none (per-partition primary keys, the
+    PostgreSQL 10 way): then only the partition's own key can fail, so it is checked.
     """
     rows = list(rows)
-    linked = {(r["table_oid"], r["column_name"], r["seq_oid"]) for r in rows}
+    linked = {(r["table_oid"], r["column_name"], r["seq_oid"]): r for r in rows}
     columns: list[Column] = []
     sequences: dict[int, Sequence] = {}
     for r in rows:
-        if r["is_partition"] and any(
-            (parent, r["column_name"], r["seq_oid"]) in linked for parent in r["parents"] or ()
+        parents = [
+            linked[link]
+            for parent in r["parents"] or ()
+            if (link := (parent, r["column_name"], r["seq_oid"])) in linked
+        ]
+        if (
+            r["is_partition"]
+            and parents
+            and (r["key_columns"] is None or any(p["key_columns"] is not None for p in parents))
         ):
             continue
         if _excluded(r["schema"], r["table_name"], exclude_tables):
