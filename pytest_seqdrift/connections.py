@@ -15,7 +15,7 @@ found it:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from collections.abc import Sequence as Seq
 from contextlib import contextmanager
 from typing import Any
@@ -78,15 +78,15 @@ class PsycopgSession:
         try:
             if own:
                 conn.autocommit = True
-                self._run("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                self.run("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             else:
-                self._run("SAVEPOINT seqdrift_check")
-            self._run(
+                self.run("SAVEPOINT seqdrift_check")
+            self.run(
                 sql.SQL("SELECT set_config('lock_timeout', %s, true)"),
                 [f"{int(lock_timeout_ms)}ms"],
             )
             if statement_timeout_ms is not None:
-                self._run(
+                self.run(
                     sql.SQL("SELECT set_config('statement_timeout', %s, true)"),
                     [f"{int(statement_timeout_ms)}ms"],
                 )
@@ -102,15 +102,17 @@ class PsycopgSession:
             return
         try:
             if own:
-                self._run("ROLLBACK")
+                self.run("ROLLBACK")
             else:
-                self._run("ROLLBACK TO SAVEPOINT seqdrift_check")
-                self._run("RELEASE SAVEPOINT seqdrift_check")
+                self.run("ROLLBACK TO SAVEPOINT seqdrift_check")
+                self.run("RELEASE SAVEPOINT seqdrift_check")
         finally:
             if own and conn.info.transaction_status == TransactionStatus.IDLE:
                 conn.autocommit = autocommit
 
-    def _run(self, query: Query, params: Seq[Any] | None = None) -> list[tuple[Any, ...]]:
+    def run(
+        self, query: Query, params: Seq[Any] | Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
         self.statements += 1
         self.round_trips += 1
         cur = self.conn.execute(query, params)
@@ -130,7 +132,11 @@ class PsycopgSession:
         if not statements:
             return []
         conn = self.conn
-        self._run("SAVEPOINT seqdrift_batch")
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            # savepoints need a transaction: open one for the batch
+            with conn.transaction():
+                return self.batch(statements)
+        self.run("SAVEPOINT seqdrift_batch")
         try:
             with conn.pipeline():
                 cursors = [conn.execute(q, p) for q, p in statements]
@@ -140,21 +146,21 @@ class PsycopgSession:
         except psycopg.Error:
             if conn.broken:
                 raise
-            self._run("ROLLBACK TO SAVEPOINT seqdrift_batch")
+            self.run("ROLLBACK TO SAVEPOINT seqdrift_batch")
             results = [self._one(q, p) for q, p in statements]
-        self._run("RELEASE SAVEPOINT seqdrift_batch")
+        self.run("RELEASE SAVEPOINT seqdrift_batch")
         return results
 
     def _one(self, query: Query, params: Seq[Any]) -> list[tuple[Any, ...]] | CannotCheck:
-        self._run("SAVEPOINT seqdrift_one")
+        self.run("SAVEPOINT seqdrift_one")
         try:
-            rows = self._run(query, params)
+            rows = self.run(query, params)
         except psycopg.Error as exc:
             if self.conn.broken:
                 raise
-            self._run("ROLLBACK TO SAVEPOINT seqdrift_one")
+            self.run("ROLLBACK TO SAVEPOINT seqdrift_one")
             return CannotCheck(describe(exc))
-        self._run("RELEASE SAVEPOINT seqdrift_one")
+        self.run("RELEASE SAVEPOINT seqdrift_one")
         return rows
 
 

@@ -62,7 +62,8 @@ def text(report: Report, *, verbose: bool = False) -> str:
         lines.append(f"sequence drift in {plural(len(columns), 'column')}:")
         for f in report.findings:
             lines.append(f"  {f.column.label}  (sequence {f.sequence.qualified})")
-            lines.append(f"    {f.kind}: {describe_finding(f)}")
+            kind = "" if f.kind == "collision" else f"{f.kind}: "
+            lines.append(f"    {kind}{describe_finding(f)}")
             fix = f.fix_sql.splitlines() or [""]
             lines.append(f"    fix: {fix[0]}")
             lines.extend(f"         {line}" for line in fix[1:])

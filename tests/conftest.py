@@ -10,6 +10,9 @@ from pytest_seqdrift.server import find_pg_ctl, root_safe
 
 pytest_plugins = ["pytester"]
 
+# small projects that tests/test_plugin.py runs with pytester, not tests of their own
+collect_ignore = ["examples"]
+
 postgresql_proc = factories.postgresql_proc(executable=root_safe(find_pg_ctl()))
 postgresql = factories.postgresql("postgresql_proc")
 

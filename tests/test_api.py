@@ -32,9 +32,9 @@ def test_runs_read_only_in_its_own_transaction(db: psycopg.Connection[Any]) -> N
     same session machinery check() uses."""
     session = PsycopgSession(db)
     with session.read_only(lock_timeout_ms=500):
-        assert session._run("SHOW transaction_read_only") == [("on",)]
-        assert session._run("SHOW transaction_isolation") == [("repeatable read",)]
-        assert session._run("SHOW lock_timeout") == [("500ms",)]
+        assert session.run("SHOW transaction_read_only") == [("on",)]
+        assert session.run("SHOW transaction_isolation") == [("repeatable read",)]
+        assert session.run("SHOW lock_timeout") == [("500ms",)]
     assert db.execute("SHOW lock_timeout").fetchone() == ("0",)
 
 

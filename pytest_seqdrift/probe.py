@@ -1,0 +1,484 @@
+"""The probe: insert past each column's highest existing value and let PostgreSQL say
+whether a key collides. For test databases only: it writes, then undoes everything.
+
+Two modes:
+
+``insert``
+    Inside a savepoint that is rolled back, copy an existing row with the
+    sequence-backed column left to its default, as many times as it takes to pass the
+    highest existing value. The table's *other* unique and exclusion constraints are
+    dropped inside the same savepoint, so only the key under test can collide. Triggers,
+    defaults and constraints take part exactly as in production. A table with no row to
+    copy, or whose rows cannot be copied, falls back to ``default`` for that table.
+``default``
+    Evaluate the column's real default expression (or the identity sequence) the same
+    number of times and look each value up in the column.
+
+``nextval`` is not rolled back with the savepoint: every sequence of the database is
+read before the probe and put back exactly (``last_value`` and ``is_called``)
+afterwards, also when the probe fails half-way. The order guarantees that a probe killed
+mid-way can only leave a sequence *ahead* of where it was (harmless gaps), never behind.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from . import drift, snapshot
+from .api import DEFAULT_LOCK_TIMEOUT_MS, check
+from .connections import CannotCheck, PsycopgSession, describe, session_for
+from .model import Checked, Column, Finding, Report, Sequence
+
+Mode = Literal["insert", "default"]
+DEFAULT_LIMIT = 10_000
+_FIRST_BATCH = 16
+
+
+@dataclass(frozen=True)
+class Probed:
+    """What the probe saw for one column."""
+
+    column: Column
+    sequence: Sequence
+    mode: Mode
+    drawn: int  # values drawn from the default
+    inserts_until_collision: int | None  # None: no collision among the values drawn
+    value: int | None  # the colliding value, where known
+    passed_max: bool  # False: stopped at the limit before passing the highest existing value
+    note: str | None = None  # a fallback, or a disagreement with the arithmetic
+    first_value: int | None = None  # the first value the column's default yields
+    top: int | None = None  # the highest existing value (lowest, for negative increments)
+
+
+@dataclass
+class ProbeReport:
+    report: Report  # the arithmetic's report, with the probe's own collisions added
+    probed: list[Probed] = field(default_factory=list)
+    restored: int = 0  # sequences put back after the probe
+
+    @property
+    def disagreements(self) -> list[Probed]:
+        return [p for p in self.probed if p.note and "disagree" in p.note]
+
+
+def probe(
+    conn: Any,
+    *,
+    mode: Mode = "insert",
+    limit: int = DEFAULT_LIMIT,
+    schemas: Iterable[str] | None = None,
+    exclude_tables: Seq[str] = (),
+    threshold: float = drift.DEFAULT_THRESHOLD,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+) -> ProbeReport:
+    """Check, then probe every unique sequence-backed column; restore every sequence."""
+    if mode not in ("insert", "default"):
+        raise ValueError(f"probe mode must be 'insert' or 'default', not {mode!r}")
+    if limit < 1:
+        raise ValueError(f"probe limit must be at least 1, not {limit!r}")
+    session = session_for(conn)
+    report = check(
+        session,
+        schemas=schemas,
+        exclude_tables=exclude_tables,
+        threshold=threshold,
+        lock_timeout_ms=lock_timeout_ms,
+    )
+    result = ProbeReport(report)
+    targets = [c for c in report.checked if c.column.unique and c.status != "duplicates"]
+    if not targets:
+        return result
+    before = snapshot.read_states(session)
+    try:
+        with _scratch(session, lock_timeout_ms):
+            for verdict in targets:
+                result.probed.append(_probe_column(session, verdict, report, mode, limit))
+    finally:
+        result.restored = snapshot.restore(session, before)
+    _merge(result)
+    return result
+
+
+class _scratch:
+    """A place to write that is undone: the caller's transaction gets a savepoint, an
+    idle connection a transaction of its own; both are rolled back on exit."""
+
+    def __init__(self, session: PsycopgSession, lock_timeout_ms: int) -> None:
+        self.session = session
+        self.lock_timeout_ms = lock_timeout_ms
+        self.own = False
+        self.autocommit = False
+
+    def __enter__(self) -> None:
+        conn = self.session.conn
+        status = conn.info.transaction_status
+        if status == TransactionStatus.INERROR:
+            raise CannotCheck("the connection is in a failed transaction: cannot probe it")
+        self.own = status == TransactionStatus.IDLE
+        if self.own:
+            self.autocommit = conn.autocommit
+            conn.autocommit = True
+            self.session.run("BEGIN")
+        else:
+            self.session.run("SAVEPOINT seqdrift_probe")
+        self.session.run(
+            "SELECT set_config('lock_timeout', %s, true)", [f"{int(self.lock_timeout_ms)}ms"]
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        conn = self.session.conn
+        if conn.closed or conn.broken:
+            return
+        if self.own:
+            self.session.run("ROLLBACK")
+            conn.autocommit = self.autocommit
+        else:
+            self.session.run("ROLLBACK TO SAVEPOINT seqdrift_probe")
+            self.session.run("RELEASE SAVEPOINT seqdrift_probe")
+
+
+def _finding_for(report: Report, verdict: Checked) -> Finding | None:
+    for f in report.findings:
+        if f.kind == "collision" and f.column == verdict.column:
+            return f
+    return None
+
+
+def _probe_column(
+    session: PsycopgSession, verdict: Checked, report: Report, mode: Mode, limit: int
+) -> Probed:
+    column, seq = verdict.column, verdict.sequence
+    expected = _finding_for(report, verdict)
+    top = verdict.max_existing if column.plain_default else _top(session, column, seq)
+    if top is None:
+        return Probed(
+            column, seq, mode, 0, None, None, passed_max=True, note="empty: nothing to probe"
+        )
+    target = _Target(column, seq, top, _distance(verdict, seq), limit)
+    first_value = verdict.next_value if column.plain_default else _peek(session, target)
+    note = None
+    used: Mode = mode
+    session.run("SAVEPOINT seqdrift_column")
+    try:
+        if mode == "insert":
+            try:
+                probed = _insert(session, target, expected)
+            except _CannotCopy as exc:
+                session.run("ROLLBACK TO SAVEPOINT seqdrift_column")
+                used, note = "default", f"fell back to the default probe: {exc}"
+                probed = _draw(session, target)
+        else:
+            probed = _draw(session, target)
+    finally:
+        session.run("ROLLBACK TO SAVEPOINT seqdrift_column")
+        session.run("RELEASE SAVEPOINT seqdrift_column")
+    until, value, drawn, passed = probed
+    if column.plain_default:
+        arith = expected.inserts_until_collision if expected else None
+        in_reach = arith is not None and arith < drawn
+        if (until is not None or in_reach) and until != arith:
+            said = "no collision" if arith is None else f"a collision after {arith} inserts"
+            saw = "none" if until is None else f"one after {until}"
+            note = (note + "; " if note else "") + (
+                f"the probe and the arithmetic disagree: the arithmetic says {said}, "
+                f"the probe saw {saw} (a trigger or rule changes the inserted value?)"
+            )
+    return Probed(column, seq, used, drawn, until, value, passed, note, first_value, top)
+
+
+class _CannotCopy(Exception):
+    pass
+
+
+_Outcome = tuple[int | None, int | None, int, bool]  # until, value, drawn, passed_max
+
+
+@dataclass(frozen=True)
+class _Target:
+    column: Column
+    sequence: Sequence
+    top: int  # the highest existing value (the lowest, for a negative increment)
+    distance: int | None  # plain defaults: values it takes to pass ``top``; else unknown
+    limit: int
+
+    def passes(self, value: int) -> bool:
+        return value > self.top if self.sequence.increment > 0 else value < self.top
+
+    def batches(self) -> list[int]:
+        """One batch of exactly the distance when it is known; else growing batches."""
+        if self.distance is not None:
+            return [min(self.distance, self.limit)] if self.distance > 0 else []
+        sizes, size, done = [], _FIRST_BATCH, 0
+        while done < self.limit:
+            sizes.append(min(size, self.limit - done))
+            done += sizes[-1]
+            size *= 2
+        return sizes
+
+    def passed_after(self, drawn: int) -> bool:
+        return self.distance is not None and drawn >= self.distance
+
+
+def _distance(verdict: Checked, seq: Sequence) -> int | None:
+    """For a plain default: how many values it takes to pass the highest existing one."""
+    if not verdict.column.plain_default or verdict.max_existing is None:
+        return None
+    if verdict.next_value is None:
+        return 0
+    return max(0, (verdict.max_existing - verdict.next_value) // seq.increment + 1)
+
+
+def _top(session: PsycopgSession, column: Column, seq: Sequence) -> int | None:
+    agg = sql.SQL("max" if seq.increment > 0 else "min")
+    ((top,),) = session.run(
+        sql.SQL("SELECT {}({}) FROM {}").format(
+            agg, sql.Identifier(column.column), _relation(column)
+        )
+    )
+    return None if top is None else int(top)
+
+
+def _relation(column: Column) -> sql.Composed:
+    only = sql.SQL("") if column.partitioned else sql.SQL("ONLY ")
+    return sql.SQL("{}{}").format(only, sql.Identifier(column.schema, column.table))
+
+
+def _insert(session: PsycopgSession, target: _Target, expected: Finding | None) -> _Outcome:
+    """Copy a row with the column left to its default until past the max."""
+    column = target.column
+    key_names, copyable = _prepare_table(session, column)
+    col = sql.Identifier(column.column)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in copyable)
+    # copy the row that holds the colliding value where there is one: under a composite
+    # key such as (id, region) it carries the rest of the key that makes the copy collide
+    source: sql.Composable = sql.SQL("TRUE")
+    params: list[Any] = []
+    if expected is not None and expected.first_collision is not None:
+        source = sql.SQL("{} = %s").format(col)
+        params.append(expected.first_collision)
+    pick = sql.SQL("SELECT {cols} FROM {rel} WHERE {source} LIMIT 1").format(
+        cols=cols, rel=_relation(column), source=source
+    )
+    if not session.run(sql.SQL("SELECT EXISTS ({})").format(pick), params)[0][0]:
+        raise _CannotCopy("the table has no row to copy")
+    insert = sql.SQL(
+        "INSERT INTO {table} ({cols}) SELECT {cols} FROM ({pick}) AS r "
+        "CROSS JOIN generate_series(1, %s) RETURNING {col}"
+    ).format(table=sql.Identifier(column.schema, column.table), cols=cols, pick=pick, col=col)
+    drawn = 0
+    for n in target.batches():
+        start = _state(session, target.sequence)
+        session.run("SAVEPOINT seqdrift_batch_insert")
+        try:
+            values = [row[0] for row in session.run(insert, [*params, n])]
+        except psycopg.errors.UniqueViolation as exc:
+            session.run("ROLLBACK TO SAVEPOINT seqdrift_batch_insert")
+            if exc.diag.constraint_name not in key_names:
+                raise _CannotCopy(
+                    f"a copied row violates {exc.diag.constraint_name}, not the key under test"
+                ) from exc
+            until, value = _locate(session, target, start, insert, params, n)
+            return drawn + until, value, drawn + until + 1, True
+        except psycopg.Error as exc:
+            if session.conn.broken:
+                raise
+            session.run("ROLLBACK TO SAVEPOINT seqdrift_batch_insert")
+            raise _CannotCopy(f"a copied row is rejected: {describe(exc)}") from exc
+        session.run("RELEASE SAVEPOINT seqdrift_batch_insert")
+        drawn += len(values)
+        if any(target.passes(int(v)) for v in values if v is not None):
+            return None, None, drawn, True
+    return None, None, drawn, target.passed_after(drawn)
+
+
+def _state(session: PsycopgSession, seq: Sequence) -> tuple[int, bool]:
+    ((last_value, is_called),) = session.run(
+        sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(seq.schema, seq.name))
+    )
+    return int(last_value), bool(is_called)
+
+
+_KEY_IN_DETAIL = re.compile(r"=\((-?\d+)(?:,|\))")
+
+
+def _locate(
+    session: PsycopgSession,
+    target: _Target,
+    start: tuple[int, bool],
+    insert: sql.Composed,
+    params: list[Any],
+    n: int,
+) -> tuple[int, int | None]:
+    """A batch of ``n`` copies collided: replay it one row at a time from the same
+    sequence state, to find which insert collides and with what value."""
+    seq = target.sequence
+    reset = sql.SQL("SELECT setval({}::regclass, %s, %s)").format(sql.Literal(seq.qualified))
+    session.run(reset, list(start))
+    for i in range(n):
+        session.run("SAVEPOINT seqdrift_one_insert")
+        try:
+            session.run(insert, [*params, 1])
+        except psycopg.errors.UniqueViolation as exc:
+            session.run("ROLLBACK TO SAVEPOINT seqdrift_one_insert")
+            # the key is in the detail ("Key (id)=(7) already exists."); for a plain
+            # default the sequence's last value is the key, whatever the language
+            found = _KEY_IN_DETAIL.search(exc.diag.message_detail or "")
+            keys = target.column.key_columns or ()
+            if found and keys and keys[0] == target.column.column:
+                return i, int(found.group(1))
+            if target.column.plain_default:
+                return i, _state(session, seq)[0]
+            return i, None
+        session.run("RELEASE SAVEPOINT seqdrift_one_insert")
+    raise CannotCheck("the probe could not reproduce a collision it saw")  # pragma: no cover
+
+
+# The table's unique and exclusion constraints and unique indexes. ``covers``: a unique
+# key that includes the column, in the order discovery picks the key under test. For a
+# partitioned table, the names of the partitions' indexes attached to each one, so that
+# a violation reported by a partition is recognised as the key's.
+_TABLE_KEYS = """
+WITH RECURSIVE keys AS (
+    SELECT i.indexrelid, i.indnkeyatts, i.indisprimary, c.conname::text AS conname,
+           i.indisunique AND i.indpred IS NULL
+             AND %(attnum)s = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]) AS covers
+    FROM pg_index i
+    LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+    WHERE i.indrelid = %(table)s AND (i.indisunique OR c.contype = 'x')
+), attached (root, indexrelid) AS (
+    SELECT indexrelid, indexrelid FROM keys
+    UNION ALL
+    SELECT a.root, h.inhrelid FROM attached a JOIN pg_inherits h ON h.inhparent = a.indexrelid
+)
+SELECT k.conname, k.covers, ic.relname::text,
+       ARRAY(SELECT x.relname::text FROM attached a JOIN pg_class x ON x.oid = a.indexrelid
+             WHERE a.root = k.indexrelid) AS names
+FROM keys k JOIN pg_class ic ON ic.oid = k.indexrelid
+ORDER BY k.indnkeyatts, k.indisprimary DESC, k.indexrelid
+"""
+
+_COPYABLE = """
+SELECT a.attname::text FROM pg_attribute a
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+  AND a.attgenerated = '' AND a.attidentity <> 'a' AND a.attnum <> %s
+ORDER BY a.attnum
+"""
+
+
+def _prepare_table(session: PsycopgSession, column: Column) -> tuple[set[str], list[str]]:
+    """Drop, inside the current savepoint, every unique or exclusion constraint and
+    unique index of the table but the key under test. Returns the names a violation of
+    the key can carry, and the columns a copied row carries."""
+    ((attnum,),) = session.run(
+        "SELECT attnum FROM pg_attribute WHERE attrelid = %s AND attname = %s",
+        [column.table_oid, column.column],
+    )
+    rows = session.run(_TABLE_KEYS, {"attnum": attnum, "table": column.table_oid})
+    key: set[str] = set()
+    table = sql.Identifier(column.schema, column.table)
+    for conname, covers, index_name, names in rows:
+        if covers and not key:
+            key = set(names) | ({conname} if conname else set())
+        elif conname is not None:
+            session.run(
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {} CASCADE").format(
+                    table, sql.Identifier(conname)
+                )
+            )
+        else:
+            session.run(
+                sql.SQL("DROP INDEX {} CASCADE").format(sql.Identifier(column.schema, index_name))
+            )
+    if not key:
+        raise _CannotCopy("no unique key covers the column")
+    copyable = [name for (name,) in session.run(_COPYABLE, [column.table_oid, attnum])]
+    if not copyable:
+        raise _CannotCopy("the table has no other column to copy")
+    return key, copyable
+
+
+def _default(target: _Target) -> sql.Composable:
+    """The column's default expression, as the server itself deparsed it, or for an
+    identity column the identity sequence's nextval."""
+    if target.column.source == "default" and target.column.default_expr:
+        return sql.SQL(target.column.default_expr)
+    return sql.SQL("nextval({}::regclass)").format(sql.Literal(target.sequence.qualified))
+
+
+def _peek(session: PsycopgSession, target: _Target) -> int | None:
+    """The value the column's default yields next, leaving its sequence where it was."""
+    start = _state(session, target.sequence)
+    ((value,),) = session.run(sql.SQL("SELECT ({})").format(_default(target)))
+    session.run(
+        sql.SQL("SELECT setval({}::regclass, %s, %s)").format(
+            sql.Literal(target.sequence.qualified)
+        ),
+        list(start),
+    )
+    return None if value is None else int(value)
+
+
+def _draw(session: PsycopgSession, target: _Target) -> _Outcome:
+    """Evaluate the column's default (or its identity sequence) and look each value up."""
+    column = target.column
+    expr = _default(target)
+    values_query = sql.SQL(
+        "SELECT v FROM (SELECT g, ({expr}) AS v FROM generate_series(1, %s) AS g) AS d ORDER BY g"
+    ).format(expr=expr)
+    hits_query = sql.SQL("SELECT {col} FROM {rel} WHERE {col} = ANY (%s)").format(
+        col=sql.Identifier(column.column), rel=_relation(column)
+    )
+    drawn = 0
+    for n in target.batches():
+        values = [int(v) for (v,) in session.run(values_query, [n]) if v is not None]
+        existing = {int(v) for (v,) in session.run(hits_query, [values])} if values else set()
+        for i, v in enumerate(values):
+            if v in existing:
+                return drawn + i, v, drawn + i + 1, True
+        drawn += len(values)
+        if any(target.passes(v) for v in values):
+            return None, None, drawn, True
+    return None, None, drawn, target.passed_after(drawn)
+
+
+def _merge(result: ProbeReport) -> None:
+    """Add the collisions only the probe saw (defaults or triggers the arithmetic
+    cannot judge)."""
+    known = {f.column for f in result.report.findings if f.kind == "collision"}
+    checked = result.report.checked
+    for p in result.probed:
+        if p.inserts_until_collision is None or p.column in known:
+            continue
+        for i, verdict in enumerate(checked):
+            if verdict.column == p.column:
+                checked[i] = replace(verdict, status="finding", note="collision seen by the probe")
+        result.report.findings.append(
+            Finding(
+                kind="collision",
+                column=p.column,
+                sequence=p.sequence,
+                next_value=p.first_value,
+                first_collision=p.value,
+                inserts_until_collision=p.inserts_until_collision,
+                max_existing=p.top,
+                fix_sql=_advice(p),
+            )
+        )
+
+
+def _advice(p: Probed) -> str:
+    """A collision the arithmetic could not foresee has no exact setval: say what to do."""
+    what = p.column.default_expr or "its default"
+    return (
+        f"-- {p.column.label} takes {what} (or a trigger sets it): move "
+        f"{p.sequence.qualified} forward, with setval, until it yields values past the "
+        "existing ones"
+    )

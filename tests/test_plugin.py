@@ -1,0 +1,255 @@
+"""The pytest plugin, run on small example projects with pytester."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+# pytester runs in this process, where pytest_seqdrift is already imported: pytest then
+# warns that it cannot rewrite its asserts. Users never see that; the tests count warnings.
+QUIET = ("-W", "ignore::pytest.PytestAssertRewriteWarning")
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest(*QUIET, *args)
+
+
+@pytest.fixture
+def seed_story(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.copy_example("seed_story")
+    return pytester
+
+
+def test_seed_story_passes_without_the_plugin(seed_story: pytest.Pytester) -> None:
+    result = run(seed_story, "test_migration.py")
+    result.assert_outcomes(passed=1)
+    assert "seqdrift:" not in result.stdout.str()
+
+
+def test_seed_story_fails_with_seqdrift(seed_story: pytest.Pytester) -> None:
+    result = run(seed_story, "--seqdrift", "test_migration.py")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "seqdrift: probe=insert limit=10000 scope=migrations on-drift=fail",
+            "*SequenceDriftError: sequence drift in 1 column:",
+            "*public.profile_billingaddress.id  (sequence public.profile_billingaddress_id_seq)",
+            "*next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 16)",
+            "*fix: SELECT setval('public.profile_billingaddress_id_seq', GREATEST(16, last_value))*",
+            "*= sequence drift (pytest-seqdrift) =*",
+            "test_migration.py::test_split_billing_addresses: "
+            "public.profile_billingaddress.id: the 7th insert collides with 7",
+        ]
+    )
+
+
+def test_fixed_migration_passes(seed_story: pytest.Pytester) -> None:
+    result = run(seed_story, "--seqdrift", "test_fixed_migration.py")
+    result.assert_outcomes(passed=1)
+    assert "sequence drift (pytest-seqdrift)" not in result.stdout.str()
+
+
+def test_ini_switches_it_on(seed_story: pytest.Pytester) -> None:
+    seed_story.makeini("[pytest]\nseqdrift = true\n")
+    run(seed_story, "test_migration.py").assert_outcomes(failed=1)
+
+
+def test_command_line_beats_ini(seed_story: pytest.Pytester) -> None:
+    seed_story.makeini("[pytest]\nseqdrift = true\nseqdrift_fail = true\n")
+    result = run(seed_story, "--seqdrift-fail=false", "test_migration.py")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*SeqdriftWarning: sequence drift in 1 column:*"])
+
+
+def test_warn_mode_in_ini(seed_story: pytest.Pytester) -> None:
+    seed_story.makeini("[pytest]\nseqdrift = true\nseqdrift_fail = false\n")
+    result = run(seed_story, "test_migration.py")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*the 7th insert collides with 7*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "message"),
+    [
+        (["--seqdrift-probe=sideways"], "", "--seqdrift-probe: expected one of insert, default*"),
+        ([], "seqdrift_probe_limit = 0", "ini option seqdrift_probe_limit: expected a whole*"),
+        (["--seqdrift-fail=maybe"], "", "--seqdrift-fail: expected true or false, not 'maybe'"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(
+    seed_story: pytest.Pytester, args: list[str], ini: str, message: str
+) -> None:
+    seed_story.makeini(f"[pytest]\n{ini}\n")
+    result = run(seed_story, "--seqdrift", *args, "test_migration.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}"])
+
+
+def test_probe_mode_default(seed_story: pytest.Pytester) -> None:
+    result = run(seed_story, "--seqdrift", "--seqdrift-probe=default", "test_migration.py")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*the 7th collides with existing id 7*"])
+
+
+def test_json_report(seed_story: pytest.Pytester) -> None:
+    result = run(seed_story, "--seqdrift", "--seqdrift-report=drift.json")
+    result.assert_outcomes(passed=1, failed=1)
+    out = json.loads((seed_story.path / "drift.json").read_text())
+    assert out["version"] == 1
+    (finding,) = out["findings"]
+    assert finding["test"] == "test_migration.py::test_split_billing_addresses"
+    assert finding["table"] == "profile_billingaddress"
+    assert finding["inserts_until_collision"] == 6
+
+
+def test_scope_all_probes_unmarked_database_tests(pytester: pytest.Pytester) -> None:
+    pytester.copy_example("seed_story/conftest.py")
+    pytester.makepyfile(
+        """
+        def test_unmarked(postgresql):
+            postgresql.execute("CREATE TABLE t (id serial PRIMARY KEY)")
+            postgresql.execute("INSERT INTO t (id) VALUES (1), (2)")
+            postgresql.commit()
+        """
+    )
+    run(pytester, "--seqdrift").assert_outcomes(passed=1)
+    result = run(pytester, "--seqdrift", "--seqdrift-scope=all")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*the very next insert collides with existing id 1*"])
+
+
+def test_no_database_is_said_once(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.seqdrift
+        def test_one():
+            pass
+
+        @pytest.mark.seqdrift
+        def test_two():
+            pass
+        """
+    )
+    result = run(pytester, "--seqdrift")
+    result.assert_outcomes(passed=2)
+    out = result.stdout.str()
+    assert out.count("pytest-seqdrift found no database for this test") == 1
+    assert "tests without a database: test_no_database_is_said_once.py::test_one" in out
+
+
+def test_marker_arguments_are_validated(pytester: pytest.Pytester) -> None:
+    pytester.copy_example("seed_story/conftest.py")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.seqdrift(prob="insert")
+        def test_typo(postgresql):
+            pass
+        """
+    )
+    result = run(pytester, "--seqdrift")
+    result.assert_outcomes(errors=1)  # at setup: the test body never runs
+    result.stdout.fnmatch_lines(["*@pytest.mark.seqdrift takes only the keywords*unknown*'prob'*"])
+
+
+def test_fixture_assert_sequences_consistent(pytester: pytest.Pytester) -> None:
+    pytester.copy_example("seed_story/conftest.py")
+    pytester.makepyfile(
+        """
+        def test_drifted(postgresql, assert_sequences_consistent):
+            postgresql.execute("CREATE TABLE t (id serial PRIMARY KEY)")
+            postgresql.execute("INSERT INTO t (id) VALUES (3), (4)")
+            assert_sequences_consistent()
+
+        def test_with_a_connection(postgresql, assert_sequences_consistent):
+            postgresql.execute("CREATE TABLE t (id serial PRIMARY KEY)")
+            postgresql.execute("INSERT INTO t (id) VALUES (3)")
+            assert_sequences_consistent(postgresql, exclude_tables=["t"])
+
+        def test_clean(postgresql, assert_sequences_consistent):
+            postgresql.execute("CREATE TABLE t (id serial PRIMARY KEY)")
+            postgresql.execute("INSERT INTO t DEFAULT VALUES")
+            assert_sequences_consistent()
+        """
+    )
+    result = run(
+        pytester,
+    )
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            ">*assert_sequences_consistent()",
+            "E*pytest_seqdrift.fixtures.SequenceDriftError: sequence drift in 1 column:",
+            "E*public.t.id  (sequence public.t_id_seq)",
+            "E*next value 1; 2 inserts succeed, the 3rd collides with existing id 3 (max id 4)",
+        ]
+    )
+
+
+def test_override_seqdrift_connection(pytester: pytest.Pytester) -> None:
+    """The alembic_engine pattern: the user's conftest says which database to check."""
+    pytester.copy_example("seed_story/conftest.py")
+    pytester.makeconftest(
+        (pytester.path / "conftest.py").read_text()
+        + """
+
+import pytest
+
+@pytest.fixture
+def app_db(postgresql):
+    return postgresql
+
+@pytest.fixture
+def seqdrift_connection(app_db):
+    return app_db
+"""
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.seqdrift
+        def test_migrate(app_db):
+            app_db.execute("CREATE TABLE t (id serial PRIMARY KEY)")
+            app_db.execute("INSERT INTO t (id) VALUES (2)")
+        """
+    )
+    result = run(pytester, "--seqdrift")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*1 insert succeeds, the 2nd collides with existing id 2*"])
+
+
+def test_snapshot_fixture(pytester: pytest.Pytester) -> None:
+    pytester.copy_example("seed_story/conftest.py")
+    pytester.makepyfile(
+        """
+        def test_snapshot(postgresql, seqdrift_snapshot):
+            postgresql.execute("CREATE SEQUENCE s")
+            seqdrift_snapshot.record()
+            postgresql.execute("SELECT nextval('s')")
+            (moved,) = seqdrift_snapshot.diff()
+            assert moved.sequence == "public.s"
+            assert (moved.before.last_value, moved.before.is_called) == (1, False)
+            assert (moved.after.last_value, moved.after.is_called) == (1, True)
+            assert seqdrift_snapshot.restore() == 1
+            assert seqdrift_snapshot.diff() == []
+            with seqdrift_snapshot:
+                postgresql.execute("SELECT nextval('s'), nextval('s')")
+            assert seqdrift_snapshot.diff() == []
+        """
+    )
+    run(
+        pytester,
+    ).assert_outcomes(passed=1)
+
+
+def test_xdist_one_summary(seed_story: pytest.Pytester) -> None:
+    result = run(seed_story, "-n", "2", "--seqdrift", "--seqdrift-report=drift.json")
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    assert out.count("test_migration.py::test_split_billing_addresses: public.") == 1
+    assert len(json.loads((seed_story.path / "drift.json").read_text())["findings"]) == 1
