@@ -127,9 +127,11 @@ class SeqdriftPlugin:
 
     def pytest_report_header(self, config: pytest.Config) -> str:
         s = self.settings
+        dsn = "set" if get_option(config, DSN_OPTION) else "none"
         return (
             f"seqdrift: probe={s.mode} limit={s.limit} scope={s.scope} "
-            f"on-drift={'fail' if s.fail else 'warn'}"
+            f"on-drift={'fail' if s.fail else 'warn'} threshold={s.threshold} dsn={dsn}"
+            + (" (probed)" if s.probe_dsn else "")
         )
 
     # -- the probe, right after the test body ------------------------------------------

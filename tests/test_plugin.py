@@ -32,7 +32,7 @@ def test_seed_story_fails_with_seqdrift(seed_story: pytest.Pytester) -> None:
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "seqdrift: probe=insert limit=10000 scope=migrations on-drift=fail",
+            "seqdrift: probe=insert limit=10000 scope=migrations on-drift=fail threshold=0.8 dsn=none",
             "*SequenceDriftError: sequence drift in 1 column:",
             "*public.profile_billingaddress.id  (sequence public.profile_billingaddress_id_seq)",
             "*next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 16)",
