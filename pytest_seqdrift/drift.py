@@ -72,15 +72,14 @@ class _Stream:
         """The first forward value that both the sequence and the column allow."""
         return self.lo if self.type_lo is None else max(self.lo, self.type_lo)
 
-    @property
-    def column_narrower(self) -> bool:
-        """The column's type ends the walk before the sequence's own limit does."""
-        return self.type_hi is not None and self.type_hi < self.hi
-
-    @property
-    def wraps(self) -> bool:
-        """A wrap happens (rather than an overflow) when the walk reaches its end."""
-        return self.cycle and not self.column_narrower
+    def reaches_limit(self, start: int) -> bool:
+        """Does the walk from ``start`` run into the sequence's own limit (MAXVALUE), rather
+        than out of the column's range? Only values on the walk's grid count: the step
+        after the last storable value may jump past both ends at once."""
+        if start > self.cap:
+            return False
+        beyond = start + ((self.cap - start) // self.step + 1) * self.step
+        return beyond > self.hi
 
     @property
     def wrap_storable(self) -> bool:
@@ -131,7 +130,8 @@ def plan(column: Column, seq: Sequence, state: SequenceState) -> Plan:
     n = s.forward(nv)
     lo = n if s.type_lo is None else max(n, s.type_lo)
     first_pass = s.window(lo, s.cap, n)
-    after_wrap = s.window(s.floor, s.cap, s.lo) if s.wraps and s.wrap_storable else None
+    wraps = s.cycle and s.reaches_limit(n) and s.wrap_storable
+    after_wrap = s.window(s.floor, s.cap, s.lo) if wraps else None
     return Plan(first_pass=first_pass, after_wrap=after_wrap, top=top)
 
 
@@ -172,9 +172,6 @@ class Capacity:
 def capacity(column: Column, seq: Sequence, state: SequenceState) -> Capacity:
     """How much of the effective range (sequence ∩ column type) is left."""
     s = _stream(column, seq)
-    leaves_column = s.column_narrower or (s.cycle and not s.wrap_storable)
-    kind: FindingKind = "overflow" if leaves_column else "exhaustion"
-    ends = not s.wraps or not s.wrap_storable
     nv = next_value(seq, state)
     if nv is None:
         return Capacity("exhaustion", 0, 1.0, ends=True)
@@ -184,6 +181,16 @@ def capacity(column: Column, seq: Sequence, state: SequenceState) -> Capacity:
         return Capacity("overflow", 0, 1.0, ends=True)
     left = (s.cap - n) // s.step + 1
     used = (n - s.floor) // s.step
+    kind: FindingKind = "exhaustion"
+    ends = True
+    if not s.reaches_limit(n) or (s.cycle and not s.wrap_storable):
+        kind = "overflow"  # the column's type ends the walk, or the wrap's value
+    elif s.cycle and s.reaches_limit(s.lo):
+        ends = False  # wraps inside the column's range, for ever
+    elif s.cycle:
+        # wraps once, then the walk from the wrap value, on its own grid, leaves the column
+        kind = "overflow"
+        left += (s.cap - s.lo) // s.step + 1
     return Capacity(kind, left, used / (used + left), ends=ends)
 
 

@@ -30,14 +30,26 @@ def setval_at_least(seq: Sequence, value: int) -> str:
 
     ``setval(s, v)`` (is_called true) makes the next value ``v + increment``. When the
     sequence is further on but not yet called, this skips one value: a harmless gap.
+
+    A CYCLE sequence whose next ``nextval`` wraps stands *before* MINVALUE (MAXVALUE),
+    whatever its ``last_value`` says: then ``value`` itself is the way forward.
     """
     pick = "GREATEST" if seq.increment > 0 else "LEAST"
+    target = sql.SQL("{pick}({value}, last_value)").format(
+        pick=sql.SQL(pick), value=sql.SQL(str(int(value)))
+    )
+    if seq.cycle:
+        # is_called and last_value + increment past the limit: the next call wraps
+        if seq.increment > 0:
+            wraps = sql.SQL("last_value > {}").format(sql.SQL(str(seq.max_value - seq.increment)))
+        else:
+            wraps = sql.SQL("last_value < {}").format(sql.SQL(str(seq.min_value - seq.increment)))
+        target = sql.SQL("CASE WHEN is_called AND {wraps} THEN {value} ELSE {target} END").format(
+            wraps=wraps, value=sql.SQL(str(int(value))), target=target
+        )
     return _text(
-        sql.SQL("SELECT setval({seq}, {pick}({value}, last_value)) FROM {ident};").format(
-            seq=sql.Literal(seq.qualified),
-            pick=sql.SQL(pick),
-            value=sql.SQL(str(int(value))),
-            ident=seq_ident(seq),
+        sql.SQL("SELECT setval({seq}, {target}) FROM {ident};").format(
+            seq=sql.Literal(seq.qualified), target=target, ident=seq_ident(seq)
         )
     )
 
