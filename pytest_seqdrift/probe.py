@@ -62,7 +62,7 @@ class Probed:
 class ProbeReport:
     report: Report  # the arithmetic's report, with the probe's own collisions added
     probed: list[Probed] = field(default_factory=list)
-    restored: int = 0  # sequences put back after the probe
+    restored: int = 0  # sequence moves put back (after each probed column, and at the end)
 
     @property
     def disagreements(self) -> list[Probed]:
@@ -101,8 +101,12 @@ def probe(
         with _scratch(session, lock_timeout_ms):
             for verdict in targets:
                 result.probed.append(_probe_column(session, verdict, report, mode, limit))
+                # every column is probed from the states the arithmetic judged: a
+                # sequence shared with (or drawn by a trigger of) a column probed
+                # before must not start where that probe left it
+                result.restored += snapshot.restore(session, before)
     finally:
-        result.restored = snapshot.restore(session, before)
+        result.restored += snapshot.restore(session, before)
     _merge(result)
     return result
 
@@ -164,6 +168,7 @@ def _probe_column(
         )
     target = _Target(column, seq, top, _distance(verdict, seq), limit)
     first_value = verdict.next_value if column.plain_default else _peek(session, target)
+    start = _state(session, seq)
     note = None
     used: Mode = mode
     session.run("SAVEPOINT seqdrift_column")
@@ -173,6 +178,7 @@ def _probe_column(
                 probed = _insert(session, target, expected)
             except _CannotCopy as exc:
                 session.run("ROLLBACK TO SAVEPOINT seqdrift_column")
+                _setval(session, seq, start)  # a rejected batch drew values: draw them again
                 used, note = "default", f"fell back to the default probe: {exc}"
                 probed = _draw(session, target)
         else:
@@ -279,13 +285,17 @@ def _insert(session: PsycopgSession, target: _Target, expected: Finding | None) 
         session.run("SAVEPOINT seqdrift_batch_insert")
         try:
             values = [row[0] for row in session.run(insert, [*params, n])]
-        except psycopg.errors.UniqueViolation as exc:
+        except (psycopg.errors.UniqueViolation, _RanOut) as exc:
             session.run("ROLLBACK TO SAVEPOINT seqdrift_batch_insert")
-            if exc.diag.constraint_name not in key_names:
+            if isinstance(exc, psycopg.errors.UniqueViolation) and (
+                exc.diag.constraint_name not in key_names
+            ):
                 raise _CannotCopy(
                     f"a copied row violates {exc.diag.constraint_name}, not the key under test"
                 ) from exc
-            until, value = _locate(session, target, start, insert, params, n)
+            until, value, collided = _locate(session, target, start, insert, params, n)
+            if not collided:  # the sequence ran out after ``until`` values: none is left
+                return None, None, drawn + until, True
             return drawn + until, value, drawn + until + 1, True
         except psycopg.Error as exc:
             if session.conn.broken:
@@ -306,6 +316,16 @@ def _state(session: PsycopgSession, seq: Sequence) -> tuple[int, bool]:
     return int(last_value), bool(is_called)
 
 
+def _setval(session: PsycopgSession, seq: Sequence, state: tuple[int, bool]) -> None:
+    session.run(
+        sql.SQL("SELECT setval({}::regclass, %s, %s)").format(sql.Literal(seq.qualified)),
+        list(state),
+    )
+
+
+# nextval past MAXVALUE (MINVALUE) of a sequence without CYCLE
+_RanOut = psycopg.errors.SequenceGeneratorLimitExceeded
+
 _KEY_IN_DETAIL = re.compile(r"=\((-?\d+)(?:,|\))")
 
 
@@ -316,16 +336,19 @@ def _locate(
     insert: sql.Composed,
     params: list[Any],
     n: int,
-) -> tuple[int, int | None]:
-    """A batch of ``n`` copies collided: replay it one row at a time from the same
-    sequence state, to find which insert collides and with what value."""
+) -> tuple[int, int | None, bool]:
+    """A batch of ``n`` copies collided, or its sequence ran out: replay it one row at a
+    time from the same sequence state, to find which insert collides and with what value
+    (``collided``), or after how many inserts the sequence runs out (not ``collided``)."""
     seq = target.sequence
-    reset = sql.SQL("SELECT setval({}::regclass, %s, %s)").format(sql.Literal(seq.qualified))
-    session.run(reset, list(start))
+    _setval(session, seq, start)
     for i in range(n):
         session.run("SAVEPOINT seqdrift_one_insert")
         try:
             session.run(insert, [*params, 1])
+        except _RanOut:
+            session.run("ROLLBACK TO SAVEPOINT seqdrift_one_insert")
+            return i, None, False
         except psycopg.errors.UniqueViolation as exc:
             session.run("ROLLBACK TO SAVEPOINT seqdrift_one_insert")
             # the key is in the detail ("Key (id)=(7) already exists."); for a plain
@@ -333,10 +356,10 @@ def _locate(
             found = _KEY_IN_DETAIL.search(exc.diag.message_detail or "")
             keys = target.column.key_columns or ()
             if found and keys and keys[0] == target.column.column:
-                return i, int(found.group(1))
+                return i, int(found.group(1)), True
             if target.column.plain_default:
-                return i, _state(session, seq)[0]
-            return i, None
+                return i, _state(session, seq)[0], True
+            return i, None, True
         session.run("RELEASE SAVEPOINT seqdrift_one_insert")
     raise CannotCheck("the probe could not reproduce a collision it saw")  # pragma: no cover
 
@@ -414,37 +437,63 @@ def _default(target: _Target) -> sql.Composable:
 
 
 def _peek(session: PsycopgSession, target: _Target) -> int | None:
-    """The value the column's default yields next, leaving its sequence where it was."""
+    """The value the column's default yields next, leaving its sequence where it was.
+    None: the default yields NULL, or its sequence has run out."""
     start = _state(session, target.sequence)
-    ((value,),) = session.run(sql.SQL("SELECT ({})").format(_default(target)))
-    session.run(
-        sql.SQL("SELECT setval({}::regclass, %s, %s)").format(
-            sql.Literal(target.sequence.qualified)
-        ),
-        list(start),
-    )
-    return None if value is None else int(value)
+    values, _ = _values(session, target, _values_query(target), 1)
+    _setval(session, target.sequence, start)
+    return values[0] if values else None
+
+
+def _values_query(target: _Target) -> sql.Composed:
+    """``%s`` values of the column's default (or its identity sequence), in order."""
+    return sql.SQL(
+        "SELECT v FROM (SELECT g, ({expr}) AS v FROM generate_series(1, %s) AS g) AS d ORDER BY g"
+    ).format(expr=_default(target))
+
+
+def _values(
+    session: PsycopgSession, target: _Target, query: sql.Composed, n: int
+) -> tuple[list[int], bool]:
+    """``n`` values of the default (NULLs left out); fewer, and True, where its sequence
+    runs out first. The failed batch drew values that are lost: the sequence is put back
+    and the values before the end are drawn again, one at a time."""
+    start = _state(session, target.sequence)
+    session.run("SAVEPOINT seqdrift_draw")
+    ran_out = False
+    try:
+        rows = session.run(query, [n])
+    except _RanOut:
+        session.run("ROLLBACK TO SAVEPOINT seqdrift_draw")
+        _setval(session, target.sequence, start)
+        rows = []
+        for _ in range(n):
+            try:
+                rows += session.run(query, [1])
+            except _RanOut:
+                session.run("ROLLBACK TO SAVEPOINT seqdrift_draw")
+                ran_out = True
+                break
+    session.run("RELEASE SAVEPOINT seqdrift_draw")
+    return [int(v) for (v,) in rows if v is not None], ran_out
 
 
 def _draw(session: PsycopgSession, target: _Target) -> _Outcome:
     """Evaluate the column's default (or its identity sequence) and look each value up."""
     column = target.column
-    expr = _default(target)
-    values_query = sql.SQL(
-        "SELECT v FROM (SELECT g, ({expr}) AS v FROM generate_series(1, %s) AS g) AS d ORDER BY g"
-    ).format(expr=expr)
+    values_query = _values_query(target)
     hits_query = sql.SQL("SELECT {col} FROM {rel} WHERE {col} = ANY (%s)").format(
         col=sql.Identifier(column.column), rel=_relation(column)
     )
     drawn = 0
     for n in target.batches():
-        values = [int(v) for (v,) in session.run(values_query, [n]) if v is not None]
+        values, ran_out = _values(session, target, values_query, n)
         existing = {int(v) for (v,) in session.run(hits_query, [values])} if values else set()
         for i, v in enumerate(values):
             if v in existing:
                 return drawn + i, v, drawn + i + 1, True
         drawn += len(values)
-        if any(target.passes(v) for v in values):
+        if ran_out or any(target.passes(v) for v in values):
             return None, None, drawn, True
     return None, None, drawn, target.passed_after(drawn)
 

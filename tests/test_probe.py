@@ -1,0 +1,742 @@
+"""The probe against a real server: exact numbers, exact restores, nothing left behind.
+
+Every test builds its schema with SQL, runs ``probe()`` and compares what it reports
+with the arithmetic (``check()``) and, where they must differ, with what PostgreSQL
+itself does. After every probe the database must be exactly as before: every
+sequence's ``last_value`` *and* ``is_called``, every row, every index and constraint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import errors, sql
+from psycopg.pq import TransactionStatus
+
+from pytest_seqdrift import check, snapshot
+from pytest_seqdrift import probe as probe_module
+from pytest_seqdrift.connections import PsycopgSession
+from pytest_seqdrift.model import Checked, Finding, Report, SequenceState
+from pytest_seqdrift.probe import Mode, Probed, ProbeReport, probe
+from pytest_seqdrift.snapshot import SequenceKey
+
+Conn = psycopg.Connection[Any]
+States = dict[SequenceKey, SequenceState]
+MODES: tuple[Mode, ...] = ("insert", "default")
+
+SEED_STORY = """
+    CREATE TABLE t (id serial PRIMARY KEY, v int);
+    INSERT INTO t (id) VALUES (7), (9), (12), (14), (16);
+"""
+
+# -- what the database holds -------------------------------------------------------------
+
+_USER_TABLES = """
+SELECT n.nspname::text, c.relname::text
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_%'
+ORDER BY 1, 2
+"""
+
+_INDEXES = """
+SELECT schemaname::text, tablename::text, indexname::text, indexdef,
+       to_regclass(quote_ident(schemaname) || '.' || quote_ident(indexname))::oid::int8
+FROM pg_indexes WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1, 2, 3
+"""
+
+_CONSTRAINTS = """
+SELECT oid::int8, conrelid::regclass::text, conname::text, contype::text, conindid::int8,
+       pg_get_constraintdef(oid)
+FROM pg_constraint
+WHERE connamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+ORDER BY 2, 3
+"""
+
+
+def contents(db: Conn) -> dict[str, list[str]]:
+    """Every row of every user table (partitions included), as text, in order."""
+    tables = [(str(s), str(t)) for s, t in db.execute(_USER_TABLES).fetchall()]
+    return {
+        f"{schema}.{table}": [
+            str(r)
+            for (r,) in db.execute(
+                sql.SQL("SELECT r::text FROM {} AS r ORDER BY 1").format(
+                    sql.Identifier(schema, table)
+                )
+            ).fetchall()
+        ]
+        for schema, table in tables
+    }
+
+
+def structure(db: Conn) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every index (pg_indexes) and constraint (pg_constraint), with their oids."""
+    return (
+        [tuple(r) for r in db.execute(_INDEXES).fetchall()],
+        [tuple(r) for r in db.execute(_CONSTRAINTS).fetchall()],
+    )
+
+
+def states(db: Conn) -> States:
+    return snapshot.read_states(db)
+
+
+@contextmanager
+def unchanged(db: Conn, *, tables: bool = True) -> Iterator[States]:
+    """Assert that sequences (and, by default, rows, indexes and constraints) are
+    exactly as they were once the block is over."""
+    __tracebackhide__ = True
+    before_states, before_rows, before_structure = states(db), contents(db), structure(db)
+    yield before_states
+    assert states(db) == before_states
+    if tables:
+        assert contents(db) == before_rows
+        assert structure(db) == before_structure
+
+
+# -- what the probe and the arithmetic said ----------------------------------------------
+
+
+def probed_for(result: ProbeReport, table: str) -> Probed:
+    __tracebackhide__ = True
+    found = [p for p in result.probed if p.column.table == table]
+    assert len(found) == 1, result.probed
+    return found[0]
+
+
+def collision_for(report: Report, table: str) -> Finding | None:
+    __tracebackhide__ = True
+    found = [f for f in report.findings if f.kind == "collision" and f.column.table == table]
+    assert len(found) <= 1, report.findings
+    return found[0] if found else None
+
+
+def checked_for(report: Report, table: str) -> Checked:
+    __tracebackhide__ = True
+    found = [c for c in report.checked if c.column.table == table]
+    assert len(found) == 1, report.checked
+    return found[0]
+
+
+def saw(p: Probed) -> tuple[int | None, int | None]:
+    return p.inserts_until_collision, p.value
+
+
+def numbers(f: Finding | None) -> tuple[int | None, ...] | None:
+    if f is None:
+        return None
+    return (f.next_value, f.first_collision, f.inserts_until_collision, f.max_existing)
+
+
+def next_position(state: SequenceState, increment: int) -> int:
+    """The value the sequence hands out next, signed so that bigger is further on."""
+    value = state.last_value + increment if state.is_called else state.last_value
+    return value if increment > 0 else -value
+
+
+def increments(db: Conn) -> dict[int, int]:
+    return {int(o): int(i) for o, i in db.execute("SELECT seqrelid, seqincrement FROM pg_sequence")}
+
+
+# -- 1. restore is exact -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeqSpec:
+    increment: int
+    cycle: bool
+    lo: int  # MINVALUE
+    hi: int  # MAXVALUE
+    last_value: int
+    is_called: bool
+    # each table the sequence feeds: the ids planted in it, and whether its default is
+    # an expression (``nextval(...) + 0``: the arithmetic leaves it to the probe)
+    tables: tuple[tuple[frozenset[int], bool], ...]
+
+
+@st.composite
+def seq_specs(draw: st.DrawFn) -> SeqSpec:
+    increment = draw(st.integers(1, 5)) * draw(st.sampled_from([1, -1]))
+    lo = draw(st.integers(-40, 40))
+    hi = lo + draw(st.integers(1, 60))
+    table = st.tuples(st.frozensets(st.integers(lo - 3, hi + 3), max_size=8), st.booleans())
+    return SeqSpec(
+        increment=increment,
+        cycle=draw(st.booleans()),
+        lo=lo,
+        hi=hi,
+        last_value=draw(st.integers(lo, hi)),
+        is_called=draw(st.booleans()),
+        # a second table makes the sequence shared
+        tables=tuple(draw(st.lists(table, min_size=1, max_size=2))),
+    )
+
+
+def build(db: Conn, specs: list[SeqSpec]) -> None:
+    db.execute("DROP SCHEMA IF EXISTS h CASCADE; CREATE SCHEMA h")
+    for i, spec in enumerate(specs):
+        seq = sql.Identifier("h", f"s{i}")
+        db.execute(
+            sql.SQL("CREATE SEQUENCE {} INCREMENT {} MINVALUE {} MAXVALUE {} START {} {}").format(
+                seq,
+                sql.Literal(spec.increment),
+                sql.Literal(spec.lo),
+                sql.Literal(spec.hi),
+                sql.Literal(spec.lo if spec.increment > 0 else spec.hi),
+                sql.SQL("CYCLE" if spec.cycle else "NO CYCLE"),
+            )
+        )
+        db.execute(
+            "SELECT setval(%s::regclass, %s, %s)", [f"h.s{i}", spec.last_value, spec.is_called]
+        )
+        for j, (ids, expression) in enumerate(spec.tables):
+            table = sql.Identifier("h", f"t{i}_{j}")
+            db.execute(
+                sql.SQL(
+                    "CREATE TABLE {} (id bigint PRIMARY KEY DEFAULT nextval({}){}, v text)"
+                ).format(table, sql.Literal(f"h.s{i}"), sql.SQL(" + 0" if expression else ""))
+            )
+            db.execute(
+                sql.SQL(
+                    "INSERT INTO {} (id, v) SELECT x, 'row ' || x FROM unnest(%s::bigint[]) AS x"
+                ).format(table),
+                [sorted(ids)],
+            )
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(specs=st.lists(seq_specs(), min_size=1, max_size=3))
+def test_probe_restores_every_sequence_exactly(db: Conn, specs: list[SeqSpec]) -> None:
+    """Random sequence states (both directions, CYCLE or not, is_called either way,
+    shared or not, plain default or expression) and random planted ids: after a probe
+    in either mode every sequence is back to its exact state and every table holds
+    exactly what it held. And where the arithmetic foresees a collision before any
+    wrap, the probe sees the same one (and sees none where the arithmetic sees none)."""
+    build(db, specs)
+    arithmetic = check(db)
+    for mode in MODES:
+        with unchanged(db):
+            result = probe(db, mode=mode)
+        assert result.disagreements == []
+        for p in result.probed:
+            expected = collision_for(arithmetic, p.column.table)
+            if not p.column.plain_default:
+                continue  # the arithmetic cannot judge it: only the restore is checked
+            assert p.passed_max
+            # the probe walks up to the highest existing value, never round a CYCLE
+            want: tuple[int | None, int | None] = (None, None)
+            if expected is not None and not expected.after_wrap:
+                want = (expected.inserts_until_collision, expected.first_collision)
+            assert saw(p) == want
+
+
+def _raise_after(original: Callable[..., Any], how: str) -> Callable[..., Any]:
+    """``original``, then an error: a Python one, or one from the server, which leaves
+    the probe's transaction aborted."""
+
+    def wrapper(session: PsycopgSession, *args: Any, **kwargs: Any) -> Any:
+        original(session, *args, **kwargs)
+        if how == "server":
+            session.run("SELECT 1 / 0")
+        raise RuntimeError("interrupted")
+
+    return wrapper
+
+
+@pytest.mark.parametrize("how", ["python", "server"])
+@pytest.mark.parametrize(("mode", "where"), [("insert", "_locate"), ("default", "_draw")])
+def test_an_interrupted_probe_restores_and_reraises(
+    db: Conn, monkeypatch: pytest.MonkeyPatch, mode: Mode, where: str, how: str
+) -> None:
+    db.execute(SEED_STORY)
+    monkeypatch.setattr(probe_module, where, _raise_after(getattr(probe_module, where), how))
+    expected = errors.DivisionByZero if how == "server" else RuntimeError
+    with unchanged(db), pytest.raises(expected):
+        probe(db, mode=mode)
+    # the connection is left as the probe found it
+    assert db.autocommit
+    assert db.info.transaction_status == TransactionStatus.IDLE
+
+
+def _terminate(db: Conn) -> None:
+    """Kill the connection's server process, from another connection, and wait for it."""
+    pid = db.info.backend_pid
+    with psycopg.connect(db.info.dsn, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+        for _ in range(500):
+            gone = other.execute(
+                "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)", [pid]
+            ).fetchone()
+            if gone and gone[0]:
+                return
+            other.execute("SELECT pg_sleep(0.01)")
+    raise AssertionError(f"backend {pid} did not go away")  # pragma: no cover
+
+
+KILL_POINTS = [
+    ("insert", probe_module, "_locate", "after"),  # a batch collided: the sequence moved
+    ("default", probe_module, "_draw", "after"),  # values drawn
+    ("insert", snapshot, "restore", "before"),  # everything probed, nothing put back yet
+]
+
+
+@pytest.mark.parametrize(
+    ("mode", "module", "where", "when"), KILL_POINTS, ids=[f"{m}-{w}" for m, _, w, _ in KILL_POINTS]
+)
+def test_a_killed_probe_leaves_sequences_only_ahead(
+    db: Conn, monkeypatch: pytest.MonkeyPatch, mode: Mode, module: Any, where: str, when: str
+) -> None:
+    """Why a killed probe can only leave a sequence *ahead* of where it was (harmless
+    gaps), never behind (future collisions):
+
+    * the probe reads every sequence's state (``snapshot.read_states``) before it runs
+      a single ``nextval`` -- ``test_the_probe_reads_states_before_it_draws`` shows it;
+    * ``nextval`` only ever moves a sequence forward, in its own direction;
+    * every ``setval`` the probe runs goes back either to a state read *during* the
+      probe (to replay a batch that collided or ran out one value at a time, after
+      ``_peek``, before a fallback), which is itself at or ahead of the snapshot, or
+      to the snapshot itself (the restore, after each column and at the end).
+
+    So at every instant each sequence is at or ahead of its snapshot, and a process
+    killed at any point leaves it there; the server rolls back the rows and DDL of the
+    dead transaction. Here the backend is really terminated mid-probe (no CYCLE, so
+    that "ahead" is a plain comparison)."""
+    db.execute(SEED_STORY)
+    db.execute(
+        """CREATE SEQUENCE down INCREMENT -2 MAXVALUE -1;
+           CREATE TABLE n (id int PRIMARY KEY DEFAULT nextval('down'), v int);
+           INSERT INTO n (id) VALUES (-2), (-4), (-5), (-9);"""
+    )
+    before, rows, step = states(db), contents(db), increments(db)
+    original = getattr(module, where)
+
+    def killer(*args: Any, **kwargs: Any) -> Any:
+        if when == "before":
+            _terminate(db)
+        result = original(*args, **kwargs)
+        _terminate(db)
+        return result
+
+    monkeypatch.setattr(module, where, killer)
+    with pytest.raises(psycopg.OperationalError):
+        probe(db, mode=mode)
+    monkeypatch.undo()
+
+    with psycopg.connect(db.info.dsn, autocommit=True) as other:
+        after = states(other)
+        assert contents(other) == rows
+    assert after.keys() == before.keys()
+    moves = {
+        k.label: next_position(after[k], step[k.oid]) - next_position(before[k], step[k.oid])
+        for k in before
+    }
+    assert all(m >= 0 for m in moves.values()), moves
+    assert any(m > 0 for m in moves.values()), moves  # the kill did come after a nextval
+
+
+def test_the_probe_reads_states_before_it_draws(db: Conn, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot the probe restores is taken before any function that can draw a
+    value runs, it equals the states before the probe, and every restore puts back
+    that very snapshot."""
+    db.execute(SEED_STORY)
+    db.execute(
+        """CREATE SEQUENCE s;
+           CREATE TABLE sharded (id bigint PRIMARY KEY DEFAULT nextval('s') * 16 + 3, v int);
+           INSERT INTO sharded (id) VALUES (83);"""
+    )
+    expected = states(db)
+    events: list[str] = []  # calls, in order
+    read: list[States] = []
+    restored_to: list[States] = []
+
+    def spy(module: Any, name: str) -> None:
+        original = getattr(module, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            events.append(name)
+            if name == "restore":
+                restored_to.append(dict(args[1]))
+            answer = original(*args, **kwargs)
+            if name == "read_states" and not read:
+                read.append(answer)
+            return answer
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    for name in ("_peek", "_insert", "_draw", "_locate"):
+        spy(probe_module, name)
+    spy(snapshot, "read_states")
+    spy(snapshot, "restore")
+
+    probe(db, mode="insert")
+    monkeypatch.undo()
+
+    drawing = [i for i, e in enumerate(events) if e in ("_peek", "_insert", "_draw", "_locate")]
+    assert drawing, events
+    assert events.index("read_states") < drawing[0], events
+    assert read == [expected]
+    assert restored_to, events
+    assert all(r == expected for r in restored_to)
+    assert [e for e in events if e != "read_states"][-1] == "restore", events
+    assert states(db) == expected
+
+
+# -- 2. the probe agrees with the arithmetic ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Story:
+    id: str
+    sql: str
+    until: int  # inserts before the collision
+    value: int  # the colliding value
+    table: str = "t"
+
+
+AGREEING = [
+    Story("seed-story", SEED_STORY, 6, 7),
+    Story(
+        "identity-always",
+        """CREATE TABLE t (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
+           INSERT INTO t (id, v) OVERRIDING SYSTEM VALUE VALUES (3, 'a'), (4, 'b'), (8, 'c');""",
+        2,
+        3,
+    ),
+    Story(
+        "increment-3",  # 1, 4, 7 pass 2, 3, 5, 6 (never handed out); 10 collides
+        """CREATE SEQUENCE s INCREMENT 3;
+           CREATE TABLE t (id bigint PRIMARY KEY DEFAULT nextval('s'), v int);
+           INSERT INTO t (id) VALUES (2), (3), (5), (6), (10), (11);""",
+        3,
+        10,
+    ),
+    Story(
+        "negative-increment",  # -1, -3 pass -2, -4; -5 collides
+        """CREATE SEQUENCE s INCREMENT -2 MAXVALUE -1;
+           CREATE TABLE t (id int PRIMARY KEY DEFAULT nextval('s'), v int);
+           INSERT INTO t (id) VALUES (-2), (-4), (-5), (-9);""",
+        2,
+        -5,
+    ),
+    Story(
+        # (3, 'eu') is the only 'eu' row: a copied 'us' row would take id 3 unharmed
+        "partitioned-id-region",
+        """CREATE TABLE m (id bigserial, region text, PRIMARY KEY (id, region))
+               PARTITION BY LIST (region);
+           CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu');
+           CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');
+           INSERT INTO m (id, region) VALUES (3, 'eu'), (10, 'us'), (11, 'us'), (12, 'us'),
+                                             (13, 'us');""",
+        2,
+        3,
+        table="m",
+    ),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("story", AGREEING, ids=[s.id for s in AGREEING])
+def test_the_probe_agrees_with_the_arithmetic(db: Conn, story: Story, mode: Mode) -> None:
+    db.execute(story.sql)
+    arithmetic = check(db)
+    with unchanged(db):
+        result = probe(db, mode=mode)
+    p = probed_for(result, story.table)
+    assert (p.mode, p.note, p.passed_max) == (mode, None, True)
+    assert saw(p) == (story.until, story.value)
+    assert p.drawn == story.until + 1
+    f = collision_for(arithmetic, story.table)
+    assert f is not None
+    assert (f.inserts_until_collision, f.first_collision) == (story.until, story.value)
+    # the probe adds nothing to a collision the arithmetic already reported
+    assert [numbers(g) for g in result.report.findings] == [numbers(f)]
+
+
+SHARED = """
+    CREATE SEQUENCE s;
+    CREATE TABLE a (id int PRIMARY KEY DEFAULT nextval('s'), v int);
+    CREATE TABLE b (id int PRIMARY KEY DEFAULT {b_default}, v int);
+    INSERT INTO a (id) VALUES (10), (20);
+    INSERT INTO b (id) VALUES (8);
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_shared_sequence_is_probed_from_its_real_state_for_each_table(
+    db: Conn, mode: Mode
+) -> None:
+    """Probing ``a`` draws 10 values from ``s``; ``b`` must still be probed from where
+    ``s`` really stands (1), where its 8th insert collides."""
+    db.execute(SHARED.format(b_default="nextval('s')"))
+    with unchanged(db):
+        result = probe(db, mode=mode)
+    assert saw(probed_for(result, "a")) == (9, 10)
+    assert saw(probed_for(result, "b")) == (7, 8)
+    assert result.disagreements == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_shared_sequence_behind_an_expression_is_not_missed(db: Conn, mode: Mode) -> None:
+    """The same, where only the probe can see ``b``'s collision."""
+    db.execute(SHARED.format(b_default="nextval('s') + 0"))
+    with unchanged(db):
+        result = probe(db, mode=mode)
+    assert saw(probed_for(result, "b")) == (7, 8)
+    f = collision_for(result.report, "b")
+    assert f is not None
+    assert numbers(f) == (1, 8, 7, 8)
+
+
+# -- 3. the probe catches what the arithmetic cannot -------------------------------------
+
+SHARDED = """
+    CREATE SEQUENCE s;
+    CREATE TABLE t (id bigint PRIMARY KEY DEFAULT nextval('s') * 16 + 3, v int);
+    -- the default yields 19, 35, 51, 67, 83: the 5th collides
+    INSERT INTO t (id) VALUES (20), (83), (84), (100);
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_sharded_default_collision_is_found_by_the_probe(db: Conn, mode: Mode) -> None:
+    db.execute(SHARDED)
+    arithmetic = check(db)
+    assert arithmetic.findings == []
+    assert checked_for(arithmetic, "t").status == "unchecked"
+
+    with unchanged(db):
+        result = probe(db, mode=mode)
+    p = probed_for(result, "t")
+    assert (p.mode, p.note, p.first_value, p.top) == (mode, None, 19, 100)
+    assert saw(p) == (4, 83)
+    f = collision_for(result.report, "t")
+    assert f is not None
+    assert numbers(f) == (19, 83, 4, 100)
+    assert f.sequence.qualified == "public.s"
+    assert "public.s" in f.fix_sql
+    verdict = checked_for(result.report, "t")
+    assert (verdict.status, verdict.note) == ("finding", "collision seen by the probe")
+    assert not result.report.ok
+
+
+SHIFTING_TRIGGER = """
+    CREATE TABLE t (id serial PRIMARY KEY, v int);
+    INSERT INTO t (id) VALUES (103);
+    CREATE FUNCTION shift_id() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN NEW.id := NEW.id + 100; RETURN NEW; END $$;
+    CREATE TRIGGER shift BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION shift_id();
+"""
+
+
+def test_a_trigger_that_moves_the_id_is_caught_by_the_insert_probe(db: Conn) -> None:
+    """The default is a plain ``nextval``: the arithmetic walks 1, 2, ... and says the
+    103rd insert meets id 103. But the trigger stores 101, 102, 103: PostgreSQL fails
+    the 3rd insert. Only inserting (not evaluating the default) can see that."""
+    db.execute(SHIFTING_TRIGGER)
+    f = collision_for(check(db), "t")
+    assert f is not None
+    assert (f.inserts_until_collision, f.first_collision) == (102, 103)
+
+    # the truth, from PostgreSQL itself: two inserts pass, the third fails on 103
+    with unchanged(db) as before:
+        with db.transaction(force_rollback=True):
+            insert = "INSERT INTO t (v) VALUES (0) RETURNING id"
+            got = [db.execute(insert).fetchall() for _ in range(2)]
+            with pytest.raises(errors.UniqueViolation, match=r"\(id\)=\(103\)"):
+                db.execute(insert)
+        assert got == [[(101,)], [(102,)]]
+        snapshot.restore(db, before)
+
+    with unchanged(db):
+        inserted = probe(db, mode="insert")
+    p = probed_for(inserted, "t")
+    assert (p.mode, saw(p)) == ("insert", (2, 103))
+    assert p.note is not None
+    assert "disagree" in p.note
+    assert "a collision after 102 inserts" in p.note
+    assert "one after 2" in p.note
+    assert inserted.disagreements == [p]
+
+    # evaluating the default bypasses the trigger: it can only repeat the arithmetic
+    with unchanged(db):
+        drawn = probe(db, mode="default")
+    q = probed_for(drawn, "t")
+    assert (q.mode, saw(q), q.note) == ("default", (102, 103), None)
+
+
+# -- 4. the insert probe leaves the table exactly as it was ------------------------------
+
+CONSTRAINED = """
+    CREATE TABLE t (
+        id serial PRIMARY KEY,
+        email text NOT NULL UNIQUE,
+        during tsrange,
+        EXCLUDE USING gist (during WITH &&)
+    );
+    CREATE UNIQUE INDEX t_lower_email ON t (lower(email));
+    CREATE TABLE child (email text REFERENCES t (email));
+    INSERT INTO t (id, email, during)
+        SELECT i, 'u' || i || '@example.com',
+               tsrange('2024-01-01'::timestamp + i * interval '1 day',
+                       '2024-01-01'::timestamp + (i + 1) * interval '1 day')
+        FROM unnest(ARRAY[7, 9, 12, 14, 16]) AS i;
+    INSERT INTO child VALUES ('u7@example.com');
+"""
+
+
+@pytest.mark.parametrize("where", ["autocommit", "committed", "rolled-back"])
+def test_the_insert_probe_leaves_the_table_as_it_was(db: Conn, where: str) -> None:
+    """Copies of a row violate the unique email, its lower() index and the exclusion
+    constraint (dropping the email key cascades to the child's foreign key): all are
+    dropped inside the probe's savepoint, only the key under test collides, and
+    everything comes back -- also when the probe runs inside the caller's transaction,
+    committed or rolled back afterwards."""
+    db.execute(CONSTRAINED)
+    rows, indexes_and_constraints = contents(db), structure(db)
+    with unchanged(db) as before:
+        if where == "autocommit":
+            result = probe(db, mode="insert")
+        else:
+            with db.transaction(force_rollback=where == "rolled-back"):
+                result = probe(db, mode="insert")
+                # inside the caller's transaction too, before it ends
+                assert db.info.transaction_status == TransactionStatus.INTRANS
+                assert (states(db), contents(db), structure(db)) == (
+                    before,
+                    rows,
+                    indexes_and_constraints,
+                )
+    p = probed_for(result, "t")
+    assert (p.mode, p.note, saw(p)) == ("insert", None, (6, 7))
+
+
+# -- 5. fallbacks and the limit ----------------------------------------------------------
+
+UNCOPYABLE = [
+    pytest.param(
+        """CREATE TABLE t (id serial PRIMARY KEY);
+           INSERT INTO t (id) VALUES (7), (9), (12), (14), (16);""",
+        "the table has no other column to copy",
+        id="only-the-id",
+    ),
+    pytest.param(
+        # uniqueness kept by a trigger: the probe cannot drop it as it drops constraints
+        """CREATE TABLE t (id serial PRIMARY KEY, email text NOT NULL);
+           CREATE FUNCTION email_taken() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF EXISTS (SELECT FROM t WHERE lower(email) = lower(NEW.email)) THEN
+                   RAISE EXCEPTION 'email % is taken', NEW.email;
+               END IF;
+               RETURN NEW;
+           END $$;
+           INSERT INTO t (id, email) SELECT i, 'u' || i FROM unnest(ARRAY[7, 9, 12, 14, 16]) i;
+           CREATE TRIGGER unique_email BEFORE INSERT ON t
+               FOR EACH ROW EXECUTE FUNCTION email_taken();""",
+        "a copied row is rejected: email u7 is taken",
+        id="trigger-enforced-unique",
+    ),
+    pytest.param(
+        # a unique index on one partition only: not the parent's, so not dropped
+        """CREATE TABLE t (id serial, region text, code text, PRIMARY KEY (id, region))
+               PARTITION BY LIST (region);
+           CREATE TABLE t_eu PARTITION OF t FOR VALUES IN ('eu');
+           CREATE TABLE t_us PARTITION OF t FOR VALUES IN ('us');
+           CREATE UNIQUE INDEX t_eu_code ON t_eu (code);
+           INSERT INTO t (id, region, code) VALUES (7, 'eu', 'a'), (9, 'us', 'b'),
+               (12, 'us', 'c'), (14, 'us', 'd'), (16, 'us', 'e');""",
+        "a copied row violates t_eu_code, not the key under test",
+        id="partition-only-unique-index",
+    ),
+]
+
+
+@pytest.mark.parametrize(("schema", "reason"), UNCOPYABLE)
+def test_rows_that_cannot_be_copied_fall_back_to_the_default_probe(
+    db: Conn, schema: str, reason: str
+) -> None:
+    db.execute(schema)
+    with unchanged(db):
+        result = probe(db, mode="insert")
+    p = probed_for(result, "t")
+    assert p.mode == "default"
+    assert p.note == f"fell back to the default probe: {reason}"
+    assert (saw(p), p.passed_max) == ((6, 7), True)
+    assert result.disagreements == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_limit_stops_the_probe_and_the_arithmetic_stands(db: Conn, mode: Mode) -> None:
+    """The 7th value collides; with a limit of 3 the probe sees none and says it did
+    not pass the max. The arithmetic's finding is reported all the same."""
+    db.execute(SEED_STORY)
+    with unchanged(db):
+        result = probe(db, mode=mode, limit=3)
+    p = probed_for(result, "t")
+    assert (p.mode, p.drawn, saw(p), p.passed_max, p.note) == (mode, 3, (None, None), False, None)
+    f = collision_for(result.report, "t")
+    assert f is not None
+    assert numbers(f) == (1, 7, 6, 16)
+    assert checked_for(result.report, "t").status == "finding"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_limit_stops_a_probe_of_an_expression(db: Conn, mode: Mode) -> None:
+    db.execute(SHARDED)
+    with unchanged(db):
+        result = probe(db, mode=mode, limit=3)
+    p = probed_for(result, "t")
+    assert (p.drawn, saw(p), p.passed_max) == (3, (None, None), False)
+    assert result.report.findings == []
+    assert checked_for(result.report, "t").status == "unchecked"
+
+
+# -- a sequence that runs out ------------------------------------------------------------
+
+RUNNING_OUT = [
+    # the default yields 2, 4, 6 ... 20, then nextval fails
+    pytest.param("(6), (41)", (2, 6), 3, id="collides-before-the-end"),
+    pytest.param("(41)", (None, None), 10, id="ends-before-the-max"),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("ids", "expected", "drawn"), RUNNING_OUT)
+def test_a_sequence_that_runs_out_ends_the_probe_cleanly(
+    db: Conn, mode: Mode, ids: str, expected: tuple[int | None, int | None], drawn: int
+) -> None:
+    """A probe draws in batches: one that reaches past MAXVALUE must not make the probe
+    fail; the values before the end are still looked at, one by one."""
+    db.execute(
+        f"""CREATE SEQUENCE s MAXVALUE 10;
+            CREATE TABLE t (id int PRIMARY KEY DEFAULT nextval('s') * 2, v int);
+            INSERT INTO t (id) VALUES {ids};"""
+    )
+    with unchanged(db):
+        result = probe(db, mode=mode)
+    p = probed_for(result, "t")
+    assert (p.mode, saw(p), p.drawn, p.first_value, p.note) == (mode, expected, drawn, 2, None)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_exhausted_sequence_is_probed_without_error(db: Conn, mode: Mode) -> None:
+    db.execute(
+        """CREATE SEQUENCE s MAXVALUE 10;
+           SELECT setval('s', 10);
+           CREATE TABLE t (id int PRIMARY KEY DEFAULT nextval('s') * 2, v int);
+           INSERT INTO t (id) VALUES (4);"""
+    )
+    with unchanged(db):
+        result = probe(db, mode=mode)
+    p = probed_for(result, "t")
+    assert (p.drawn, saw(p), p.first_value) == (0, (None, None), None)
