@@ -229,17 +229,18 @@ def bounds_query(column: Column, plan: Plan) -> tuple[sql.Composed, list[int]]:
     """One statement answers the whole plan: each part is an index range scan that stops
     at its first match (PostgreSQL turns min/max over a range into LIMIT 1 scans)."""
     params: list[int] = []
-    parts = [_first_in(column, w, params) for w in (plan.first_pass, plan.after_wrap, plan.top)]
-    return sql.SQL("SELECT {}, {}, {}").format(*parts), params
+    windows = (plan.first_pass, plan.after_wrap, plan.top, plan.last_on_grid)
+    parts = [_first_in(column, w, params) for w in windows]
+    return sql.SQL("SELECT {}, {}, {}, {}").format(*parts), params
 
 
 def parse_bounds(rows: list[tuple[Any, ...]]) -> Bounds:
-    ((first_pass, after_wrap, top),) = rows
+    ((first_pass, after_wrap, top, last_on_grid),) = rows
 
     def as_int(v: Any) -> int | None:
         return None if v is None else int(v)
 
-    return Bounds(as_int(first_pass), as_int(after_wrap), as_int(top))
+    return Bounds(as_int(first_pass), as_int(after_wrap), as_int(top), as_int(last_on_grid))
 
 
 def row_count_query(column: Column, limit: int) -> tuple[sql.Composed, list[int]]:

@@ -16,7 +16,7 @@ The walk of ``nextval`` that these functions describe:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import fixsql
 from .model import (
@@ -130,9 +130,12 @@ def plan(column: Column, seq: Sequence, state: SequenceState) -> Plan:
     n = s.forward(nv)
     lo = n if s.type_lo is None else max(n, s.type_lo)
     first_pass = s.window(lo, s.cap, n)
+    last_on_grid = None
+    if first_pass is not None and s.step > 1:
+        last_on_grid = replace(first_pass, ascending=not first_pass.ascending)
     wraps = s.cycle and s.reaches_limit(n) and s.wrap_storable
     after_wrap = s.window(s.floor, s.cap, s.lo) if wraps else None
-    return Plan(first_pass=first_pass, after_wrap=after_wrap, top=top)
+    return Plan(first_pass=first_pass, after_wrap=after_wrap, top=top, last_on_grid=last_on_grid)
 
 
 @dataclass(frozen=True)

@@ -77,13 +77,18 @@ def for_collision(
         )
     top = bounds.top
     assert top is not None, "a collision implies an existing value"
-    if not _room_after(seq, column, top):
-        return _text(
-            sql.SQL(
-                "-- no value is left beyond the existing {top} in {seq}; widen it first:\n-- {widen}"
-            ).format(top=sql.SQL(str(top)), seq=sql.SQL(seq.qualified), widen=_widen(seq))
-        )
-    return setval_at_least(seq, top)
+    if _room_after(seq, column, top):
+        return setval_at_least(seq, top)
+    # No value is left past the max. With an increment above 1 the max may be off the
+    # walk's grid: past the last existing value *on* the grid, the walk is free.
+    on_grid = bounds.last_on_grid
+    if on_grid is not None and _room_after(seq, column, on_grid):
+        return setval_at_least(seq, on_grid)
+    return _text(
+        sql.SQL(
+            "-- no value is left beyond the existing {top} in {seq}; widen it first:\n-- {widen}"
+        ).format(top=sql.SQL(str(top)), seq=sql.SQL(seq.qualified), widen=_widen(seq))
+    )
 
 
 def _widen(seq: Sequence) -> sql.Composed:

@@ -93,6 +93,9 @@ class Plan:
     first_pass: Window | None  # values the sequence reaches before it ends or wraps
     after_wrap: Window | None  # values a cycling sequence reaches once it has wrapped
     top: Window | None  # the whole reachable range: its far end is the max (or min) existing
+    # the first pass searched from its far end: the last existing value on the increment's
+    # grid (only asked for |increment| > 1, where it can differ from ``top``)
+    last_on_grid: Window | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ class Bounds:
     first_pass: int | None
     after_wrap: int | None
     top: int | None
+    last_on_grid: int | None = None
 
 
 @dataclass(frozen=True)

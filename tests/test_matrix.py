@@ -717,3 +717,22 @@ def test_seed_story_json(db: Conn) -> None:
             "status": "finding",
         }
     ]
+
+
+def test_fix_past_the_last_value_on_the_grid(db: psycopg.Connection[Any]) -> None:
+    """INCREMENT 10 MAXVALUE 100 hands out 1, 11, ..., 91; ids 51 and 95 exist. Nothing is
+    left past 95, but setval(51) leaves 61..91 free: the fix must find that."""
+    db.execute(
+        "CREATE SEQUENCE grid_seq INCREMENT 10 MAXVALUE 100;"
+        "CREATE TABLE grid (id int PRIMARY KEY DEFAULT nextval('grid_seq'));"
+        "INSERT INTO grid (id) VALUES (51), (95)"
+    )
+    (finding,) = [f for f in check(db).findings if f.kind == "collision"]
+    assert (finding.first_collision, finding.inserts_until_collision) == (51, 5)
+    assert "GREATEST(51, last_value)" in finding.fix_sql
+    db.execute(finding.fix_sql)
+    assert [f.kind for f in check(db).findings] == []
+    inserted = [
+        db.execute("INSERT INTO grid DEFAULT VALUES RETURNING id").fetchone() for _ in range(4)
+    ]
+    assert inserted == [(61,), (71,), (81,), (91,)]
