@@ -1,8 +1,11 @@
 """``check()``: read a database's sequence-backed columns and judge each one.
 
-Round trips per check are constant, whatever the number of tables: discovery (one
-query), sequence states (one pipelined batch), column bounds (one pipelined batch), and
-row counts for the few columns whose verdict depends on them (one batch, often empty).
+Statements per check are constant, whatever the number of tables: discovery (one
+query), sequence states (one statement), column bounds (one statement), and row counts
+for the few columns whose verdict depends on them (one pipelined batch, usually empty).
+The per-table reads run on the server (see catalog.ALL_STATES / ALL_BOUNDS); when one of
+those statements fails, the same reads are sent per table in one pipeline instead, so
+that a locked or unreadable table is reported on its own and the rest still checked.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from collections.abc import Sequence as Seq
 from typing import Any
 
 from . import catalog, drift
-from .connections import CannotCheck, session_for
-from .model import Bounds, Checked, Column, Report, Sequence, SequenceState, Skipped
+from .connections import CannotCheck, Session, open_session
+from .model import Bounds, Checked, Column, Plan, Report, Sequence, SequenceState, Skipped
 
 DEFAULT_LOCK_TIMEOUT_MS = 1000
 
@@ -29,6 +32,10 @@ def check(
 ) -> Report:
     """Check every sequence-backed column the connection can see; never writes.
 
+    ``conn`` is a psycopg 3 or psycopg2 connection, a SQLAlchemy ``Engine`` or
+    ``Connection``, or a Django connection; anything else (SQLite, MySQL) raises
+    ``NotSupported``, a ``CannotCheck`` and ``TypeError``.
+
     ``schemas`` limits the check to those schemas; ``exclude_tables`` takes fnmatch
     patterns matched against ``table`` and ``schema.table``; ``threshold`` is the share
     of a column's range that, once used, counts as overflow or exhaustion.
@@ -39,9 +46,11 @@ def check(
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], not {threshold!r}")
-    session = session_for(conn)
-    with session.read_only(
-        lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms
+    with (
+        open_session(conn) as session,
+        session.read_only(
+            lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms
+        ),
     ):
         rows = session.query_dicts(catalog.DISCOVERY, catalog.discovery_params(schemas))
         columns, sequences = catalog.parse_discovery(rows, exclude_tables)
@@ -53,10 +62,7 @@ def check(
 
         # 1. sequence states, read after the snapshot that the discovery query took
         wanted = sorted({c.sequence_oid for c in readable})
-        answers = session.batch([(catalog.state_query(sequences[oid]), ()) for oid in wanted])
-        states: dict[int, SequenceState | CannotCheck] = {}
-        for oid, answer in zip(wanted, answers, strict=True):
-            states[oid] = answer if isinstance(answer, CannotCheck) else catalog.parse_state(answer)
+        states = _read_states(session, [sequences[oid] for oid in wanted])
 
         # 2. column bounds, planned from the states
         todo: list[tuple[Column, Sequence, SequenceState]] = []
@@ -77,15 +83,13 @@ def check(
                 )
             else:
                 todo.append((c, seq, state))
-        answers = session.batch(
-            [catalog.bounds_query(c, drift.plan(c, s, st)) for c, s, st in todo]
-        )
+        answers = _read_bounds(session, [(c, drift.plan(c, s, st)) for c, s, st in todo])
         bounded: list[tuple[Column, Sequence, SequenceState, Bounds]] = []
         for (c, seq, state), answer in zip(todo, answers, strict=True):
             if isinstance(answer, CannotCheck):
                 report.skipped.append(_skipped(c, seq, answer.args[0]))
             else:
-                bounded.append((c, seq, state, catalog.parse_bounds(answer)))
+                bounded.append((c, seq, state, answer))
 
         # 3. row counts, only where "fewer values left than rows" could decide
         counting = [
@@ -97,9 +101,9 @@ def check(
             [catalog.row_count_query(bounded[i][0], limit) for i, limit in counting]
         )
         rows_by_index: dict[int, int] = {}
-        for (i, _), answer in zip(counting, counted, strict=True):
-            if not isinstance(answer, CannotCheck):
-                rows_by_index[i] = int(answer[0][0])
+        for (i, _), count in zip(counting, counted, strict=True):
+            if not isinstance(count, CannotCheck):
+                rows_by_index[i] = int(count[0][0])
 
         for i, (c, seq, state, bounds) in enumerate(bounded):
             found, verdict = drift.assess(
@@ -111,6 +115,33 @@ def check(
         key=lambda v: (v.column.schema, v.column.table, v.column.column, v.sequence.qualified)
     )
     return report
+
+
+def _read_states(
+    session: Session, wanted: list[Sequence]
+) -> dict[int, SequenceState | CannotCheck]:
+    """Every sequence's state in one statement; per sequence when that one fails."""
+    if not wanted:
+        return {}
+    (rows,) = session.batch([(catalog.ALL_STATES, catalog.all_states_params(wanted))])
+    if not isinstance(rows, CannotCheck):
+        return dict(catalog.parse_all_states(rows))
+    answers = session.batch([(catalog.state_query(seq), ()) for seq in wanted])
+    return {
+        seq.oid: answer if isinstance(answer, CannotCheck) else catalog.parse_state(answer)
+        for seq, answer in zip(wanted, answers, strict=True)
+    }
+
+
+def _read_bounds(session: Session, items: list[tuple[Column, Plan]]) -> list[Bounds | CannotCheck]:
+    """Every column's bounds in one statement; per column when that one fails."""
+    if not items:
+        return []
+    (rows,) = session.batch([(catalog.ALL_BOUNDS, catalog.all_bounds_params(items))])
+    if not isinstance(rows, CannotCheck):
+        return list(catalog.parse_all_bounds(rows, len(items)))
+    answers = session.batch([catalog.bounds_query(c, plan) for c, plan in items])
+    return [a if isinstance(a, CannotCheck) else catalog.parse_bounds(a) for a in answers]
 
 
 def _skipped(column: Column, seq: Sequence, reason: str) -> Skipped:

@@ -251,3 +251,94 @@ def row_count_query(column: Column, limit: int) -> tuple[sql.Composed, list[int]
         ),
         [limit],
     )
+
+
+# --- one statement for all reads -----------------------------------------------------
+#
+# The per-table reads below run on the server, in one statement each: every query text
+# is built there with format('%I'/'%L') from arrays of OIDs, names and numbers, and run
+# with query_to_xml, which works inside a READ ONLY transaction and on a replica (a
+# temporary PL/pgSQL function would not). However many tables, the check sends the same
+# few statements. Should one statement fail (a table locked past the lock timeout), the
+# caller falls back to the per-table statements above, which report each failure
+# against its own table.
+
+ALL_STATES = """
+SELECT s.oid::int8,
+       (xpath('/row/last_value/text()', x))[1]::text,
+       (xpath('/row/is_called/text()', x))[1]::text
+FROM unnest(%s::oid[]) AS s(oid)
+CROSS JOIN LATERAL query_to_xml(
+    format('SELECT last_value, is_called FROM %%s', s.oid::regclass), true, true, ''
+) AS x
+"""
+
+# One row per column: its windows (one row each in the arrays) become the subqueries of
+# one query per column, run with query_to_xml and read back with XMLTABLE. Numbers
+# travel as text literals cast to bigint (%L::int8), so that -9223372036854775808 stays
+# a bigint and the column's index serves the range.
+ALL_BOUNDS = """
+WITH w AS (
+    SELECT * FROM unnest(
+        %s::int4[], %s::int4[], %s::oid[], %s::bool[], %s::text[], %s::bool[],
+        %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::bool[]
+    ) AS w(item, slot, rel, partitioned, col, ascending, lo, hi, base, step, fractional)
+), q AS (
+    SELECT item, 'SELECT ' || string_agg(format(
+        '(SELECT %%s(%%I) FROM %%s%%s WHERE %%I BETWEEN %%L::int8 AND %%L::int8%%s) AS s%%s',
+        CASE WHEN ascending THEN 'min' ELSE 'max' END,
+        col,
+        CASE WHEN partitioned THEN '' ELSE 'ONLY ' END,
+        rel::regclass,
+        col, lo, hi,
+        CASE WHEN step <> 1
+             THEN format(' AND mod(%%I::numeric - %%L::numeric, %%L::numeric) = 0', col, base, step)
+             WHEN fractional THEN format(' AND %%I = trunc(%%I)', col, col)
+             ELSE '' END,
+        slot), ', ') AS query
+    FROM w GROUP BY item
+)
+SELECT q.item, x.s0, x.s1, x.s2, x.s3
+FROM q CROSS JOIN LATERAL XMLTABLE(
+    '/row' PASSING query_to_xml(q.query, true, true, '')
+    COLUMNS s0 text PATH 's0', s1 text PATH 's1', s2 text PATH 's2', s3 text PATH 's3'
+) AS x
+"""
+
+_SLOTS = ("first_pass", "after_wrap", "top", "last_on_grid")
+
+
+def all_states_params(sequences: Iterable[Sequence]) -> list[Any]:
+    return [[s.oid for s in sequences]]
+
+
+def parse_all_states(rows: Iterable[tuple[Any, ...]]) -> dict[int, SequenceState]:
+    return {
+        int(oid): SequenceState(int(last_value), is_called == "true")
+        for oid, last_value, is_called in rows
+    }
+
+
+def all_bounds_params(items: Seq[tuple[Column, Plan]]) -> list[list[Any]]:
+    """The arrays ALL_BOUNDS unnests, one element per window to search."""
+    keys = ("item", "slot", "rel", "partitioned", "col", "ascending", "lo", "hi", "base", "step")
+    params: dict[str, list[Any]] = {k: [] for k in (*keys, "fractional")}
+    for item, (column, plan) in enumerate(items):
+        for slot, name in enumerate(_SLOTS):
+            w: Window | None = getattr(plan, name)
+            if w is None:
+                continue
+            values: tuple[Any, ...] = (item, slot, column.table_oid, column.partitioned)
+            values += (column.column, w.ascending, w.lo, w.hi, w.base, w.step)
+            for key, value in zip(keys, values, strict=True):
+                params[key].append(value)
+            params["fractional"].append(column.type_range is None)
+    return list(params.values())
+
+
+def parse_all_bounds(rows: Iterable[tuple[Any, ...]], count: int) -> list[Bounds]:
+    found: list[dict[str, int | None]] = [dict.fromkeys(_SLOTS) for _ in range(count)]
+    for item, *values in rows:
+        for slot, value in zip(_SLOTS, values, strict=True):
+            found[item][slot] = int(value.split(".")[0]) if value else None  # nil: ""
+    return [Bounds(**f) for f in found]

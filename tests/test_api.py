@@ -81,3 +81,52 @@ def test_round_trips_do_not_grow_with_the_number_of_tables(db: psycopg.Connectio
         return session.round_trips
 
     assert trips(2) == trips(40)
+
+
+def test_one_statement_reads_agree_with_the_per_table_reads(db: psycopg.Connection[Any]) -> None:
+    """The server-side batch (query_to_xml) and the per-table fallback answer alike."""
+    from pytest_seqdrift import catalog, drift
+
+    db.execute(
+        '''
+        CREATE SCHEMA "Odd ""Schema""";
+        CREATE TABLE "Odd ""Schema"""."T ""1""" ("Id" serial PRIMARY KEY);
+        INSERT INTO "Odd ""Schema"""."T ""1""" ("Id") VALUES (3), (-4), (9);
+        CREATE SEQUENCE neg INCREMENT -3 MINVALUE -100 MAXVALUE -1 START -1;
+        CREATE TABLE n (id int PRIMARY KEY DEFAULT nextval('neg'));
+        INSERT INTO n VALUES (-7), (-10), (-50);
+        CREATE SEQUENCE five INCREMENT 5 MAXVALUE 60;
+        CREATE TABLE f (id numeric PRIMARY KEY DEFAULT nextval('five'));
+        INSERT INTO f VALUES (11), (12.5), (56);
+        CREATE TABLE p (id bigserial, r text, PRIMARY KEY (id, r)) PARTITION BY LIST (r);
+        CREATE TABLE p1 PARTITION OF p FOR VALUES IN ('a');
+        CREATE TABLE p2 PARTITION OF p FOR VALUES IN ('b');
+        INSERT INTO p VALUES (4, 'a'), (2, 'b'), (-9223372036854775808, 'b');
+        CREATE SEQUENCE cyc MAXVALUE 10 CYCLE;
+        SELECT setval('cyc', 9);
+        CREATE TABLE c (id smallint PRIMARY KEY DEFAULT nextval('cyc'));
+        INSERT INTO c VALUES (2), (5);
+        '''
+    )
+    session = PsycopgSession(db)
+    with session.read_only(lock_timeout_ms=1000):
+        rows = session.query_dicts(catalog.DISCOVERY, catalog.discovery_params(None))
+        columns, sequences = catalog.parse_discovery(rows)
+        states = catalog.parse_all_states(
+            session.run(catalog.ALL_STATES, catalog.all_states_params(sequences.values()))
+        )
+        for seq in sequences.values():
+            assert states[seq.oid] == catalog.parse_state(session.run(catalog.state_query(seq)))
+        items = [
+            (c, drift.plan(c, sequences[c.sequence_oid], states[c.sequence_oid])) for c in columns
+        ]
+        at_once = catalog.parse_all_bounds(
+            session.run(catalog.ALL_BOUNDS, catalog.all_bounds_params(items)), len(items)
+        )
+        one_by_one = [
+            catalog.parse_bounds(session.run(*catalog.bounds_query(c, p))) for c, p in items
+        ]
+    assert len(items) == 5
+    assert at_once == one_by_one
+    assert any(b.after_wrap is not None for b in at_once)
+    assert any(b.last_on_grid is not None for b in at_once)
