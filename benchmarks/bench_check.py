@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -137,8 +137,11 @@ def delayed_proxy(host: str, port: int, delay: float) -> Iterator[int]:
             writer.close()
 
     async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        sr, sw = await asyncio.open_connection(host, port)
-        await asyncio.gather(pipe(cr, sw), pipe(sr, cw))
+        try:
+            sr, sw = await asyncio.open_connection(host, port)
+            await asyncio.gather(pipe(cr, sw), pipe(sr, cw))
+        except (ConnectionError, asyncio.CancelledError):
+            cw.close()
 
     async def main() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -148,13 +151,24 @@ def delayed_proxy(host: str, port: int, delay: float) -> Iterator[int]:
         async with server:
             await server.serve_forever()
 
-    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    def run() -> None:
+        with suppress(asyncio.CancelledError):
+            loop.run_until_complete(main())
+        # close what is left (the client's connections) before the loop goes away
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     ready.wait(10)
     try:
         yield int(box["port"])
     finally:
         loop.call_soon_threadsafe(box["server"].close)
+        thread.join(10)
 
 
 def measure(dsn: str, n: int, rows: int, repeat: int) -> None:
@@ -176,7 +190,9 @@ def measure(dsn: str, n: int, rows: int, repeat: int) -> None:
     print(f"floor  {t_floor * 1000:9.1f} ms  (1 statement)")
     print(f"check/floor = {t_check / t_floor:.2f}   naive/check = {t_naive / t_check:.2f}")
     info = psycopg.conninfo.conninfo_to_dict(dsn)
-    with delayed_proxy(str(info.get("host", "127.0.0.1")), int(info.get("port", 5432)), 0.001) as port:
+    with delayed_proxy(
+        str(info.get("host", "127.0.0.1")), int(info.get("port", 5432)), 0.001
+    ) as port:
         proxied = psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port=port)
         with psycopg.connect(proxied, autocommit=True) as conn:
             p_check = timed(lambda: check(conn, schemas=["bench"]), max(1, repeat // 2))
