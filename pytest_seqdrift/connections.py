@@ -1,5 +1,14 @@
 """Connection adapters: the engine talks to a ``Session``, whatever the driver.
 
+``open_session(conn)`` takes what a user has in hand — a psycopg 3 or psycopg2
+connection, a SQLAlchemy ``Engine`` or ``Connection`` (psycopg 3 or psycopg2 dialect), a
+Django connection (``django.db.connection`` or ``connections[alias]``) — unwraps it to
+the driver's own connection, and yields a session with one interface: ``run``,
+``query_dicts``, ``batch``, ``read_only`` and ``scratch``. Queries are composed with
+``psycopg.sql`` whatever the driver (the psycopg2 session renders them to text), and a
+database error is recognised by its SQLSTATE (``sqlstate(exc)``), not by its class, so
+the engine never names a driver.
+
 A session runs the check inside a transaction it owns, and leaves the connection as it
 found it:
 
@@ -7,14 +16,18 @@ found it:
   back at the end. The snapshot is taken by the first (discovery) query, before any
   sequence is read, so every column bound is older than the sequence state it is
   compared with: concurrent inserts cannot produce a false finding;
-* a connection inside the user's own transaction gets a savepoint, rolled back at the
-  end: the user's transaction, its settings and its snapshot are left alone, and the
-  check sees the user's uncommitted rows;
+* a connection inside the user's own transaction (also a SQLAlchemy ``Connection``'s or
+  a Django ``atomic`` block's) gets a savepoint, rolled back at the end: the user's
+  transaction, its settings and its snapshot are left alone, and the check sees the
+  user's uncommitted rows;
 * a connection in a failed transaction cannot be checked: that is an error.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from collections.abc import Sequence as Seq
 from contextlib import contextmanager
@@ -22,11 +35,12 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.pq import TransactionStatus
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 Query = str | sql.SQL | sql.Composed
+Params = Seq[Any] | Mapping[str, Any] | None
 Statement = tuple[Query, Seq[Any]]
+Rows = list[tuple[Any, ...]]
 
 
 class SeqdriftError(Exception):
@@ -37,7 +51,19 @@ class CannotCheck(SeqdriftError):
     """The database could not be checked at all (connection, privilege, server)."""
 
 
+class NotSupported(CannotCheck, TypeError):
+    """Not a connection pytest-seqdrift can check: not PostgreSQL, or not a driver it
+    knows (it takes psycopg 3, psycopg2, SQLAlchemy and Django connections)."""
+
+
 MIN_SERVER_VERSION = 110000  # pg_index.indnkeyatts appeared in PostgreSQL 11
+
+# SQLSTATEs the engine tells apart
+UNIQUE_VIOLATION = "23505"
+SEQUENCE_LIMIT_EXCEEDED = "2200H"  # nextval past MAXVALUE (MINVALUE) without CYCLE
+
+# libpq's PQtransactionStatus, which psycopg 3 and psycopg2 both report
+_IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = range(5)
 
 
 def describe(exc: BaseException) -> str:
@@ -47,37 +73,110 @@ def describe(exc: BaseException) -> str:
     return " ".join(message.split())
 
 
-class PsycopgSession:
-    """A psycopg 3 connection, driven by the engine."""
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error from either driver (None for a client error)."""
+    diag = getattr(exc, "diag", None)
+    state = getattr(diag, "sqlstate", None) or getattr(exc, "sqlstate", None)
+    return state or getattr(exc, "pgcode", None)
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+
+def constraint_name(exc: BaseException) -> str | None:
+    return getattr(getattr(exc, "diag", None), "constraint_name", None)
+
+
+def message_detail(exc: BaseException) -> str | None:
+    return getattr(getattr(exc, "diag", None), "message_detail", None)
+
+
+class Session(ABC):
+    """A driver's connection, driven by the engine. Subclasses supply the primitives
+    (execute, transaction status, autocommit); the transaction rules live here, once."""
+
+    #: the driver's base class of errors
+    Error: type[Exception] = Exception
+
+    def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.statements = 0  # statements sent, for benchmarks and tests
         self.round_trips = 0  # waits for the server: one per statement, one per pipeline
+
+    # -- the driver's primitives ---------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def closed(self) -> bool: ...
+
+    @property
+    @abstractmethod
+    def broken(self) -> bool:
+        """The connection to the server is lost."""
+
+    @abstractmethod
+    def _status(self) -> int:
+        """libpq's transaction status."""
+
+    @abstractmethod
+    def _server_version(self) -> int: ...
+
+    @abstractmethod
+    def _get_autocommit(self) -> bool: ...
+
+    @abstractmethod
+    def _set_autocommit(self, value: bool) -> None: ...
+
+    @abstractmethod
+    def _execute(self, query: Query, params: Params) -> Rows: ...
+
+    @abstractmethod
+    def _execute_dicts(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def _send_batch(self, statements: Seq[Statement]) -> list[Rows]:
+        """Every statement's rows; raises ``Error`` when one fails."""
+
+    # -- the interface the engine uses ---------------------------------------------------
+
+    def run(self, query: Query, params: Params = None) -> Rows:
+        self.statements += 1
+        self.round_trips += 1
+        return self._execute(query, params)
+
+    def query_dicts(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        self.statements += 1
+        self.round_trips += 1
+        return self._execute_dicts(query, params)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._status() == _INTRANS
+
+    def _usable(self, what: str) -> bool:
+        """Raise unless the connection can be used now; True when it is idle."""
+        if self.closed:
+            raise CannotCheck("the connection is closed")
+        status = self._status()
+        if status == _INERROR:
+            raise CannotCheck(
+                f"the connection is in a failed transaction: roll it back before {what}"
+            )
+        if status not in (_IDLE, _INTRANS):
+            raise CannotCheck(f"the connection is busy: cannot {what} now")
+        return status == _IDLE
 
     @contextmanager
     def read_only(
         self, *, lock_timeout_ms: int, statement_timeout_ms: int | None = None
     ) -> Iterator[None]:
-        conn = self.conn
-        if conn.closed:
-            raise CannotCheck("the connection is closed")
-        status = conn.info.transaction_status
-        if status == TransactionStatus.INERROR:
+        """Read inside a transaction or savepoint that is rolled back, with timeouts."""
+        own = self._usable("checking sequences")
+        if self._server_version() < MIN_SERVER_VERSION:
             raise CannotCheck(
-                "the connection is in a failed transaction: roll it back before checking sequences"
+                f"PostgreSQL {self._server_version()} is too old: 11 or later is needed"
             )
-        if status not in (TransactionStatus.IDLE, TransactionStatus.INTRANS):
-            raise CannotCheck(f"the connection is busy ({status.name}): cannot check it now")
-        if conn.info.server_version < MIN_SERVER_VERSION:
-            raise CannotCheck(
-                f"PostgreSQL {conn.info.server_version} is too old: 11 or later is needed"
-            )
-        own = status == TransactionStatus.IDLE
-        autocommit = conn.autocommit
+        autocommit = self._get_autocommit()
         try:
             if own:
-                conn.autocommit = True
+                self._set_autocommit(True)
                 self.run("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             else:
                 self.run("SAVEPOINT seqdrift_check")
@@ -91,72 +190,92 @@ class PsycopgSession:
                     [f"{int(statement_timeout_ms)}ms"],
                 )
             yield
-        except psycopg.Error as exc:
+        except self.Error as exc:
             raise CannotCheck(describe(exc)) from exc
         finally:
-            self._finish(own, autocommit)
+            self._undo(own, autocommit, "seqdrift_check")
 
-    def _finish(self, own: bool, autocommit: bool) -> None:
-        conn = self.conn
-        if conn.closed or conn.broken:
+    @contextmanager
+    def scratch(self, *, lock_timeout_ms: int) -> Iterator[None]:
+        """A place to write that is undone: the caller's transaction gets a savepoint, an
+        idle connection a transaction of its own; both are rolled back on exit.
+        (``nextval`` is not rolled back: restoring sequences is the caller's job.)"""
+        own = self._usable("probing it")
+        autocommit = self._get_autocommit()
+        if own:
+            self._set_autocommit(True)
+            self.run("BEGIN")
+        else:
+            self.run("SAVEPOINT seqdrift_probe")
+        try:
+            self.run("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"])
+            yield
+        finally:
+            self._undo(own, autocommit, "seqdrift_probe")
+
+    def _undo(self, own: bool, autocommit: bool, savepoint: str) -> None:
+        if self.closed or self.broken:
             return
         try:
             if own:
                 self.run("ROLLBACK")
             else:
-                self.run("ROLLBACK TO SAVEPOINT seqdrift_check")
-                self.run("RELEASE SAVEPOINT seqdrift_check")
+                self.run(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(sql.Identifier(savepoint)))
+                self.run(sql.SQL("RELEASE SAVEPOINT {}").format(sql.Identifier(savepoint)))
         finally:
-            if own and conn.info.transaction_status == TransactionStatus.IDLE:
-                conn.autocommit = autocommit
+            if own and not self.closed and self._status() == _IDLE:
+                self._set_autocommit(autocommit)
 
-    def run(
-        self, query: Query, params: Seq[Any] | Mapping[str, Any] | None = None
-    ) -> list[tuple[Any, ...]]:
-        self.statements += 1
-        self.round_trips += 1
-        cur = self.conn.execute(query, params)
-        return cur.fetchall() if cur.description is not None else []
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The caller's transaction, or on an idle connection one of our own, committed at
+        the end (what runs in it reads, or sets sequences, which no rollback undoes). Never
+        leaves behind a transaction the driver opened implicitly."""
+        if self._status() != _IDLE:
+            yield
+            return
+        autocommit = self._get_autocommit()
+        self._set_autocommit(True)
+        self.run("BEGIN")
+        try:
+            yield
+        except BaseException:
+            if not (self.closed or self.broken) and self._status() != _IDLE:
+                self.run("ROLLBACK")
+            raise
+        else:
+            self.run("COMMIT")
+        finally:
+            if not self.closed and self._status() == _IDLE:
+                self._set_autocommit(autocommit)
 
-    def query_dicts(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        self.statements += 1
-        self.round_trips += 1
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
-
-    def batch(self, statements: Seq[Statement]) -> list[list[tuple[Any, ...]] | CannotCheck]:
-        """Run statements in one round trip (pipeline mode). When one fails (a lock
-        timeout, a privilege), run them again one by one, each under a savepoint, so
+    def batch(self, statements: Seq[Statement]) -> list[Rows | CannotCheck]:
+        """Run statements in as few round trips as the driver allows. When one fails (a
+        lock timeout, a privilege), run them again one by one, each under a savepoint, so
         that the failure is reported against its statement and the rest still answer."""
         if not statements:
             return []
-        conn = self.conn
-        if conn.info.transaction_status == TransactionStatus.IDLE:
+        if self._status() == _IDLE:
             # savepoints need a transaction: open one for the batch
-            with conn.transaction():
+            with self.transaction():
                 return self.batch(statements)
         self.run("SAVEPOINT seqdrift_batch")
         try:
-            with conn.pipeline():
-                cursors = [conn.execute(q, p) for q, p in statements]
-            self.statements += len(statements)
-            self.round_trips += 1
-            results: list[list[tuple[Any, ...]] | CannotCheck] = [c.fetchall() for c in cursors]
-        except psycopg.Error:
-            if conn.broken:
+            results: list[Rows | CannotCheck] = list(self._send_batch(statements))
+        except self.Error:
+            if self.broken:
                 raise
             self.run("ROLLBACK TO SAVEPOINT seqdrift_batch")
             results = [self._one(q, p) for q, p in statements]
         self.run("RELEASE SAVEPOINT seqdrift_batch")
         return results
 
-    def _one(self, query: Query, params: Seq[Any]) -> list[tuple[Any, ...]] | CannotCheck:
+    def _one(self, query: Query, params: Seq[Any]) -> Rows | CannotCheck:
         self.run("SAVEPOINT seqdrift_one")
         try:
             rows = self.run(query, params)
-        except psycopg.Error as exc:
-            if self.conn.broken:
+        except self.Error as exc:
+            if self.broken:
                 raise
             self.run("ROLLBACK TO SAVEPOINT seqdrift_one")
             return CannotCheck(describe(exc))
@@ -164,14 +283,225 @@ class PsycopgSession:
         return rows
 
 
-def session_for(conn: Any) -> PsycopgSession:
-    """The session for a connection object. psycopg 3 for now; psycopg2, SQLAlchemy and
-    Django connections come with the integrations."""
-    if isinstance(conn, PsycopgSession):
+class PsycopgSession(Session):
+    """A psycopg 3 connection. Batches go in one round trip (pipeline mode). Cursors are
+    made here, not by the connection's ``cursor_factory``: Django's psycopg 3 backend sets
+    client-side binding cursors, which have no pipeline."""
+
+    Error = psycopg.Error
+    conn: psycopg.Connection[Any]
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        super().__init__(conn)
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    @property
+    def broken(self) -> bool:
+        return self.conn.broken
+
+    def _status(self) -> int:
+        return int(self.conn.info.transaction_status)
+
+    def _server_version(self) -> int:
+        return self.conn.info.server_version
+
+    def _get_autocommit(self) -> bool:
+        return self.conn.autocommit
+
+    def _set_autocommit(self, value: bool) -> None:
+        if self.conn.autocommit != value:
+            self.conn.autocommit = value
+
+    def _execute(self, query: Query, params: Params) -> Rows:
+        with psycopg.Cursor(self.conn, row_factory=tuple_row) as cur:
+            cur.execute(query, params)
+            return cur.fetchall() if cur.description is not None else []
+
+    def _execute_dicts(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with psycopg.Cursor(self.conn, row_factory=dict_row) as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+
+    def _send_batch(self, statements: Seq[Statement]) -> list[Rows]:
+        conn = self.conn
+        cursors: list[psycopg.Cursor[tuple[Any, ...]]] = []
+        try:
+            with conn.pipeline():
+                for q, p in statements:
+                    cur = psycopg.Cursor(conn, row_factory=tuple_row)
+                    cursors.append(cur)
+                    cur.execute(q, p)
+            self.statements += len(statements)
+            self.round_trips += 1
+            return [c.fetchall() for c in cursors]
+        finally:
+            for c in cursors:
+                c.close()
+
+
+class Psycopg2Session(Session):
+    """A psycopg2 connection. psycopg2 has no pipeline: a batch costs one round trip per
+    statement, under the same savepoint as psycopg 3's. ``psycopg.sql`` compositions are
+    rendered to text first (identifiers quoted by psycopg, values passed as parameters)."""
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__(conn)
+        psycopg2 = importlib.import_module("psycopg2")  # optional, and untyped
+        self.Error = psycopg2.Error
+        self._cursor = importlib.import_module("psycopg2.extensions").cursor
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.conn.closed)
+
+    @property
+    def broken(self) -> bool:
+        return int(self.conn.closed) == 2
+
+    def _status(self) -> int:
+        return int(self.conn.get_transaction_status())
+
+    def _server_version(self) -> int:
+        return int(self.conn.server_version)
+
+    def _get_autocommit(self) -> bool:
+        return bool(self.conn.autocommit)
+
+    def _set_autocommit(self, value: bool) -> None:
+        if bool(self.conn.autocommit) != value:
+            self.conn.autocommit = value
+
+    @staticmethod
+    def _text(query: Query) -> str:
+        return query if isinstance(query, str) else query.as_string(None)
+
+    def _execute(self, query: Query, params: Params) -> Rows:
+        with self.conn.cursor(cursor_factory=self._cursor) as cur:
+            cur.execute(self._text(query), params)
+            return list(cur.fetchall()) if cur.description is not None else []
+
+    def _execute_dicts(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with self.conn.cursor(cursor_factory=self._cursor) as cur:
+            cur.execute(query, params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def _send_batch(self, statements: Seq[Statement]) -> list[Rows]:
+        return [self.run(q, p) for q, p in statements]
+
+
+# -- what a user hands us ---------------------------------------------------------------
+
+
+def _loaded(module: str, name: str) -> Any:
+    """A class of an optional library, only when the library is already imported (a
+    user who hands us one of its objects has imported it)."""
+    mod = sys.modules.get(module)
+    found = getattr(mod, name, None) if mod is not None else None
+    return found if isinstance(found, type) else None
+
+
+def _kind(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+_ACCEPTED = (
+    "pass a psycopg 3 or psycopg2 connection, a SQLAlchemy Engine or Connection, "
+    "or a Django connection"
+)
+
+
+def _not_postgresql(database: str, what: str) -> NotSupported:
+    return NotSupported(
+        f"cannot check a {database} database: pytest-seqdrift checks PostgreSQL only "
+        f"(this is {what})"
+    )
+
+
+def _driver_session(raw: Any, what: str) -> Session:
+    if isinstance(raw, psycopg.Connection):
+        return PsycopgSession(raw)
+    cls = _loaded("psycopg2.extensions", "connection")
+    if cls is not None and isinstance(raw, cls):
+        return Psycopg2Session(raw)
+    raise NotSupported(
+        f"cannot check through {_kind(raw)} ({what}): pytest-seqdrift drives PostgreSQL "
+        "through psycopg 3 or psycopg2"
+    )
+
+
+def _sqlalchemy_dialect(obj: Any) -> None:
+    dialect = obj.dialect
+    what = f"a SQLAlchemy {type(obj).__name__} with the {dialect.name}+{dialect.driver} dialect"
+    if dialect.name != "postgresql":
+        raise _not_postgresql(_DATABASE_NAMES.get(dialect.name, dialect.name), what)
+
+
+_DATABASE_NAMES = {"sqlite": "SQLite", "mysql": "MySQL", "mariadb": "MariaDB", "oracle": "Oracle"}
+
+
+def _django_wrapper(obj: Any) -> Any | None:
+    """A Django ``DatabaseWrapper`` for ``connections[alias]`` or ``django.db.connection``
+    (a proxy to the default alias), else None."""
+    wrapper_cls = _loaded("django.db.backends.base.base", "BaseDatabaseWrapper")
+    if wrapper_cls is None:
+        return None
+    if isinstance(obj, wrapper_cls):
+        return obj
+    proxy_cls = _loaded("django.utils.connection", "ConnectionProxy")
+    if proxy_cls is not None and isinstance(obj, proxy_cls):
+        return importlib.import_module("django.db").connections[obj.alias]
+    return None
+
+
+def session_for(conn: Any) -> Session:
+    """The session for a connection that needs no opening: a psycopg 3 or psycopg2
+    connection, a SQLAlchemy ``Connection``, a Django connection. (An ``Engine`` lends a
+    connection from its pool: use ``open_session``.)"""
+    if isinstance(conn, Session):
         return conn
     if isinstance(conn, psycopg.Connection):
         return PsycopgSession(conn)
-    raise TypeError(
-        f"cannot check a {type(conn).__module__}.{type(conn).__qualname__}: "
-        "pass a psycopg 3 connection"
-    )
+    pg2 = _loaded("psycopg2.extensions", "connection")
+    if pg2 is not None and isinstance(conn, pg2):
+        return Psycopg2Session(conn)
+    sa_connection = _loaded("sqlalchemy.engine", "Connection")
+    if sa_connection is not None and isinstance(conn, sa_connection):
+        _sqlalchemy_dialect(conn)
+        if conn.closed:
+            raise CannotCheck("the SQLAlchemy Connection is closed")
+        return _driver_session(conn.connection.driver_connection, "a SQLAlchemy Connection")
+    wrapper = _django_wrapper(conn)
+    if wrapper is not None:
+        what = f"Django's connections[{wrapper.alias!r}], engine {wrapper.settings_dict['ENGINE']}"
+        if wrapper.vendor != "postgresql":
+            raise _not_postgresql(wrapper.display_name, what)
+        wrapper.ensure_connection()
+        return _driver_session(wrapper.connection, what)
+    sa_engine = _loaded("sqlalchemy.engine", "Engine")
+    if sa_engine is not None and isinstance(conn, sa_engine):
+        raise TypeError("a SQLAlchemy Engine lends a connection: use open_session(engine)")
+    if type(conn).__module__ == "sqlite3":
+        raise _not_postgresql("SQLite", f"a {_kind(conn)}")
+    if type(conn).__module__.split(".")[0] in ("MySQLdb", "pymysql", "mysql"):
+        raise _not_postgresql("MySQL", f"a {_kind(conn)}")
+    raise NotSupported(f"cannot check a {_kind(conn)}: {_ACCEPTED}")
+
+
+@contextmanager
+def open_session(conn: Any) -> Iterator[Session]:
+    """The session for anything ``session_for`` takes, and for a SQLAlchemy ``Engine``:
+    a connection is borrowed from its pool for the block and given back after."""
+    sa_engine = _loaded("sqlalchemy.engine", "Engine")
+    if sa_engine is not None and isinstance(conn, sa_engine):
+        _sqlalchemy_dialect(conn)
+        raw = conn.raw_connection()
+        try:
+            yield _driver_session(raw.driver_connection, "a SQLAlchemy Engine")
+        finally:
+            raw.close()
+        return
+    yield session_for(conn)

@@ -28,13 +28,21 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-import psycopg
 from psycopg import sql
-from psycopg.pq import TransactionStatus
 
 from . import drift, snapshot
 from .api import DEFAULT_LOCK_TIMEOUT_MS, check
-from .connections import CannotCheck, PsycopgSession, describe, session_for
+from .connections import (
+    SEQUENCE_LIMIT_EXCEEDED,
+    UNIQUE_VIOLATION,
+    CannotCheck,
+    Session,
+    constraint_name,
+    describe,
+    message_detail,
+    open_session,
+    sqlstate,
+)
 from .model import Checked, Column, Finding, Report, Sequence
 
 Mode = Literal["insert", "default"]
@@ -84,7 +92,19 @@ def probe(
         raise ValueError(f"probe mode must be 'insert' or 'default', not {mode!r}")
     if limit < 1:
         raise ValueError(f"probe limit must be at least 1, not {limit!r}")
-    session = session_for(conn)
+    with open_session(conn) as session:
+        return _probe(session, mode, limit, schemas, exclude_tables, threshold, lock_timeout_ms)
+
+
+def _probe(
+    session: Session,
+    mode: Mode,
+    limit: int,
+    schemas: Iterable[str] | None,
+    exclude_tables: Seq[str],
+    threshold: float,
+    lock_timeout_ms: int,
+) -> ProbeReport:
     report = check(
         session,
         schemas=schemas,
@@ -98,7 +118,7 @@ def probe(
         return result
     before = snapshot.read_states(session)
     try:
-        with _scratch(session, lock_timeout_ms):
+        with session.scratch(lock_timeout_ms=lock_timeout_ms):
             for verdict in targets:
                 result.probed.append(_probe_column(session, verdict, report, mode, limit))
                 # every column is probed from the states the arithmetic judged: a
@@ -111,44 +131,6 @@ def probe(
     return result
 
 
-class _scratch:
-    """A place to write that is undone: the caller's transaction gets a savepoint, an
-    idle connection a transaction of its own; both are rolled back on exit."""
-
-    def __init__(self, session: PsycopgSession, lock_timeout_ms: int) -> None:
-        self.session = session
-        self.lock_timeout_ms = lock_timeout_ms
-        self.own = False
-        self.autocommit = False
-
-    def __enter__(self) -> None:
-        conn = self.session.conn
-        status = conn.info.transaction_status
-        if status == TransactionStatus.INERROR:
-            raise CannotCheck("the connection is in a failed transaction: cannot probe it")
-        self.own = status == TransactionStatus.IDLE
-        if self.own:
-            self.autocommit = conn.autocommit
-            conn.autocommit = True
-            self.session.run("BEGIN")
-        else:
-            self.session.run("SAVEPOINT seqdrift_probe")
-        self.session.run(
-            "SELECT set_config('lock_timeout', %s, true)", [f"{int(self.lock_timeout_ms)}ms"]
-        )
-
-    def __exit__(self, *exc: object) -> None:
-        conn = self.session.conn
-        if conn.closed or conn.broken:
-            return
-        if self.own:
-            self.session.run("ROLLBACK")
-            conn.autocommit = self.autocommit
-        else:
-            self.session.run("ROLLBACK TO SAVEPOINT seqdrift_probe")
-            self.session.run("RELEASE SAVEPOINT seqdrift_probe")
-
-
 def _finding_for(report: Report, verdict: Checked) -> Finding | None:
     for f in report.findings:
         if f.kind == "collision" and f.column == verdict.column:
@@ -157,7 +139,7 @@ def _finding_for(report: Report, verdict: Checked) -> Finding | None:
 
 
 def _probe_column(
-    session: PsycopgSession, verdict: Checked, report: Report, mode: Mode, limit: int
+    session: Session, verdict: Checked, report: Report, mode: Mode, limit: int
 ) -> Probed:
     column, seq = verdict.column, verdict.sequence
     expected = _finding_for(report, verdict)
@@ -242,7 +224,7 @@ def _distance(verdict: Checked, seq: Sequence) -> int | None:
     return max(0, (verdict.max_existing - verdict.next_value) // seq.increment + 1)
 
 
-def _top(session: PsycopgSession, column: Column, seq: Sequence) -> int | None:
+def _top(session: Session, column: Column, seq: Sequence) -> int | None:
     agg = sql.SQL("max" if seq.increment > 0 else "min")
     ((top,),) = session.run(
         sql.SQL("SELECT {}({}) FROM {}").format(
@@ -257,7 +239,7 @@ def _relation(column: Column) -> sql.Composed:
     return sql.SQL("{}{}").format(only, sql.Identifier(column.schema, column.table))
 
 
-def _insert(session: PsycopgSession, target: _Target, expected: Finding | None) -> _Outcome:
+def _insert(session: Session, target: _Target, expected: Finding | None) -> _Outcome:
     """Copy a row with the column left to its default until past the max."""
     column = target.column
     key_names, copyable = _prepare_table(session, column)
@@ -285,23 +267,21 @@ def _insert(session: PsycopgSession, target: _Target, expected: Finding | None) 
         session.run("SAVEPOINT seqdrift_batch_insert")
         try:
             values = [row[0] for row in session.run(insert, [*params, n])]
-        except (psycopg.errors.UniqueViolation, _RanOut) as exc:
+        except session.Error as exc:
+            if session.broken:
+                raise
             session.run("ROLLBACK TO SAVEPOINT seqdrift_batch_insert")
-            if isinstance(exc, psycopg.errors.UniqueViolation) and (
-                exc.diag.constraint_name not in key_names
-            ):
+            state = sqlstate(exc)
+            if state not in (UNIQUE_VIOLATION, SEQUENCE_LIMIT_EXCEEDED):
+                raise _CannotCopy(f"a copied row is rejected: {describe(exc)}") from exc
+            if state == UNIQUE_VIOLATION and constraint_name(exc) not in key_names:
                 raise _CannotCopy(
-                    f"a copied row violates {exc.diag.constraint_name}, not the key under test"
+                    f"a copied row violates {constraint_name(exc)}, not the key under test"
                 ) from exc
             until, value, collided = _locate(session, target, start, insert, params, n)
             if not collided:  # the sequence ran out after ``until`` values: none is left
                 return None, None, drawn + until, True
             return drawn + until, value, drawn + until + 1, True
-        except psycopg.Error as exc:
-            if session.conn.broken:
-                raise
-            session.run("ROLLBACK TO SAVEPOINT seqdrift_batch_insert")
-            raise _CannotCopy(f"a copied row is rejected: {describe(exc)}") from exc
         session.run("RELEASE SAVEPOINT seqdrift_batch_insert")
         drawn += len(values)
         if any(target.passes(int(v)) for v in values if v is not None):
@@ -309,28 +289,30 @@ def _insert(session: PsycopgSession, target: _Target, expected: Finding | None) 
     return None, None, drawn, target.passed_after(drawn)
 
 
-def _state(session: PsycopgSession, seq: Sequence) -> tuple[int, bool]:
+def _state(session: Session, seq: Sequence) -> tuple[int, bool]:
     ((last_value, is_called),) = session.run(
         sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(seq.schema, seq.name))
     )
     return int(last_value), bool(is_called)
 
 
-def _setval(session: PsycopgSession, seq: Sequence, state: tuple[int, bool]) -> None:
+def _setval(session: Session, seq: Sequence, state: tuple[int, bool]) -> None:
     session.run(
         sql.SQL("SELECT setval({}::regclass, %s, %s)").format(sql.Literal(seq.qualified)),
         list(state),
     )
 
 
-# nextval past MAXVALUE (MINVALUE) of a sequence without CYCLE
-_RanOut = psycopg.errors.SequenceGeneratorLimitExceeded
+def _ran_out(exc: BaseException) -> bool:
+    """nextval past MAXVALUE (MINVALUE) of a sequence without CYCLE."""
+    return sqlstate(exc) == SEQUENCE_LIMIT_EXCEEDED
+
 
 _KEY_IN_DETAIL = re.compile(r"=\((-?\d+)(?:,|\))")
 
 
 def _locate(
-    session: PsycopgSession,
+    session: Session,
     target: _Target,
     start: tuple[int, bool],
     insert: sql.Composed,
@@ -346,14 +328,15 @@ def _locate(
         session.run("SAVEPOINT seqdrift_one_insert")
         try:
             session.run(insert, [*params, 1])
-        except _RanOut:
+        except session.Error as exc:
+            if sqlstate(exc) not in (UNIQUE_VIOLATION, SEQUENCE_LIMIT_EXCEEDED):
+                raise
             session.run("ROLLBACK TO SAVEPOINT seqdrift_one_insert")
-            return i, None, False
-        except psycopg.errors.UniqueViolation as exc:
-            session.run("ROLLBACK TO SAVEPOINT seqdrift_one_insert")
+            if _ran_out(exc):
+                return i, None, False
             # the key is in the detail ("Key (id)=(7) already exists."); for a plain
             # default the sequence's last value is the key, whatever the language
-            found = _KEY_IN_DETAIL.search(exc.diag.message_detail or "")
+            found = _KEY_IN_DETAIL.search(message_detail(exc) or "")
             keys = target.column.key_columns or ()
             if found and keys and keys[0] == target.column.column:
                 return i, int(found.group(1)), True
@@ -396,7 +379,7 @@ ORDER BY a.attnum
 """
 
 
-def _prepare_table(session: PsycopgSession, column: Column) -> tuple[set[str], list[str]]:
+def _prepare_table(session: Session, column: Column) -> tuple[set[str], list[str]]:
     """Drop, inside the current savepoint, every unique or exclusion constraint and
     unique index of the table but the key under test. Returns the names a violation of
     the key can carry, and the columns a copied row carries."""
@@ -436,7 +419,7 @@ def _default(target: _Target) -> sql.Composable:
     return sql.SQL("nextval({}::regclass)").format(sql.Literal(target.sequence.qualified))
 
 
-def _peek(session: PsycopgSession, target: _Target) -> int | None:
+def _peek(session: Session, target: _Target) -> int | None:
     """The value the column's default yields next, leaving its sequence where it was.
     None: the default yields NULL, or its sequence has run out."""
     start = _state(session, target.sequence)
@@ -453,7 +436,7 @@ def _values_query(target: _Target) -> sql.Composed:
 
 
 def _values(
-    session: PsycopgSession, target: _Target, query: sql.Composed, n: int
+    session: Session, target: _Target, query: sql.Composed, n: int
 ) -> tuple[list[int], bool]:
     """``n`` values of the default (NULLs left out); fewer, and True, where its sequence
     runs out first. The failed batch drew values that are lost: the sequence is put back
@@ -463,14 +446,18 @@ def _values(
     ran_out = False
     try:
         rows = session.run(query, [n])
-    except _RanOut:
+    except session.Error as exc:
+        if not _ran_out(exc):
+            raise
         session.run("ROLLBACK TO SAVEPOINT seqdrift_draw")
         _setval(session, target.sequence, start)
         rows = []
         for _ in range(n):
             try:
                 rows += session.run(query, [1])
-            except _RanOut:
+            except session.Error as again:
+                if not _ran_out(again):
+                    raise
                 session.run("ROLLBACK TO SAVEPOINT seqdrift_draw")
                 ran_out = True
                 break
@@ -478,7 +465,7 @@ def _values(
     return [int(v) for (v,) in rows if v is not None], ran_out
 
 
-def _draw(session: PsycopgSession, target: _Target) -> _Outcome:
+def _draw(session: Session, target: _Target) -> _Outcome:
     """Evaluate the column's default (or its identity sequence) and look each value up."""
     column = target.column
     values_query = _values_query(target)

@@ -13,7 +13,7 @@ from typing import Any
 
 from psycopg import sql
 
-from .connections import CannotCheck, PsycopgSession, session_for
+from .connections import CannotCheck, Session, open_session
 from .model import SequenceState
 
 # every sequence the role can read, in every schema but the system ones
@@ -48,7 +48,11 @@ class SequenceKey:
 
 def read_states(conn: Any) -> dict[SequenceKey, SequenceState]:
     """The state of every readable sequence: one query and one pipelined batch."""
-    session = session_for(conn)
+    with open_session(conn) as session, session.transaction():
+        return _read_states(session)
+
+
+def _read_states(session: Session) -> dict[SequenceKey, SequenceState]:
     keys = [SequenceKey(*row) for row in session.run(SEQUENCES)]
     answers = session.batch(
         [
@@ -87,8 +91,12 @@ def restore(conn: Any, states: Mapping[SequenceKey, SequenceState]) -> int:
     returns how many were moved. Sequences dropped since are left alone. ``setval``
     is not transactional: the restore holds even if the caller's transaction rolls back.
     """
-    session: PsycopgSession = session_for(conn)
-    current = read_states(session)
+    with open_session(conn) as session, session.transaction():
+        return _restore(session, states)
+
+
+def _restore(session: Session, states: Mapping[SequenceKey, SequenceState]) -> int:
+    current = _read_states(session)
     changed = [(k, s) for k, s in states.items() if k in current and current[k] != s]
     answers = session.batch(
         [
