@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from . import render
+from . import compat, render
 from .connections import CannotCheck
 from .fixtures import (
     SequenceDriftError,
@@ -67,6 +67,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER)
+    compat.mend_pytest_alembic()  # before collection; see compat.py
     if get_option(config, ENABLE):
         config.pluginmanager.register(SeqdriftPlugin(config), "seqdrift-plugin")
 
