@@ -12,7 +12,17 @@ import pytest
 
 from . import render, snapshot
 from .api import check
-from .locate import NO_DATABASE_HELP, TEST_DATABASE_FIXTURES, Located, wrap
+from .locate import (
+    ALEMBIC_ENGINE_FIXTURE,
+    DJANGO_DATABASE_FIXTURES,
+    NO_DATABASE_HELP,
+    TEST_DATABASE_FIXTURES,
+    Located,
+    alembic_database,
+    django_databases,
+    django_ready,
+    wrap,
+)
 from .model import Report, SequenceState
 from .options import DSN_OPTION, get_option
 
@@ -20,24 +30,38 @@ from .options import DSN_OPTION, get_option
 class SequenceDriftError(AssertionError):
     """Sequence drift found: the message is the report."""
 
-    def __init__(self, report: Report) -> None:
-        super().__init__(render.text(report))
+    def __init__(self, report: Report, message: str | None = None) -> None:
+        super().__init__(render.text(report) if message is None else message)
         self.report = report
 
 
 @pytest.fixture
-def seqdrift_connection(request: pytest.FixtureRequest) -> Iterator[Located | None]:
+def seqdrift_connection(
+    request: pytest.FixtureRequest,
+) -> Iterator[Located | list[Located] | None]:
     """The database pytest-seqdrift checks for this test.
 
     Override this fixture in your conftest.py to return your test database's connection
-    (psycopg 3), as you would pytest-alembic's ``alembic_engine``. By default it is the
-    connection of pytest-postgresql's ``postgresql`` fixture when the test uses it, else
-    a connection to ``--seqdrift-dsn`` / ``SEQDRIFT_DSN`` (checked read-only), else None.
+    (psycopg 3 or psycopg2, a SQLAlchemy Engine or Connection, a Django connection, or
+    a list of them), as you would pytest-alembic's ``alembic_engine``. By default it is,
+    in this order: the connection of pytest-postgresql's ``postgresql`` fixture when the
+    test uses it; pytest-django's database, every PostgreSQL alias the test may use, when
+    the test uses the database (``db``, ``transactional_db``, ``migrator``, the
+    ``django_db`` marker ...); pytest-alembic's ``alembic_engine`` when the test uses it
+    (``alembic_runner`` and its built-in tests do); a connection to ``--seqdrift-dsn`` /
+    ``SEQDRIFT_DSN`` (checked read-only); else None.
     """
     for name in TEST_DATABASE_FIXTURES:
         if name in request.fixturenames:
             yield Located(request.getfixturevalue(name), f"fixture {name}", test_database=True)
             return
+    django = _django_databases(request)
+    if django:
+        yield django
+        return
+    if ALEMBIC_ENGINE_FIXTURE in request.fixturenames:
+        yield alembic_database(request.getfixturevalue(ALEMBIC_ENGINE_FIXTURE))
+        return
     dsn = get_option(request.config, DSN_OPTION)
     if not dsn:
         yield None
@@ -46,11 +70,24 @@ def seqdrift_connection(request: pytest.FixtureRequest) -> Iterator[Located | No
         yield Located(conn, "--seqdrift-dsn", test_database=False)
 
 
+def _django_databases(request: pytest.FixtureRequest) -> list[Located]:
+    """pytest-django's databases, when pytest-django is active and the test uses them."""
+    marker = request.node.get_closest_marker("django_db")
+    uses = marker is not None or any(n in request.fixturenames for n in DJANGO_DATABASE_FIXTURES)
+    if not (uses and request.config.pluginmanager.hasplugin("django") and django_ready()):
+        return []
+    databases = None
+    if marker is not None:
+        # django_db(transaction=False, reset_sequences=False, databases=None, ...)
+        databases = marker.kwargs.get("databases", marker.args[2] if len(marker.args) > 2 else None)
+    return django_databases(databases)
+
+
 def _located(request: pytest.FixtureRequest) -> Located:
     found = wrap(request.getfixturevalue("seqdrift_connection"), "fixture seqdrift_connection")
-    if found is None:
+    if not found:
         pytest.fail(NO_DATABASE_HELP, pytrace=False)
-    return found
+    return found[0]
 
 
 @pytest.fixture

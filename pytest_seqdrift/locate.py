@@ -6,6 +6,9 @@ module; the answer is a ``Located`` database or None.
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,15 +20,28 @@ TEST_DATABASE_FIXTURES = ("postgresql",)
 # pytest-alembic's ``alembic_runner`` (its built-in tests use it too).
 MIGRATION_FIXTURES = ("migrator", "migrator_factory", "alembic_runner")
 
+# pytest-django's fixtures that give a test the database (the ``django_db`` marker does too).
+DJANGO_DATABASE_FIXTURES = (
+    "db",
+    "transactional_db",
+    "django_db_reset_sequences",
+    "django_db_serialized_rollback",
+    "live_server",
+    "migrator",
+    "migrator_factory",
+)
+
+# pytest-alembic's override point: the user's engine for the migration tests.
+ALEMBIC_ENGINE_FIXTURE = "alembic_engine"
+
 # Fixtures that mean "this test uses a database", for ``seqdrift_scope = all``.
 DATABASE_FIXTURES = (
     *TEST_DATABASE_FIXTURES,
     *MIGRATION_FIXTURES,
     "seqdrift_connection",
-    "db",
-    "transactional_db",
+    *DJANGO_DATABASE_FIXTURES,
     "django_db_setup",
-    "alembic_engine",
+    ALEMBIC_ENGINE_FIXTURE,
 )
 
 NO_DATABASE_HELP = (
@@ -52,9 +68,54 @@ def uses_database(fixturenames: list[str] | tuple[str, ...]) -> bool:
     return any(name in fixturenames for name in DATABASE_FIXTURES)
 
 
-def wrap(value: Any, source: str) -> Located | None:
-    """A user's ``seqdrift_connection`` returns a plain connection (or None): it is the
-    user's test database by definition."""
-    if value is None or isinstance(value, Located):
-        return value
-    return Located(value, source, test_database=True)
+def wrap(value: Any, source: str) -> list[Located]:
+    """The databases of a ``seqdrift_connection`` value: None, one connection or
+    ``Located``, or a list of them (pytest-django's aliases). A user's fixture returns
+    plain connections: its databases are the user's test databases by definition."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [found for v in value for found in wrap(v, source)]
+    if isinstance(value, Located):
+        return [value]
+    return [Located(value, source, test_database=True)]
+
+
+# -- pytest-django -----------------------------------------------------------------------
+
+
+def django_ready() -> bool:
+    """Django is imported and its settings are configured (pytest-django did it)."""
+    conf = sys.modules.get("django.conf")
+    return conf is not None and bool(conf.settings.configured)
+
+
+def django_aliases(databases: Iterable[str] | str | None) -> list[str]:
+    """The aliases a test may use: pytest-django's ``django_db(databases=...)`` (None:
+    ``default``; ``"__all__"``: every alias)."""
+    connections = importlib.import_module("django.db").connections
+    if databases is None:
+        return ["default"]
+    if databases == "__all__":
+        return list(connections)
+    return [databases] if isinstance(databases, str) else list(databases)
+
+
+def django_databases(databases: Iterable[str] | str | None) -> list[Located]:
+    """pytest-django's test databases for these aliases: every PostgreSQL one. Where none
+    is PostgreSQL the first is returned all the same, so that the check says in one
+    sentence that it checks PostgreSQL only, instead of checking nothing in silence."""
+    connections = importlib.import_module("django.db").connections
+    found = [
+        Located(connections[alias], f"pytest-django database {alias!r}", test_database=True)
+        for alias in django_aliases(databases)
+    ]
+    postgres = [f for f in found if f.connection.vendor == "postgresql"]
+    return postgres or found[:1]
+
+
+def alembic_database(engine: Any) -> Located | None:
+    """pytest-alembic's ``alembic_engine``: the database its migration tests run on."""
+    if engine is None:
+        return None
+    return Located(engine, f"fixture {ALEMBIC_ENGINE_FIXTURE}", test_database=True)

@@ -178,27 +178,39 @@ class SeqdriftPlugin:
     def _probe(self, item: pytest.Item) -> None:
         __tracebackhide__ = True
         kwargs = self._marker_kwargs(item)
-        located = wrap(
+        databases = wrap(
             getattr(item, "funcargs", {}).get("seqdrift_connection"), "fixture seqdrift_connection"
         )
-        if located is None:
+        if not databases:
             item.user_properties.append((PROPERTY, {"no_database": item.nodeid}))
             return
         s = self.settings
         mode = kwargs.get("probe") or s.mode
         limit = kwargs.get("limit") or s.limit
         schemas, exclude = kwargs.get("schemas"), kwargs.get("exclude_tables") or ()
-        try:
-            report, notes = self._examine(located, mode, limit, schemas, exclude)
-        except CannotCheck as exc:
-            pytest.fail(f"pytest-seqdrift could not check the database: {exc}", pytrace=False)
+        report, notes, texts = Report(), [], []
+        for located in databases:  # pytest-django: every PostgreSQL alias
+            try:
+                found, found_notes = self._examine(located, mode, limit, schemas, exclude)
+            except CannotCheck as exc:
+                where = f" ({located.source})" if len(databases) > 1 else ""
+                pytest.fail(
+                    f"pytest-seqdrift could not check the database{where}: {exc}", pytrace=False
+                )
+            prefix = f"{located.source}: " if len(databases) > 1 else ""
+            report.findings.extend(found.findings)
+            report.checked.extend(found.checked)
+            report.skipped.extend(found.skipped)
+            notes += [prefix + n for n in found_notes]
+            if found.findings:
+                texts.append(prefix + render.text(found))
         item.user_properties.append(
             (
                 PROPERTY,
                 {
                     "test": item.nodeid,
                     "findings": [render.finding_dict(f) for f in report.findings],
-                    "text": render.text(report) if report.findings else "",
+                    "text": "\n".join(texts),
                     "notes": notes,
                 },
             )
@@ -206,8 +218,8 @@ class SeqdriftPlugin:
         if not report.findings:
             return
         if s.fail:
-            raise SequenceDriftError(report)
-        warnings.warn(SeqdriftWarning(render.text(report)), stacklevel=1)
+            raise SequenceDriftError(report, "\n".join(texts))
+        warnings.warn(SeqdriftWarning("\n".join(texts)), stacklevel=1)
 
     def _examine(
         self, located: Located, mode: str, limit: int, schemas: Any, exclude: Any
