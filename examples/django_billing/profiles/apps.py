@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ProfilesConfig(AppConfig):
+    name = "profiles"
+    label = "profile"  # tables profile_address, profile_billingaddress, profile_profile

@@ -1,0 +1,208 @@
+"""The example projects under examples/, run as their users run them (``pytest`` in a
+subprocess) against the test bed's PostgreSQL: real Django migrations through
+django-test-migrations, real Alembic revisions through pytest-alembic. Each is caught
+with ``--seqdrift``, quiet without it, and quiet after the fix — for identity and
+serial columns, on psycopg 3 and psycopg2."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+MATRIX = [
+    pytest.param("identity", "psycopg", id="identity-psycopg"),
+    pytest.param("identity", "psycopg2", id="identity-psycopg2"),
+    pytest.param("serial", "psycopg", id="serial-psycopg"),
+    pytest.param("serial", "psycopg2", id="serial-psycopg2"),
+]
+STORY_COLUMN = "*public.profile_billingaddress.id  (sequence public.profile_billingaddress_id_seq)"
+FIX = "*fix: SELECT setval('public.profile_billingaddress_id_seq', GREATEST(16, last_value))*"
+
+
+def project(pytester: pytest.Pytester, name: str) -> Path:
+    shutil.copytree(EXAMPLES / name, pytester.path, dirs_exist_ok=True)
+    return pytester.path
+
+
+def point_at(
+    monkeypatch: pytest.MonkeyPatch, proc: Any, dbname: str, ids: str, driver: str
+) -> None:
+    """The examples read libpq's variables, as psql does."""
+    monkeypatch.setenv("PGHOST", str(proc.host))
+    monkeypatch.setenv("PGPORT", str(proc.port))
+    monkeypatch.setenv("PGUSER", str(proc.user))
+    monkeypatch.setenv("PGPASSWORD", str(proc.password or ""))
+    monkeypatch.setenv("PGDATABASE", dbname)
+    monkeypatch.setenv("BILLING_IDS", ids)
+    monkeypatch.setenv("BILLING_DRIVER", driver)
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
+
+
+# -- Django -----------------------------------------------------------------------------
+
+# Added to the copied project: which driver and which kind of id column it really has,
+# the probe inside pytest-django's transaction-wrapped ``db`` test, and
+# assert_sequences_consistent on Django's connections.
+DJANGO_EXTRA = """
+import os
+
+import pytest
+from django.db import connection, connections
+
+from profiles.models import BillingAddress
+
+seen = {}
+
+
+def test_driver_and_id_column(db):
+    connection.ensure_connection()
+    assert type(connection.connection).__module__.split(".")[0] == os.environ["BILLING_DRIVER"]
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT attidentity FROM pg_attribute "
+            "WHERE attrelid = 'profile_billingaddress'::regclass AND attname = 'id'"
+        )
+        identity = cur.fetchone()[0]
+    assert identity == ("d" if os.environ["BILLING_IDS"] == "identity" else "")
+
+
+@pytest.mark.seqdrift
+def test_probed_inside_the_db_transaction(db):
+    BillingAddress.objects.create(street="a")
+    seen["last"] = BillingAddress.objects.create(street="b").id
+
+
+def test_the_probe_put_the_sequence_back_exactly(db):
+    # the probe drew values after the last test; nextval is not rolled back with
+    # pytest-django's transaction, so only an exact restore gives the next id here
+    assert BillingAddress.objects.create(street="c").id == seen["last"] + 1
+
+
+@pytest.mark.parametrize("which", ["proxy", "alias"])
+def test_assert_sequences_consistent_takes_a_django_connection(
+    db, assert_sequences_consistent, which
+):
+    conn = connection if which == "proxy" else connections["default"]
+    assert_sequences_consistent(conn)
+    BillingAddress.objects.create(id=1000, street="explicit id")
+    with pytest.raises(AssertionError, match="profile_billingaddress.id"):
+        assert_sequences_consistent(conn)
+"""
+
+
+@pytest.mark.parametrize(("ids", "driver"), MATRIX)
+def test_django_billing(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    postgresql_proc: Any,
+    ids: str,
+    driver: str,
+) -> None:
+    root = project(pytester, "django_billing")
+    (root / "tests" / "test_zz_integration.py").write_text(DJANGO_EXTRA)
+    point_at(monkeypatch, postgresql_proc, f"billing_{uuid.uuid4().hex[:10]}", ids, driver)
+
+    quiet = run(pytester)
+    quiet.assert_outcomes(passed=7)
+    assert "sequence drift" not in quiet.stdout.str()
+
+    caught = run(pytester, "--seqdrift")
+    # 0002 as first written is caught; 0003, the fix, passes
+    caught.assert_outcomes(failed=1, passed=6)
+    caught.stdout.fnmatch_lines(
+        [
+            "*SequenceDriftError: sequence drift in 1 column:",
+            STORY_COLUMN,
+            # the test made six profiles: the seventh collides
+            "*next value 7; the very next insert collides with existing id 7 (max id 16)",
+            FIX,
+            "*= sequence drift (pytest-seqdrift) =*",
+            "tests/test_migrations.py::test_0002_copies_billing_addresses_with_their_ids: "
+            "public.profile_billingaddress.id: *",
+            "1 finding(s) in 3 probed test(s)",
+            "FAILED tests/test_migrations.py::test_0002_copies_billing_addresses_with_their_ids*",
+        ]
+    )
+
+
+# -- Alembic ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def alembic_db(postgresql: psycopg.Connection[Any]) -> str:
+    """A fresh database for the example (its alembic_engine empties it per test)."""
+    name = postgresql.info.dbname
+    postgresql.close()
+    return name
+
+
+@pytest.mark.parametrize(("ids", "driver"), MATRIX)
+def test_alembic_billing(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    postgresql_proc: Any,
+    alembic_db: str,
+    ids: str,
+    driver: str,
+) -> None:
+    root = project(pytester, "alembic_billing")
+    point_at(monkeypatch, postgresql_proc, alembic_db, ids, driver)
+    builtins = ("-k", "not each_revision")  # pytest-alembic's built-in tests only
+
+    quiet = run(pytester, *builtins)
+    quiet.assert_outcomes(passed=3, deselected=1)
+    assert "sequence drift" not in quiet.stdout.str()
+
+    caught = run(pytester, "--seqdrift", *builtins)
+    caught.assert_outcomes(failed=2, passed=1, deselected=1)
+    caught.stdout.fnmatch_lines(
+        [
+            "*SequenceDriftError: sequence drift in 1 column:",
+            STORY_COLUMN,
+            "*next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 16)",
+            FIX,
+            "*= sequence drift (pytest-seqdrift) =*",
+            "tests/conftest.py::pytest-alembic::test_upgrade: "
+            "public.profile_billingaddress.id: the 7th insert collides with 7",
+            "FAILED tests/conftest.py::pytest-alembic::test_upgrade - *",
+        ]
+    )
+
+    # the ready-made check needs no --seqdrift, and names the revision
+    named = run(pytester, "-k", "each_revision")
+    named.assert_outcomes(failed=1, deselected=3)
+    named.stdout.fnmatch_lines(
+        [
+            "*RevisionDriftError: revision 0002 introduced sequence drift that is still "
+            "there at the head (0002):",
+            "*sequence drift in 1 column:",
+            STORY_COLUMN,
+        ]
+    )
+
+    # the fix: a revision that calls setval
+    shutil.copy(root / "fix" / "0003_billing_address_sequence.py", root / "migrations" / "versions")
+    fixed = run(pytester, "--seqdrift")
+    fixed.assert_outcomes(passed=4)
+    assert "sequence drift" not in fixed.stdout.str()
+    with psycopg.connect(
+        host=postgresql_proc.host,
+        port=postgresql_proc.port,
+        user=postgresql_proc.user,
+        password=postgresql_proc.password or None,
+        dbname=alembic_db,
+    ) as conn:
+        (identity,) = conn.execute(
+            "SELECT attidentity FROM pg_attribute "
+            "WHERE attrelid = 'profile_billingaddress'::regclass AND attname = 'id'"
+        ).fetchone() or (None,)
+    assert identity == ("d" if ids == "identity" else "")
