@@ -206,3 +206,45 @@ def test_alembic_billing(
             "WHERE attrelid = 'profile_billingaddress'::regclass AND attname = 'id'"
         ).fetchone() or (None,)
     assert identity == ("d" if ids == "identity" else "")
+
+
+SETTINGS_TWO = """
+from billing.settings import *  # noqa: F403
+
+DATABASES["other"] = {**DATABASES["default"], "NAME": DATABASES["default"]["NAME"] + "_other"}
+"""
+
+TWO_DATABASES = """
+import pytest
+
+from profiles.models import BillingAddress
+
+
+@pytest.mark.seqdrift
+@pytest.mark.django_db(databases=["default", "other"])
+def test_drift_in_the_other_database():
+    BillingAddress.objects.using("default").create(street="fine")
+    BillingAddress.objects.using("other").create(id=50, street="explicit id")
+"""
+
+
+def test_django_every_postgresql_alias_is_probed(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, postgresql_proc: Any
+) -> None:
+    root = project(pytester, "django_billing")
+    (root / "billing" / "settings_two.py").write_text(SETTINGS_TWO)
+    (root / "tests" / "test_migrations.py").unlink()
+    (root / "tests" / "test_two.py").write_text(TWO_DATABASES)
+    point_at(
+        monkeypatch, postgresql_proc, f"billing_{uuid.uuid4().hex[:10]}", "identity", "psycopg"
+    )
+    result = run(pytester, "--seqdrift", "--ds=billing.settings_two")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*SequenceDriftError: pytest-django database 'other': sequence drift in 1 column:",
+            STORY_COLUMN,
+            "*49 inserts succeed, the 50th collides with existing id 50 (max id 50)",
+        ]
+    )
+    assert "pytest-django database 'default'" not in result.stdout.str()
