@@ -63,9 +63,53 @@ def _room_after(seq: Sequence, column: Column, value: int) -> bool:
     return type_range is None or type_range[0] <= after <= type_range[1]
 
 
+def collision_target(
+    column: Column, seq: Sequence, bounds: Bounds, *, margin: int = 0
+) -> int | None:
+    """The value to ``setval`` the sequence to so that its walk continues past every
+    existing value; None when no value is left for it to hand out.
+
+    That is the max existing value (the min, for a negative increment), plus ``margin``
+    ids of headroom as far as the range leaves room for one more value. When no value is
+    left past the max, and the increment is above 1, the max may be off the walk's grid:
+    past the last existing value *on* the grid the walk is free (no headroom there).
+    """
+    top = bounds.top
+    assert top is not None, "a collision implies an existing value"
+    if _room_after(seq, column, top):
+        return _headroom(seq, column, top, margin)
+    on_grid = bounds.last_on_grid
+    if on_grid is not None and _room_after(seq, column, on_grid):
+        return on_grid
+    return None
+
+
+def _headroom(seq: Sequence, column: Column, value: int, margin: int) -> int:
+    """``value`` moved ``margin`` ids on in the sequence's direction, but no further than
+    the last value that leaves room for one more (``value`` itself leaves room)."""
+    if margin <= 0:
+        return value
+    lo, hi = seq.min_value, seq.max_value
+    type_range = column.type_range
+    if type_range is not None:
+        lo, hi = max(lo, type_range[0]), min(hi, type_range[1])
+    if seq.increment > 0:
+        return min(value + margin, hi - seq.increment)
+    return max(value - margin, lo - seq.increment)
+
+
 def for_collision(
-    column: Column, seq: Sequence, state: SequenceState, bounds: Bounds, *, after_wrap: bool
+    column: Column,
+    seq: Sequence,
+    state: SequenceState,
+    bounds: Bounds,
+    *,
+    after_wrap: bool,
+    margin: int = 0,
 ) -> str:
+    """The fix of a collision: a ``setval`` past the existing values (see
+    ``collision_target``; ``margin`` ids of headroom), or, where none can help, the
+    ``ALTER SEQUENCE`` to consider, commented out."""
     if after_wrap:
         limit = "MAXVALUE" if seq.increment > 0 else "MINVALUE"
         return _text(
@@ -75,19 +119,13 @@ def for_collision(
                 "-- {widen}"
             ).format(seq=sql.SQL(seq.qualified), limit=sql.SQL(limit), widen=_widen(seq))
         )
-    top = bounds.top
-    assert top is not None, "a collision implies an existing value"
-    if _room_after(seq, column, top):
-        return setval_at_least(seq, top)
-    # No value is left past the max. With an increment above 1 the max may be off the
-    # walk's grid: past the last existing value *on* the grid, the walk is free.
-    on_grid = bounds.last_on_grid
-    if on_grid is not None and _room_after(seq, column, on_grid):
-        return setval_at_least(seq, on_grid)
+    target = collision_target(column, seq, bounds, margin=margin)
+    if target is not None:
+        return setval_at_least(seq, target)
     return _text(
         sql.SQL(
             "-- no value is left beyond the existing {top} in {seq}; widen it first:\n-- {widen}"
-        ).format(top=sql.SQL(str(top)), seq=sql.SQL(seq.qualified), widen=_widen(seq))
+        ).format(top=sql.SQL(str(bounds.top)), seq=sql.SQL(seq.qualified), widen=_widen(seq))
     )
 
 
