@@ -1,5 +1,6 @@
-"""Reports for people (text) and for tools (JSON). One renderer serves the assertion
-message, the pytest summary and the CLI."""
+"""Reports for people (text), for tools (JSON) and for GitHub Actions (workflow
+commands). One renderer serves the assertion message, the pytest summary and the CLI;
+the CLI's text adds a table and colour around the same finding blocks."""
 
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ JSON_VERSION = 1
 def ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
+
+
+def printable(text: str) -> str:
+    """``text`` on one line, without control characters: a name may hold a line break or
+    an escape sequence (PostgreSQL allows both in quoted identifiers), and neither may
+    break a table's layout, reach the terminal, or end an SQL comment."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
 
 
 def plural(n: int, word: str) -> str:
@@ -56,17 +64,7 @@ def describe_finding(f: Finding) -> str:
 
 def text(report: Report, *, verbose: bool = False) -> str:
     """The findings, each with its fix; the checked columns too when ``verbose``."""
-    lines: list[str] = []
-    if report.findings:
-        columns = {(f.column.table_oid, f.column.column) for f in report.findings}
-        lines.append(f"sequence drift in {plural(len(columns), 'column')}:")
-        for f in report.findings:
-            lines.append(f"  {f.column.label}  (sequence {f.sequence.qualified})")
-            kind = "" if f.kind == "collision" else f"{f.kind}: "
-            lines.append(f"    {kind}{describe_finding(f)}")
-            fix = f.fix_sql.splitlines() or [""]
-            lines.append(f"    fix: {fix[0]}")
-            lines.extend(f"         {line}" for line in fix[1:])
+    lines = finding_blocks(report)
     for s in report.skipped:
         lines.append(f"skipped {s.schema}.{s.table}.{s.column} (sequence {s.sequence}): {s.reason}")
     for c in report.checked:
@@ -77,16 +75,182 @@ def text(report: Report, *, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
+def finding_blocks(report: Report, paint: Paint | None = None) -> list[str]:
+    """``sequence drift in N columns:`` and, per finding, what happens and its fix."""
+    paint = paint or Paint(False)
+    lines: list[str] = []
+    if report.findings:
+        columns = {(f.column.table_oid, f.column.column) for f in report.findings}
+        lines.append(paint(f"sequence drift in {plural(len(columns), 'column')}:", "bold"))
+        for f in report.findings:
+            lines.append(f"  {paint(f.column.label, 'bold')}  (sequence {f.sequence.qualified})")
+            kind = "" if f.kind == "collision" else f"{f.kind}: "
+            lines.append(f"    {kind}{describe_finding(f)}")
+            fix = f.fix_sql.splitlines() or [""]
+            lines.append(f"    fix: {fix[0]}")
+            lines.extend(f"         {line}" for line in fix[1:])
+    return lines
+
+
+_KIND_ORDER = ("collision", "overflow", "exhaustion")
+_KIND_WORDS = {
+    "collision": "collision",
+    "overflow": "near overflow",
+    "exhaustion": "near exhaustion",
+}
+
+
 def summary(report: Report) -> str:
+    """``checked 212 columns in 48 tables: 2 collisions, 1 near exhaustion; 1 skipped``"""
     tables = {(c.column.schema, c.column.table) for c in report.checked}
-    counts: dict[str, int] = {}
-    for f in report.findings:
-        counts[f.kind] = counts.get(f.kind, 0) + 1
-    kinds = ", ".join(plural(n, k) for k, n in sorted(counts.items())) or "no drift"
-    line = f"checked {plural(len(report.checked), 'column')} in {plural(len(tables), 'table')}: {kinds}"
+    counts = {k: sum(f.kind == k for f in report.findings) for k in _KIND_ORDER}
+    kinds = ", ".join(
+        f"{n} {_KIND_WORDS[k]}" + ("s" if n != 1 and k == "collision" else "")
+        for k, n in counts.items()
+        if n
+    )
+    line = f"checked {plural(len(report.checked), 'column')} in {plural(len(tables), 'table')}: {kinds or 'no drift'}"
     if report.skipped:
         line += f"; {len(report.skipped)} skipped"
     return line
+
+
+# --- the command line's text: a table, the findings, the counts -------------------------
+
+_SGR = {"bold": "1", "dim": "2", "red": "1;31", "green": "32", "yellow": "33", "magenta": "35"}
+_STATUS_STYLE = {
+    "collision": "red",
+    "overflow": "yellow",
+    "exhaustion": "yellow",
+    "skipped": "magenta",
+    "duplicates": "yellow",
+    "unchecked": "dim",
+    "ok": "green",
+}
+
+
+class Paint:
+    """ANSI colour when ``enabled`` (a terminal, no ``NO_COLOR``), plain text otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, text: str, style: str) -> str:
+        if not self.enabled or not text:
+            return text
+        return f"\x1b[{_SGR[style]}m{text}\x1b[0m"
+
+
+def short_finding(f: Finding) -> str:
+    """A finding in a few words, for the table (the block below says it in full)."""
+    col = f.column.column
+    if f.kind == "collision":
+        k = f.inserts_until_collision
+        assert k is not None
+        which = "the next insert" if k == 0 else f"the {ordinal(k + 1)} insert"
+        wrap = ", after wrapping," if f.after_wrap else ""
+        return f"{which}{wrap} fails on existing {col} {f.first_collision} (max {f.max_existing})"
+    if f.values_left == 0:
+        return "the next insert fails"
+    assert f.values_left is not None
+    assert f.used_fraction is not None
+    return f"{plural(f.values_left, 'value')} left ({f.used_fraction:.1%} used)"
+
+
+def table_rows(report: Report, *, verbose: bool = False) -> list[tuple[str, str, str, str]]:
+    """(status, column, sequence, detail) for every column worth a look, findings
+    first; with ``verbose`` the columns that are fine too."""
+    rows: list[tuple[str, str, str, str]] = [
+        (f.kind, f.column.label, f.sequence.qualified, short_finding(f)) for f in report.findings
+    ]
+    rows += [
+        ("skipped", f"{s.schema}.{s.table}.{s.column}", s.sequence, s.reason)
+        for s in report.skipped
+    ]
+    for c in report.checked:
+        if c.status in ("duplicates", "unchecked") or (verbose and c.status == "ok"):
+            detail = c.note or ""
+            if c.status == "ok":
+                top = "no rows" if c.max_existing is None else f"max {c.max_existing}"
+                detail = f"next value {c.next_value}, {top}"
+            rows.append((c.status, c.column.label, c.sequence.qualified, detail))
+    return rows
+
+
+def table(rows: list[tuple[str, str, str, str]], paint: Paint) -> list[str]:
+    """Aligned columns; the last one (the detail) runs on. Padding is measured before
+    colour is added, so the columns line up on a terminal too."""
+    header = ("STATUS", "COLUMN", "SEQUENCE", "DETAIL")
+    rows = [(r[0], printable(r[1]), printable(r[2]), r[3]) for r in rows]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(3)]
+
+    def line(cells: tuple[str, str, str, str], style: str | None) -> str:
+        padded = [cell.ljust(width) for cell, width in zip(cells, widths, strict=False)]
+        detail = printable(cells[3])
+        status = padded[0] if style is None else paint(padded[0], style)
+        return f"{status}  {padded[1]}  {padded[2]}  {detail}".rstrip()
+
+    lines = [paint(line(header, None), "bold")]
+    order = {"collision": 0, "overflow": 1, "exhaustion": 1, "skipped": 2}
+    for row in sorted(rows, key=lambda r: order.get(r[0], 3)):
+        lines.append(line(row, _STATUS_STYLE.get(row[0], "bold")))
+    return lines
+
+
+def for_terminal(report: Report, *, colour: bool = False, verbose: bool = False) -> str:
+    """``seqdrift check``'s text: a table of every column worth a look (findings first),
+    then each finding with its fix, then the counts. A clean database gets one line."""
+    paint = Paint(colour)
+    lines: list[str] = []
+    rows = table_rows(report, verbose=verbose)
+    if rows:
+        lines += [*table(rows, paint), ""]
+    blocks = finding_blocks(report, paint)
+    if blocks:
+        lines += [*blocks, ""]
+    line = summary(report)
+    lines.append(paint(line, "red" if report.findings else "green"))
+    return "\n".join(lines)
+
+
+# --- GitHub Actions workflow commands --------------------------------------------------
+
+
+def _gh_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def _gh_command(command: str, title: str, message: str) -> str:
+    return f"::{command} title={_gh_property(title)}::{_gh_data(message)}"
+
+
+def github(report: Report) -> str:
+    """One workflow command per finding: ``::error`` for a collision (an insert will
+    fail), ``::warning`` for overflow and exhaustion; ``::notice`` for each column that
+    was skipped or could not be judged; then the counts as a plain line."""
+    lines: list[str] = []
+    for f in report.findings:
+        command = "error" if f.kind == "collision" else "warning"
+        kind = "" if f.kind == "collision" else f"{f.kind}: "
+        message = (
+            f"{f.column.label} (sequence {f.sequence.qualified}): {kind}{describe_finding(f)}"
+            f"\nfix: {f.fix_sql}"
+        )
+        lines.append(_gh_command(command, f"sequence {f.kind}: {f.column.label}", message))
+    for s in report.skipped:
+        label = f"{s.schema}.{s.table}.{s.column}"
+        message = f"{label} (sequence {s.sequence}) was not checked: {s.reason}"
+        lines.append(_gh_command("notice", f"seqdrift skipped {label}", message))
+    for c in report.checked:
+        if c.status in ("duplicates", "unchecked"):
+            message = f"{c.column.label} (sequence {c.sequence.qualified}): {c.note or c.status}"
+            lines.append(_gh_command("notice", f"seqdrift {c.status}: {c.column.label}", message))
+    lines.append(summary(report))
+    return "\n".join(lines)
 
 
 def finding_dict(f: Finding) -> dict[str, Any]:
