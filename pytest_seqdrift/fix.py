@@ -1,0 +1,376 @@
+"""``seqdrift fix``: move drifted sequences past their tables' ids, never backwards.
+
+The engine of the command, without pytest. From a check's report it takes every
+sequence with a collision and every column that sequence feeds, reads their state and
+bounds again, and for each sequence picks the furthest target over its columns (a
+shared sequence must clear every table it feeds): the max existing value, plus
+``margin`` ids of headroom (``fixsql.collision_target``). A sequence whose next value
+already lies beyond that target is left alone.
+
+* ``plan()`` does the reading inside whatever transaction the caller holds, and
+  ``script()`` prints the result as one transaction for ``psql -f``;
+* ``apply()`` runs it: one transaction that first locks every affected table in
+  ``SHARE ROW EXCLUSIVE`` mode (no writer can add an id while it looks), then reads,
+  then sets the sequences, then commits. Each ``setval`` still reads ``last_value`` in
+  its own statement (``GREATEST``), so even a ``nextval`` from elsewhere cannot make it
+  move a sequence back.
+
+Overflow and exhaustion, and collisions no ``setval`` can clear (a CYCLE sequence that
+wraps onto existing ids), are never run: their advice is printed as commented SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from collections.abc import Sequence as Seq
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from psycopg import sql
+
+from . import catalog, drift, fixsql
+from .api import DEFAULT_LOCK_TIMEOUT_MS, check
+from .connections import CannotCheck, SeqdriftError, describe, session_for
+from .model import Bounds, Column, Finding, Report, Sequence, SequenceState, Skipped
+from .render import describe_finding, printable, summary
+
+
+class CannotFix(SeqdriftError):
+    """The fix could not be applied (a lock held past the lock timeout, a privilege);
+    nothing was changed."""
+
+
+@dataclass(frozen=True)
+class SequenceFix:
+    """One ``setval``: the sequence, where it stood, and where it goes."""
+
+    sequence: Sequence
+    columns: tuple[Column, ...]  # the columns that collide
+    tops: tuple[tuple[Column, int], ...]  # every column it feeds, with its max existing value
+    before: SequenceState
+    target: int  # setval(sequence, target): the next value becomes target + increment
+    sql: str
+
+    @property
+    def old_next(self) -> int | None:
+        return drift.next_value(self.sequence, self.before)
+
+    @property
+    def new_next(self) -> int | None:
+        return drift.next_value(self.sequence, SequenceState(self.target, True))
+
+
+@dataclass
+class FixPlan:
+    """What ``fix`` does to a database, read from it."""
+
+    report: Report  # the check the plan starts from
+    fixes: list[SequenceFix] = field(default_factory=list)
+    advice: list[Finding] = field(default_factory=list)  # not fixable by setval: commented
+    unread: list[Skipped] = field(default_factory=list)  # feeds an affected sequence, unread
+
+
+@dataclass(frozen=True)
+class Change:
+    fix: SequenceFix
+    after: SequenceState
+
+    @property
+    def new_next(self) -> int | None:
+        return drift.next_value(self.fix.sequence, self.after)
+
+
+@dataclass
+class Applied:
+    plan: FixPlan
+    changes: list[Change]
+    after: Report  # the check made once the transaction committed
+
+
+def review(
+    conn: Any,
+    *,
+    schemas: Iterable[str] | None = None,
+    exclude_tables: Seq[str] = (),
+    threshold: float = drift.DEFAULT_THRESHOLD,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    statement_timeout_ms: int | None = None,
+    margin: int = 0,
+) -> FixPlan:
+    """Check, then plan the fix, reading only (``seqdrift fix`` without ``--apply``)."""
+    report = check(
+        conn,
+        schemas=schemas,
+        exclude_tables=exclude_tables,
+        threshold=threshold,
+        lock_timeout_ms=lock_timeout_ms,
+        statement_timeout_ms=statement_timeout_ms,
+    )
+    session = session_for(conn)
+    with session.read_only(
+        lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms
+    ):
+        return plan(conn, report, margin=margin)
+
+
+def _forward(seq: Sequence, value: int) -> int:
+    return value if seq.increment > 0 else -value
+
+
+def _clears(report: Report) -> dict[int, list[Column]]:
+    """The sequences that collide somewhere, each with every column it feeds that the
+    arithmetic can judge (a plain default, an integer or numeric type, a unique key)."""
+    colliding = {f.sequence.oid for f in report.findings if f.kind == "collision"}
+    fed: dict[int, list[Column]] = {oid: [] for oid in colliding}
+    for c in report.checked:
+        if c.sequence.oid in fed and c.status in ("ok", "finding") and c.column.unique:
+            fed[c.sequence.oid].append(c.column)
+    return fed
+
+
+def plan(conn: Any, report: Report, *, margin: int = 0) -> FixPlan:
+    """Read the state of every sequence that collides and the bounds of every column it
+    feeds, inside the connection's current transaction, and decide each ``setval``."""
+    if margin < 0:
+        raise ValueError(f"margin must be 0 or more, not {margin!r}")
+    session = session_for(conn)
+    result = FixPlan(report)
+    sequences = {f.sequence.oid: f.sequence for f in report.findings}
+    fed = _clears(report)
+    affected = {sequences[oid].qualified for oid in fed}
+    result.unread = [s for s in report.skipped if s.sequence in affected]
+    result.advice = [
+        f
+        for f in report.findings
+        if f.kind != "collision" or f.after_wrap or f.fix_sql.startswith("--")
+    ]
+    wanted = sorted((sequences[oid] for oid in fed), key=lambda s: (s.schema, s.name))
+    states = session.batch([(catalog.state_query(seq), ()) for seq in wanted])
+    columns: list[tuple[Sequence, SequenceState, Column]] = []
+    for seq, answer in zip(wanted, states, strict=True):
+        if isinstance(answer, CannotCheck):
+            raise CannotFix(f"cannot read sequence {seq.qualified}: {answer.args[0]}")
+        state = catalog.parse_state(answer)
+        columns += [(seq, state, c) for c in fed[seq.oid]]
+    answers = session.batch(
+        [catalog.bounds_query(c, drift.plan(c, seq, state)) for seq, state, c in columns]
+    )
+    bounds: dict[int, list[tuple[Column, SequenceState, Bounds]]] = {s.oid: [] for s in wanted}
+    for (seq, state, c), answer in zip(columns, answers, strict=True):
+        if isinstance(answer, CannotCheck):
+            raise CannotFix(f"cannot read {c.qualified_table}: {answer.args[0]}")
+        bounds[seq.oid].append((c, state, catalog.parse_bounds(answer)))
+    for seq in wanted:
+        fix = _fix_for(seq, bounds[seq.oid], margin)
+        if fix is not None:
+            result.fixes.append(fix)
+    return result
+
+
+def _fix_for(
+    seq: Sequence, read: list[tuple[Column, SequenceState, Bounds]], margin: int
+) -> SequenceFix | None:
+    """The furthest target over every column the sequence feeds, when one of them
+    collides and the target lies ahead of the sequence's next value."""
+    if not read:
+        return None
+    state = read[0][1]
+    colliding: list[Column] = []
+    targets: list[int] = []
+    tops: list[tuple[Column, int]] = []
+    for column, _, b in read:
+        if b.top is None:
+            continue
+        tops.append((column, b.top))
+        hit = drift.first_collision(column, seq, state, b)
+        if hit is not None and not hit.after_wrap:
+            colliding.append(column)
+        target = fixsql.collision_target(column, seq, b, margin=margin)
+        if target is not None:
+            targets.append(target)
+    if not colliding or not targets:
+        return None
+    target = max(targets, key=lambda v: _forward(seq, v))
+    now = drift.next_value(seq, state)
+    after = drift.next_value(seq, SequenceState(target, True))
+    if now is None or after is None or _forward(seq, after) <= _forward(seq, now):
+        return None  # never backwards, and no needless setval
+    return SequenceFix(
+        sequence=seq,
+        columns=tuple(colliding),
+        tops=tuple(tops),
+        before=state,
+        target=target,
+        sql=fixsql.setval_at_least(seq, target),
+    )
+
+
+def _comment(text: str) -> str:
+    """One SQL comment line: a name with a line break in it cannot end the comment and
+    smuggle the rest of itself into the script as SQL."""
+    return f"-- {printable(text)}"
+
+
+def describe_fix(fix: SequenceFix, *, new_next: int | None = None) -> str:
+    """``public.t_id_seq: next value 1 -> 17 (public.t.id: max 16)``."""
+    after = fix.new_next if new_next is None else new_next
+    tops = ", ".join(f"{c.label}: max {top}" for c, top in fix.tops)
+    return f"{fix.sequence.qualified}: next value {fix.old_next} -> {after} ({tops})"
+
+
+def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
+    """The plan as SQL for ``psql -f``: one transaction of ``setval`` statements, each
+    commented with what it changes; the advice that is not run, commented out."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    where = f" from {source}" if source else ""
+    lines = [_comment(f"seqdrift fix: sequence state read at {now}{where}")]
+    report = fix_plan.report
+    if not fix_plan.fixes and not fix_plan.advice and not fix_plan.unread:
+        lines.append(_comment(f"nothing to fix: {summary(report)}"))
+        return "\n".join(lines)
+    lines += [
+        "-- Each setval reads last_value in the same statement: it only ever moves a",
+        "-- sequence forward, also when this script runs later. Review it, then run:",
+        "--   psql -v ON_ERROR_STOP=1 -f this-file.sql",
+        "-- or let `seqdrift fix --apply` do it with each table locked while it reads.",
+    ]
+    if margin:
+        lines.append(_comment(f"Headroom: {margin} ids past each table's max (--margin {margin})."))
+    lines += ["", "BEGIN;"]
+    for fix in fix_plan.fixes:
+        lines.append("")
+        for f in report.findings:
+            if f.kind == "collision" and f.sequence.oid == fix.sequence.oid:
+                lines.append(_comment(f"{f.column.label}: {describe_finding(f)}"))
+        lines.append(_comment(describe_fix(fix)))
+        lines.append(fix.sql)  # names inside quotes: a line break there is SQL's own
+    for f in fix_plan.advice:
+        lines.append("")
+        kind = "" if f.kind == "collision" else f"{f.kind}: "
+        label = f"{f.column.label} (sequence {f.sequence.qualified})"
+        lines.append(_comment(f"{label}: {kind}{describe_finding(f)}"))
+        # the advice is commented SQL already; comment it as one text, every line of it
+        lines += [_comment(line.removeprefix("-- ")) for line in f.fix_sql.split("\n")]
+    for s in fix_plan.unread:
+        lines.append("")
+        lines.append(
+            _comment(
+                f"not considered: {s.schema}.{s.table}.{s.column} also draws from "
+                f"{s.sequence}, but it could not be read: {s.reason}"
+            )
+        )
+    lines += ["", "COMMIT;"]
+    return "\n".join(lines)
+
+
+def _table_lock(column: Column) -> sql.Composed:
+    """A partitioned table with its partitions; any other table on its own (its rows are
+    the ones the check reads)."""
+    only = sql.SQL("") if column.partitioned else sql.SQL("ONLY ")
+    return sql.SQL("LOCK TABLE {}{} IN SHARE ROW EXCLUSIVE MODE").format(
+        only, sql.Identifier(column.schema, column.table)
+    )
+
+
+def _tables(report: Report, sequences: Iterable[int]) -> list[Column]:
+    """One column per table fed by the sequences, in a stable order (schema, table) so
+    that two runs lock in the same order."""
+    wanted = set(sequences)
+    by_table: dict[int, Column] = {}
+    for c in report.checked:
+        if c.sequence.oid in wanted:
+            by_table.setdefault(c.column.table_oid, c.column)
+    return sorted(by_table.values(), key=lambda c: (c.schema, c.table))
+
+
+@contextmanager
+def _write_transaction(
+    conn: Any, *, lock_timeout_ms: int, statement_timeout_ms: int | None
+) -> Iterator[None]:
+    session = session_for(conn)
+    if session.in_transaction:
+        raise CannotFix("fix --apply runs its own transaction: the connection is inside one")
+    autocommit = conn.autocommit
+    conn.autocommit = True
+    session.run("BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE")
+    try:
+        session.run("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"])
+        if statement_timeout_ms is not None:
+            session.run(
+                "SELECT set_config('statement_timeout', %s, true)",
+                [f"{int(statement_timeout_ms)}ms"],
+            )
+        yield
+    except BaseException:
+        if not (conn.closed or conn.broken):
+            session.run("ROLLBACK")
+        raise
+    else:
+        session.run("COMMIT")
+    finally:
+        if not conn.closed:
+            conn.autocommit = autocommit
+
+
+def apply(
+    conn: Any,
+    *,
+    schemas: Iterable[str] | None = None,
+    exclude_tables: Seq[str] = (),
+    threshold: float = drift.DEFAULT_THRESHOLD,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    statement_timeout_ms: int | None = None,
+    margin: int = 0,
+) -> Applied:
+    """Fix every collision that a ``setval`` can fix, in one transaction, then check
+    again. ``conn`` is an idle psycopg 3 connection.
+
+    Raises ``CannotCheck`` when the database cannot be checked, ``CannotFix`` when a
+    table stays locked past the lock timeout or a privilege is missing (then nothing has
+    been changed).
+    """
+    options: dict[str, Any] = {
+        "schemas": schemas,
+        "exclude_tables": exclude_tables,
+        "threshold": threshold,
+        "lock_timeout_ms": lock_timeout_ms,
+        "statement_timeout_ms": statement_timeout_ms,
+    }
+    before = check(conn, **options)
+    fed = _clears(before)
+    if not fed:
+        return Applied(plan(conn, before, margin=margin), [], before)
+    session = session_for(conn)
+    changes: list[Change] = []
+    with _write_transaction(
+        conn, lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms
+    ):
+        for column in _tables(before, fed):
+            try:
+                session.run(_table_lock(column))
+            except session.Error as exc:
+                raise CannotFix(
+                    f"cannot lock {column.qualified_table} (waited up to {lock_timeout_ms} ms): "
+                    f"{describe(exc)}; nothing was changed"
+                ) from exc
+        fix_plan = plan(conn, before, margin=margin)
+        denied = session.run(
+            "SELECT o::regclass::text FROM unnest(%s::oid[]) AS o "
+            "WHERE NOT has_sequence_privilege(o, 'UPDATE') ORDER BY 1",
+            [[f.sequence.oid for f in fix_plan.fixes]],
+        )
+        if denied:
+            names = ", ".join(str(r[0]) for r in denied)
+            raise CannotFix(
+                f"permission denied: setval needs UPDATE on {names}; nothing was changed"
+            )
+        for fix in fix_plan.fixes:
+            try:
+                ((value,),) = session.run(fix.sql)
+            except session.Error as exc:
+                raise CannotFix(f"cannot set {fix.sequence.qualified}: {describe(exc)}") from exc
+            changes.append(Change(fix, SequenceState(int(value), True)))
+    after = check(conn, **options)
+    return Applied(fix_plan, changes, after)
