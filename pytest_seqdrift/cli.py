@@ -1,109 +1,448 @@
-"""The ``seqdrift`` command: check a live database, strictly read-only.
+"""The ``seqdrift`` command for live databases: ``check`` (strictly read-only) and ``fix``.
 
-Exit codes: 0 no findings, 1 findings, 2 could not check (one line on stderr).
+Exit codes: 0 no findings, 1 findings, 2 could not check (one line on stderr). The
+engine does the work (``api.check``, ``fix.plan`` / ``fix.apply``); this module parses
+arguments, connects the way ``psql`` does, and prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
+from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-from . import __version__, render
+from . import __version__, fix, render
 from .api import DEFAULT_LOCK_TIMEOUT_MS, check
-from .connections import CannotCheck, describe
+from .connections import MIN_SERVER_VERSION, SeqdriftError, describe
 from .drift import DEFAULT_THRESHOLD
+from .model import FindingKind, Report
 
 EXIT_OK, EXIT_FINDINGS, EXIT_CANNOT_CHECK = 0, 1, 2
+KINDS: tuple[FindingKind, ...] = ("collision", "overflow", "exhaustion")
+CONNECT_TIMEOUT_S = 10  # unless the DSN, PGCONNECT_TIMEOUT or a service file says otherwise
+
+
+class Stop(SeqdriftError):
+    """Stop with exit code 2 and this one line on stderr."""
+
+
+# --- argument types ---------------------------------------------------------------------
 
 
 def _threshold(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError("must be a share between 0 (exclusive) and 1")
+        raise argparse.ArgumentTypeError("must be a share between 0 (exclusive) and 1, e.g. 0.8")
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="seqdrift",
-        description="Find PostgreSQL sequences that will hand out ids their tables already hold.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    chk = commands.add_parser(
-        "check",
-        help="report sequence drift (read-only)",
-        description="Report sequence drift. Runs in a READ ONLY transaction: it never writes.",
-        epilog="examples:\n  seqdrift check postgresql://app@db/prod\n"
-        "  seqdrift check 'dbname=app host=localhost' --format json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    chk.add_argument(
+_DURATION = re.compile(r"\s*(\d+)\s*(ms|s|min)?\s*")
+_UNIT_MS = {None: 1, "ms": 1, "s": 1000, "min": 60_000}
+
+
+def _duration(text: str) -> int:
+    """Milliseconds: ``500``, ``500ms``, ``5s`` or ``1min``; 0 means no limit."""
+    m = _DURATION.fullmatch(text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 500, 500ms, 5s, 1min)")
+    return int(m[1]) * _UNIT_MS[m[2]]
+
+
+def _fail_on(text: str) -> frozenset[str]:
+    words = {w.strip() for w in text.split(",") if w.strip()}
+    if words == {"all"}:
+        return frozenset(KINDS)
+    if words == {"none"}:
+        return frozenset()
+    unknown = words - set(KINDS)
+    if unknown or not words:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(KINDS)} (or all, or none), not {text!r}"
+        )
+    return frozenset(words)
+
+
+def _margin(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+# --- the parser -------------------------------------------------------------------------
+
+_EXIT_CODES = """\
+exit codes:
+  0  no findings (of the --fail-on kinds)
+  1  findings
+  2  could not check: bad DSN, refused connection, authentication, not PostgreSQL,
+     server too old, no column readable (one line on stderr)"""
+
+_TOP_EXAMPLES = f"""\
+examples:
+  seqdrift check postgresql://monitor@db.internal/app
+  PGHOST=db.internal PGDATABASE=app seqdrift check --format json
+  seqdrift fix postgresql://admin@db.internal/app > fix.sql   # review it, then psql -f fix.sql
+  seqdrift fix postgresql://admin@db.internal/app --apply --margin 1000
+
+{_EXIT_CODES}"""
+
+_CHECK_EXAMPLES = f"""\
+examples:
+  seqdrift check postgresql://monitor@db.internal/app
+  seqdrift check 'host=localhost dbname=app user=monitor'
+  seqdrift check                       # PGHOST, PGPORT, PGUSER, PGDATABASE, ~/.pgpass
+  seqdrift check service=prod          # a section of ~/.pg_service.conf
+  seqdrift check --schema billing --exclude-table 'audit_*' --format json
+  seqdrift check --format github --fail-on collision     # in a GitHub Actions step
+
+{_EXIT_CODES}"""
+
+_FIX_EXAMPLES = f"""\
+examples:
+  seqdrift fix postgresql://admin@db.internal/app > fix.sql
+  psql -v ON_ERROR_STOP=1 -f fix.sql postgresql://admin@db.internal/app
+  seqdrift fix postgresql://admin@db.internal/app --apply
+  seqdrift fix --apply --margin 1000 --lock-timeout 5s
+
+Without --apply, fix reads only and prints the script (exit 0 once printed). With
+--apply it runs it and checks again: exit 0 when clean, 1 if findings remain (overflow
+and exhaustion are never fixed by setval), 2 if it could not check or fix; a table
+locked past --lock-timeout stops it before anything is changed.
+
+{_EXIT_CODES}"""
+
+
+def _common(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
         "dsn",
         nargs="?",
         default="",
-        help="a libpq URL or key=value string; empty: the PG* environment variables apply",
+        metavar="DSN",
+        help="a libpq URL (postgresql://user@host/db) or key=value string (host=... "
+        "dbname=...); without it libpq's PG* environment variables, ~/.pgpass and "
+        "service files apply, as with psql",
     )
-    chk.add_argument("--format", choices=("text", "json"), default="text")
-    chk.add_argument(
-        "--schema", action="append", dest="schemas", help="check only this schema (repeatable)"
+    sub.add_argument(
+        "--schema",
+        action="append",
+        dest="schemas",
+        metavar="SCHEMA",
+        help="check only this schema (repeatable; default: every user schema)",
     )
-    chk.add_argument(
+    sub.add_argument(
         "--exclude-table",
         action="append",
         default=[],
         metavar="PATTERN",
-        help="skip tables matching this pattern, as table or schema.table (repeatable)",
+        help="leave out tables matching this pattern, as table or schema.table, with * and ? "
+        "(repeatable)",
     )
-    chk.add_argument(
+    sub.add_argument(
         "--exhaustion-threshold",
         type=_threshold,
         default=DEFAULT_THRESHOLD,
         metavar="SHARE",
-        help=f"share of a range used that counts as overflow or exhaustion (default {DEFAULT_THRESHOLD})",
+        help="share of a column's range used that counts as overflow or exhaustion "
+        f"(default {DEFAULT_THRESHOLD})",
     )
-    chk.add_argument(
+    sub.add_argument(
+        "--fail-on",
+        type=_fail_on,
+        default=frozenset(KINDS),
+        metavar="KINDS",
+        help="which findings make the exit code 1: a comma-separated list of "
+        "collision, overflow, exhaustion; or all (default) or none",
+    )
+    sub.add_argument(
         "--lock-timeout",
-        type=int,
+        type=_duration,
         default=DEFAULT_LOCK_TIMEOUT_MS,
         metavar="MS",
-        help=f"give up on a locked table after this many milliseconds (default {DEFAULT_LOCK_TIMEOUT_MS})",
+        help="give up on a table locked by another session after this long: 500, 500ms, "
+        f"5s, 1min (default {DEFAULT_LOCK_TIMEOUT_MS} ms; 0 waits for ever)",
     )
+    sub.add_argument(
+        "--statement-timeout",
+        type=_duration,
+        default=None,
+        metavar="MS",
+        help="cancel any statement that runs longer than this (default: the server's)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="seqdrift",
+        description="Find PostgreSQL sequences that will hand out ids their tables already "
+        "hold, and move them forward safely.",
+        epilog=_TOP_EXAMPLES,
+        formatter_class=raw,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    chk = commands.add_parser(
+        "check",
+        help="report sequence drift (strictly read-only)",
+        description="Report every sequence-backed column whose sequence will collide with "
+        "existing ids, overflow its column's type or run out. Runs in a READ ONLY "
+        "transaction with a lock timeout: it never writes and never waits behind a "
+        "migration's lock.",
+        epilog=_CHECK_EXAMPLES,
+        formatter_class=raw,
+    )
+    _common(chk)
+    chk.add_argument(
+        "--format",
+        choices=("text", "json", "github"),
+        default="text",
+        help="text for people (default), json for tools, github for GitHub Actions annotations",
+    )
+    chk.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="text: list the columns that are fine too",
+    )
+    chk.set_defaults(run=_run_check)
+
+    fx = commands.add_parser(
+        "fix",
+        help="print the SQL that fixes the drift; run it with --apply",
+        description="Print the SQL that moves every drifted sequence past its table's "
+        "ids, as one transaction for psql -f. Never moves a sequence backwards. Overflow "
+        "and exhaustion are not fixable by setval: the ALTER statements to consider are "
+        "printed commented out, and never run.",
+        epilog=_FIX_EXAMPLES,
+        formatter_class=raw,
+    )
+    _common(fx)
+    fx.add_argument(
+        "--apply",
+        action="store_true",
+        help="run the fix: one transaction; each affected table locked SHARE ROW EXCLUSIVE "
+        "while its max is read again and its sequence set; prints old -> new next "
+        "values, then checks again",
+    )
+    fx.add_argument(
+        "--margin",
+        type=_margin,
+        default=0,
+        metavar="N",
+        help="leave N ids of headroom past each table's max (default 0: the next value "
+        "is the one after the max)",
+    )
+    fx.set_defaults(run=_run_fix)
     return parser
+
+
+# --- connecting -------------------------------------------------------------------------
+
+_NOT_POSTGRESQL = (
+    "invalid response to ssl negotiation",
+    "expected authentication request",
+    "lost synchronization with server",
+    "unexpected message type",
+    "invalid response to gssapi negotiation",
+)
+_AUTHENTICATION = (
+    "authentication failed",
+    "no password supplied",
+    "pg_hba.conf",
+    "not permitted to log in",
+    "permission denied for database",
+)
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """libpq's reason, in one line, after what kind of failure it is."""
+    message = describe(exc).removeprefix("connection failed: ").replace("FATAL: ", "")
+    low = message.lower()
+    if any(k in low for k in _NOT_POSTGRESQL):
+        return f"not a PostgreSQL server: {message}"
+    if "connection refused" in low:
+        return f"connection refused: {message}"
+    if any(k in low for k in _AUTHENTICATION) or re.search(r'role ".*" does not exist', low):
+        return f"authentication failed: {message}"
+    if "timeout expired" in low:
+        return f"timed out: {message}"
+    return message
+
+
+def connect(dsn: str, *, read_only: bool) -> psycopg.Connection[Any]:
+    """Connect like psql: the DSN, then libpq's PG* variables, service files, ~/.pgpass."""
+    try:
+        given = conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise Stop(f"cannot connect: invalid DSN: {describe(exc)}") from None
+    extra: dict[str, Any] = {"fallback_application_name": "seqdrift"}
+    env = os.environ
+    if not any(
+        (given.get("connect_timeout"), given.get("service"), env.get("PGCONNECT_TIMEOUT"))
+    ) and not env.get("PGSERVICE"):
+        extra["connect_timeout"] = CONNECT_TIMEOUT_S
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, **extra)
+    except psycopg.Error as exc:
+        raise Stop(f"cannot connect: {_connect_failure(exc)}") from None
+    if conn.info.server_version < MIN_SERVER_VERSION:
+        version = conn.info.parameter_status("server_version") or str(conn.info.server_version)
+        conn.close()
+        raise Stop(
+            f"cannot check: server too old: PostgreSQL {version} (seqdrift needs 11 or later)"
+        )
+    if read_only:
+        # check() opens a READ ONLY transaction already; make every other one read-only too
+        conn.execute("SET default_transaction_read_only = on")
+    return conn
+
+
+def _known_schemas(conn: psycopg.Connection[Any], schemas: list[str] | None) -> None:
+    """A mistyped --schema is an error, not a clean check of nothing."""
+    if not schemas:
+        return
+    rows = conn.execute(
+        "SELECT s FROM unnest(%s::text[]) AS s "
+        "WHERE s NOT IN (SELECT nspname FROM pg_namespace) ORDER BY 1",
+        [schemas],
+    ).fetchall()
+    if rows:
+        missing = ", ".join(str(r[0]) for r in rows)
+        raise Stop(f"cannot check: no schema named {missing} in database {conn.info.dbname}")
+
+
+def _colour() -> bool:
+    """Colour on a terminal, never when NO_COLOR is set (https://no-color.org)."""
+    return (
+        sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+    )
+
+
+def emit(text: str) -> None:
+    """Print to stdout; a reader that went away (``| head``) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # the rest of the output goes nowhere, and Python's exit flush must not fail
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _exit_code(report: Report, fail_on: frozenset[str]) -> int:
+    if report.skipped and not report.checked:
+        first = report.skipped[0]
+        raise Stop(
+            f"cannot check: none of the {len(report.skipped)} sequence-backed columns could "
+            f"be read (first: {first.schema}.{first.table}.{first.column}: {first.reason})"
+        )
+    return EXIT_FINDINGS if any(f.kind in fail_on for f in report.findings) else EXIT_OK
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "schemas": args.schemas,
+        "exclude_tables": args.exclude_table,
+        "threshold": args.exhaustion_threshold,
+        "lock_timeout_ms": args.lock_timeout,
+        "statement_timeout_ms": args.statement_timeout,
+    }
+
+
+# --- the commands -----------------------------------------------------------------------
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    with connect(args.dsn, read_only=True) as conn:
+        _known_schemas(conn, args.schemas)
+        report = check(conn, **_options(args))
+    if args.format == "json":
+        emit(render.as_json(report))
+    elif args.format == "github":
+        emit(render.github(report))
+    else:
+        emit(render.for_terminal(report, colour=_colour(), verbose=args.verbose))
+    return _exit_code(report, args.fail_on)
+
+
+def _source(conn: psycopg.Connection[Any]) -> str:
+    info = conn.info
+    return f"database {info.dbname} on {info.host}:{info.port} as {info.user}"
+
+
+def _run_fix(args: argparse.Namespace) -> int:
+    if not args.apply:
+        with connect(args.dsn, read_only=True) as conn:
+            _known_schemas(conn, args.schemas)
+            fix_plan = fix.review(conn, margin=args.margin, **_options(args))
+            source = _source(conn)
+        emit(fix.script(fix_plan, source=source, margin=args.margin))
+        _exit_code(fix_plan.report, args.fail_on)  # exit 2 when nothing could be read
+        return EXIT_OK
+    with connect(args.dsn, read_only=False) as conn:
+        _known_schemas(conn, args.schemas)
+        applied = fix.apply(conn, margin=args.margin, **_options(args))
+    emit(_applied(applied))
+    emit(render.for_terminal(applied.after, colour=_colour()))
+    return _exit_code(applied.after, args.fail_on)
+
+
+def _applied(applied: fix.Applied) -> str:
+    """What ``fix --apply`` changed (old -> new next value), what it left, then the
+    heading of the check that follows."""
+    lines: list[str] = []
+    if applied.changes:
+        n = len(applied.changes)
+        lines.append(f"moved {render.plural(n, 'sequence')} forward, in one transaction:")
+        for change in applied.changes:
+            lines.append(
+                f"  {render.printable(fix.describe_fix(change.fix, new_next=change.new_next))}"
+            )
+    else:
+        lines.append("nothing to move: no sequence hands out ids its tables hold")
+    if applied.plan.advice:
+        lines.append(
+            "not run (setval cannot fix these; `seqdrift fix` prints the SQL to consider):"
+        )
+        for f in applied.plan.advice:
+            what = f"{f.column.label}: {f.kind}: {render.describe_finding(f)}"
+            lines.append(f"  {render.printable(what)}")
+    for s in applied.plan.unread:
+        what = (
+            f"not considered: {s.schema}.{s.table}.{s.column} also draws from {s.sequence}, "
+            f"but it could not be read: {s.reason}"
+        )
+        lines.append(render.printable(what))
+    lines.append("checking again:")
+    return "\n".join(lines)
 
 
 def main(argv: Seq[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
     try:
-        conn = psycopg.connect(args.dsn, autocommit=True, application_name="seqdrift")
-    except psycopg.Error as exc:
-        print(f"seqdrift: cannot connect: {describe(exc)}", file=sys.stderr)
-        return EXIT_CANNOT_CHECK
-    try:
-        with conn:
-            report = check(
-                conn,
-                schemas=args.schemas,
-                exclude_tables=args.exclude_table,
-                threshold=args.exhaustion_threshold,
-                lock_timeout_ms=args.lock_timeout,
-            )
-    except (CannotCheck, psycopg.Error) as exc:
+        return run(args)
+    except Stop as exc:
+        print(f"seqdrift: {exc}", file=sys.stderr)
+    except fix.CannotFix as exc:
+        print(f"seqdrift: cannot fix: {exc}", file=sys.stderr)
+    except (SeqdriftError, psycopg.Error) as exc:
         print(f"seqdrift: cannot check: {describe(exc)}", file=sys.stderr)
-        return EXIT_CANNOT_CHECK
-    if args.format == "json":
-        print(render.as_json(report))
-    else:
-        print(render.text(report))
-    if report.findings:
-        return EXIT_FINDINGS
-    if report.skipped and not report.checked:
-        print("seqdrift: cannot check: no column could be read", file=sys.stderr)
-        return EXIT_CANNOT_CHECK
-    return EXIT_OK
+    return EXIT_CANNOT_CHECK
 
 
 if __name__ == "__main__":  # pragma: no cover
