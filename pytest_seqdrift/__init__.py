@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .api import check
-from .connections import CannotCheck, SeqdriftError
+from .connections import CannotCheck, NotSupported, SeqdriftError
 from .model import Checked, Finding, Report, Skipped
 
 __version__ = "0.1.0.dev0"
@@ -12,6 +12,7 @@ __all__ = [
     "CannotCheck",
     "Checked",
     "Finding",
+    "NotSupported",
     "Report",
     "SeqdriftError",
     "Skipped",

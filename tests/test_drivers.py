@@ -6,6 +6,8 @@ the examples/django_billing project, see test_examples.py.)"""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -240,3 +242,13 @@ def test_identifiers_are_quoted_through_psycopg2(db: Conn, pg2: Any) -> None:
     found = [(f.column.schema, f.column.table) for f in check(pg2).findings]
     assert ('Ünïcode "q"', "it's") in found
     assert any(p.column.table == "it's" for p in probe(pg2).probed)
+
+
+def test_the_optional_drivers_are_not_imported_with_the_package() -> None:
+    code = (
+        "import sys, pytest_seqdrift, pytest_seqdrift.plugin, pytest_seqdrift.alembic; "
+        "print(sorted(m for m in ('psycopg2', 'sqlalchemy', 'django', 'alembic') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
