@@ -8,6 +8,7 @@ arguments, connects the way ``psql`` does, and prints.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -433,6 +434,10 @@ def _applied(applied: fix.Applied) -> str:
 
 def main(argv: Seq[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # psycopg logs a warning when a pipeline ends on an error the engine has already
+    # handled (a locked or unreadable table, reported as skipped); without a handler
+    # Python would print it on stderr, where only the one-line reason belongs
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

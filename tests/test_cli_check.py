@@ -437,9 +437,12 @@ PARTIAL = """
 CREATE TABLE open_t (id serial PRIMARY KEY);
 CREATE TABLE secret (id serial PRIMARY KEY);
 CREATE TABLE hidden_seq (id serial PRIMARY KEY);
+CREATE SCHEMA private;
+CREATE TABLE private.t (id serial PRIMARY KEY);
 INSERT INTO open_t (id) VALUES (7);
 INSERT INTO secret (id) VALUES (3);
 INSERT INTO hidden_seq (id) VALUES (2);
+INSERT INTO private.t (id) VALUES (2);
 """
 
 
@@ -447,10 +450,13 @@ def test_partial_privileges_skip_with_the_reason_in_every_format(db: Conn) -> No
     db.execute(PARTIAL)
     with login_role(db) as role:
         grant(db, "GRANT SELECT ON open_t, open_t_id_seq, hidden_seq TO {role}", role)
+        # readable by privilege, yet behind a schema the role may not enter
+        grant(db, "GRANT SELECT ON private.t, private.t_id_seq TO {role}", role)
         target = dsn(db, user=role)
 
         as_json = seqdrift("check", target, "--format", "json")
         assert as_json.returncode == 1, as_json.stderr  # open_t collides; the rest is skipped
+        assert as_json.stderr == ""
         out = json.loads(as_json.stdout)
         assert [where(f) for f in out["findings"]] == [("public", "open_t", "id")]
         assert [where(c) for c in out["checked"]] == [("public", "open_t", "id")]
@@ -465,6 +471,7 @@ def test_partial_privileges_skip_with_the_reason_in_every_format(db: Conn) -> No
         assert skipped["hidden_seq"]["reason"] == (
             "permission denied: cannot SELECT from sequence public.hidden_seq_id_seq"
         )
+        assert skipped["t"]["reason"] == "permission denied for schema private"
 
         text = seqdrift("check", target)
         assert text.returncode == 1
@@ -474,7 +481,7 @@ def test_partial_privileges_skip_with_the_reason_in_every_format(db: Conn) -> No
             text.stdout,
             re.M,
         )
-        assert text.stdout.splitlines()[-1] == "checked 1 column in 1 table: 1 collision; 2 skipped"
+        assert text.stdout.splitlines()[-1] == "checked 1 column in 1 table: 1 collision; 3 skipped"
 
         github = seqdrift("check", target, "--format", "github")
         assert github.returncode == 1
@@ -487,11 +494,12 @@ def test_partial_privileges_skip_with_the_reason_in_every_format(db: Conn) -> No
     with login_role(db) as nobody:  # may connect, may read nothing
         result = seqdrift("check", dsn(db, user=nobody), "--format", "json")
         assert result.returncode == 2
-        assert len(json.loads(result.stdout)["skipped"]) == 3
-        assert one_line(result.stderr).startswith(
-            "seqdrift: cannot check: none of the 3 sequence-backed columns could be read "
-            "(first: public.hidden_seq.id: permission denied"
+        assert len(json.loads(result.stdout)["skipped"]) == 4
+        line = one_line(result.stderr)
+        assert line.startswith(
+            "seqdrift: cannot check: none of the 4 sequence-backed columns could be read (first: "
         )
+        assert "permission denied" in line
 
 
 def test_locked_table_is_skipped_after_the_lock_timeout(db: Conn) -> None:
@@ -511,6 +519,7 @@ def test_locked_table_is_skipped_after_the_lock_timeout(db: Conn) -> None:
     assert elapsed < 10, "the check waited behind the lock"
     for result, reason in ((by_lock, "lock timeout"), (by_statement, "statement timeout")):
         assert result.returncode == 1, result.stderr  # idle still checked: it collides
+        assert result.stderr == ""
         out = json.loads(result.stdout)
         assert [where(f) for f in out["findings"]] == [("public", "idle", "id")]
         (skipped,) = out["skipped"]
