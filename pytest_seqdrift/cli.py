@@ -23,7 +23,7 @@ from . import __version__, fix, render
 from .api import DEFAULT_LOCK_TIMEOUT_MS, check
 from .connections import MIN_SERVER_VERSION, SeqdriftError, describe
 from .drift import DEFAULT_THRESHOLD
-from .model import FindingKind, Report
+from .model import FindingKind, Report, printable
 
 EXIT_OK, EXIT_FINDINGS, EXIT_CANNOT_CHECK = 0, 1, 2
 KINDS: tuple[FindingKind, ...] = ("collision", "overflow", "exhaustion")
@@ -410,9 +410,7 @@ def _applied(applied: fix.Applied) -> str:
         n = len(applied.changes)
         lines.append(f"moved {render.plural(n, 'sequence')} forward, in one transaction:")
         for change in applied.changes:
-            lines.append(
-                f"  {render.printable(fix.describe_fix(change.fix, new_next=change.new_next))}"
-            )
+            lines.append(f"  {printable(fix.describe_fix(change.fix, new_next=change.new_next))}")
     else:
         lines.append("nothing to move: no sequence hands out ids its tables hold")
     if applied.plan.advice:
@@ -421,13 +419,13 @@ def _applied(applied: fix.Applied) -> str:
         )
         for f in applied.plan.advice:
             what = f"{f.column.label}: {f.kind}: {render.describe_finding(f)}"
-            lines.append(f"  {render.printable(what)}")
+            lines.append(f"  {printable(what)}")
     for s in applied.plan.unread:
         what = (
             f"not considered: {s.schema}.{s.table}.{s.column} also draws from {s.sequence}, "
             f"but it could not be read: {s.reason}"
         )
-        lines.append(render.printable(what))
+        lines.append(printable(what))
     lines.append("checking again:")
     return "\n".join(lines)
 

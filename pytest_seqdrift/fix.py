@@ -34,7 +34,7 @@ from . import catalog, drift, fixsql
 from .api import DEFAULT_LOCK_TIMEOUT_MS, check
 from .connections import CannotCheck, SeqdriftError, describe, session_for
 from .model import Bounds, Column, Finding, Report, Sequence, SequenceState, Skipped
-from .render import describe_finding, printable, summary
+from .render import describe_finding, summary
 
 
 class CannotFix(SeqdriftError):
@@ -207,12 +207,6 @@ def _fix_for(
     )
 
 
-def _comment(text: str) -> str:
-    """One SQL comment line: a name with a line break in it cannot end the comment and
-    smuggle the rest of itself into the script as SQL."""
-    return f"-- {printable(text)}"
-
-
 def describe_fix(fix: SequenceFix, *, new_next: int | None = None) -> str:
     """``public.t_id_seq: next value 1 -> 17 (public.t.id: max 16)``."""
     after = fix.new_next if new_next is None else new_next
@@ -225,10 +219,10 @@ def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
     commented with what it changes; the advice that is not run, commented out."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     where = f" from {source}" if source else ""
-    lines = [_comment(f"seqdrift fix: sequence state read at {now}{where}")]
+    lines = [fixsql.comment(f"seqdrift fix: sequence state read at {now}{where}")]
     report = fix_plan.report
     if not fix_plan.fixes and not fix_plan.advice and not fix_plan.unread:
-        lines.append(_comment(f"nothing to fix: {summary(report)}"))
+        lines.append(fixsql.comment(f"nothing to fix: {summary(report)}"))
         return "\n".join(lines)
     lines += [
         "-- Each setval reads last_value in the same statement: it only ever moves a",
@@ -237,26 +231,28 @@ def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
         "-- or let `seqdrift fix --apply` do it with each table locked while it reads.",
     ]
     if margin:
-        lines.append(_comment(f"Headroom: {margin} ids past each table's max (--margin {margin})."))
+        lines.append(
+            fixsql.comment(f"Headroom: {margin} ids past each table's max (--margin {margin}).")
+        )
     lines += ["", "BEGIN;"]
     for fix in fix_plan.fixes:
         lines.append("")
         for f in report.findings:
             if f.kind == "collision" and f.sequence.oid == fix.sequence.oid:
-                lines.append(_comment(f"{f.column.label}: {describe_finding(f)}"))
-        lines.append(_comment(describe_fix(fix)))
+                lines.append(fixsql.comment(f"{f.column.label}: {describe_finding(f)}"))
+        lines.append(fixsql.comment(describe_fix(fix)))
         lines.append(fix.sql)  # names inside quotes: a line break there is SQL's own
     for f in fix_plan.advice:
         lines.append("")
         kind = "" if f.kind == "collision" else f"{f.kind}: "
         label = f"{f.column.label} (sequence {f.sequence.qualified})"
-        lines.append(_comment(f"{label}: {kind}{describe_finding(f)}"))
+        lines.append(fixsql.comment(f"{label}: {kind}{describe_finding(f)}"))
         # the advice is commented SQL already; comment it as one text, every line of it
-        lines += [_comment(line.removeprefix("-- ")) for line in f.fix_sql.split("\n")]
+        lines += [fixsql.comment(line.removeprefix("-- ")) for line in f.fix_sql.split("\n")]
     for s in fix_plan.unread:
         lines.append("")
         lines.append(
-            _comment(
+            fixsql.comment(
                 f"not considered: {s.schema}.{s.table}.{s.column} also draws from "
                 f"{s.sequence}, but it could not be read: {s.reason}"
             )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from .model import INT_RANGES, Bounds, Column, FindingKind, Sequence, SequenceState
+from .model import INT_RANGES, Bounds, Column, FindingKind, Sequence, SequenceState, printable
 
 
 def _text(composed: sql.Composable) -> str:
@@ -112,21 +112,24 @@ def for_collision(
     ``ALTER SEQUENCE`` to consider, commented out."""
     if after_wrap:
         limit = "MAXVALUE" if seq.increment > 0 else "MINVALUE"
-        return _text(
-            sql.SQL(
-                "-- {seq} is CYCLE: past {limit} it wraps and hands out ids the table "
-                "already holds; moving it forward cannot prevent that. Widen it instead:\n"
-                "-- {widen}"
-            ).format(seq=sql.SQL(seq.qualified), limit=sql.SQL(limit), widen=_widen(seq))
+        return comment(
+            f"{seq.qualified} is CYCLE: past {limit} it wraps and hands out ids the table "
+            "already holds; moving it forward cannot prevent that. Widen it instead:",
+            _text(_widen(seq)),
         )
     target = collision_target(column, seq, bounds, margin=margin)
     if target is not None:
         return setval_at_least(seq, target)
-    return _text(
-        sql.SQL(
-            "-- no value is left beyond the existing {top} in {seq}; widen it first:\n-- {widen}"
-        ).format(top=sql.SQL(str(bounds.top)), seq=sql.SQL(seq.qualified), widen=_widen(seq))
+    return comment(
+        f"no value is left beyond the existing {bounds.top} in {seq.qualified}; widen it first:",
+        _text(_widen(seq)),
     )
+
+
+def comment(*lines: str) -> str:
+    """SQL comment lines. A quoted name may hold a line break (PostgreSQL allows it):
+    each line is made printable first, so no name can end the comment and run as SQL."""
+    return "\n".join("-- " + printable(line) for line in lines)
 
 
 def _widen(seq: Sequence) -> sql.Composed:
@@ -151,7 +154,9 @@ def for_capacity(column: Column, seq: Sequence, kind: FindingKind) -> str:
     if column.data_type == "bigint" and seq.data_type == "bigint" and kind == "exhaustion":
         limit = seq.max_value if seq.increment > 0 else seq.min_value
         if abs(limit) >= INT_RANGES["bigint"][1]:
-            return "-- the sequence is at the end of bigint: no wider type exists; re-key the table"
-    lines = [_text(sql.SQL("-- not fixable by setval; widen the type instead:"))]
-    lines += ["-- " + _text(step) for step in steps]
-    return "\n".join(lines)
+            return comment(
+                "the sequence is at the end of bigint: no wider type exists; re-key the table"
+            )
+    return comment(
+        "not fixable by setval; widen the type instead:", *(_text(step) for step in steps)
+    )

@@ -15,6 +15,13 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 }
 
 
+def printable(text: str) -> str:
+    """``text`` on one line, without control characters: a name may hold a line break or
+    an escape sequence (PostgreSQL allows both in quoted identifiers), and neither may
+    break a table's layout, reach the terminal, or end an SQL comment."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
+
+
 @dataclass(frozen=True)
 class Sequence:
     """A sequence's identity and parameters (pg_sequence)."""

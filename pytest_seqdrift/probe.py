@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from psycopg import sql
 
-from . import drift, snapshot
+from . import drift, fixsql, snapshot
 from .api import DEFAULT_LOCK_TIMEOUT_MS, check
 from .connections import (
     SEQUENCE_LIMIT_EXCEEDED,
@@ -513,8 +513,8 @@ def _merge(result: ProbeReport) -> None:
 def _advice(p: Probed) -> str:
     """A collision the arithmetic could not foresee has no exact setval: say what to do."""
     what = p.column.default_expr or "its default"
-    return (
-        f"-- {p.column.label} takes {what} (or a trigger sets it): move "
+    return fixsql.comment(
+        f"{p.column.label} takes {what} (or a trigger sets it): move "
         f"{p.sequence.qualified} forward, with setval, until it yields values past the "
         "existing ones"
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .model import Checked, Finding, Report, Skipped
+from .model import Checked, Finding, Report, Skipped, printable
 
 JSON_VERSION = 1
 
@@ -15,13 +15,6 @@ JSON_VERSION = 1
 def ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
-
-
-def printable(text: str) -> str:
-    """``text`` on one line, without control characters: a name may hold a line break or
-    an escape sequence (PostgreSQL allows both in quoted identifiers), and neither may
-    break a table's layout, reach the terminal, or end an SQL comment."""
-    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
 
 
 def plural(n: int, word: str) -> str:

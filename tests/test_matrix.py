@@ -736,3 +736,21 @@ def test_fix_past_the_last_value_on_the_grid(db: psycopg.Connection[Any]) -> Non
         db.execute("INSERT INTO grid DEFAULT VALUES RETURNING id").fetchone() for _ in range(4)
     ]
     assert inserted == [(61,), (71,), (81,), (91,)]
+
+
+def test_no_name_can_end_a_comment_in_the_fix(db: psycopg.Connection[Any]) -> None:
+    """Commented advice (CYCLE wraps, overflow) quotes names: a table or sequence whose
+    name holds a line break must not turn the rest of the line into SQL."""
+    db.execute(
+        'CREATE SEQUENCE "s\nDROP TABLE victim; --" MAXVALUE 10 CYCLE;'
+        "SELECT setval('\"s\nDROP TABLE victim; --\"', 9);"
+        'CREATE TABLE "t\nDROP TABLE victim; --" (id smallint PRIMARY KEY'
+        " DEFAULT nextval('\"s\nDROP TABLE victim; --\"'));"
+        'INSERT INTO "t\nDROP TABLE victim; --" VALUES (2);'
+        "CREATE TABLE victim (x int)"
+    )
+    (finding,) = check(db).findings
+    assert finding.after_wrap
+    assert all(line.startswith("-- ") for line in finding.fix_sql.splitlines())
+    db.execute(finding.fix_sql + "\nSELECT 1")
+    assert db.execute("SELECT to_regclass('victim') IS NOT NULL").fetchone() == (True,)
