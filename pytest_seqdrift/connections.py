@@ -66,6 +66,14 @@ SEQUENCE_LIMIT_EXCEEDED = "2200H"  # nextval past MAXVALUE (MINVALUE) without CY
 _IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = range(5)
 
 
+def version_text(server_version: int) -> str:
+    """libpq's number as people write it: 150018 -> 15.18, 90624 -> 9.6.24."""
+    major, rest = divmod(server_version, 10000)
+    if major >= 10:
+        return f"{major}.{rest}"
+    return f"{major}.{rest // 100}.{rest % 100}"
+
+
 def describe(exc: BaseException) -> str:
     """One line for an error: the server's primary message, without its detail."""
     diag = getattr(exc, "diag", None)
@@ -169,9 +177,10 @@ class Session(ABC):
     ) -> Iterator[None]:
         """Read inside a transaction or savepoint that is rolled back, with timeouts."""
         own = self._usable("checking sequences")
-        if self._server_version() < MIN_SERVER_VERSION:
+        version = self._server_version()
+        if version < MIN_SERVER_VERSION:
             raise CannotCheck(
-                f"PostgreSQL {self._server_version()} is too old: 11 or later is needed"
+                f"PostgreSQL {version_text(version)} is too old: 11 or later is needed"
             )
         autocommit = self._get_autocommit()
         try:

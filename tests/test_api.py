@@ -130,3 +130,12 @@ def test_one_statement_reads_agree_with_the_per_table_reads(db: psycopg.Connecti
     assert at_once == one_by_one
     assert any(b.after_wrap is not None for b in at_once)
     assert any(b.last_on_grid is not None for b in at_once)
+
+
+@pytest.mark.parametrize(
+    ("number", "text"), [(150018, "15.18"), (110000, "11.0"), (90624, "9.6.24"), (100023, "10.23")]
+)
+def test_server_versions_read_as_people_write_them(number: int, text: str) -> None:
+    from pytest_seqdrift.connections import version_text
+
+    assert version_text(number) == text
