@@ -99,7 +99,7 @@ def root_safe(pg_ctl: str) -> str:
 
 
 @contextmanager
-def throwaway_server(dbname: str = "seqdrift_demo") -> Iterator[str]:
+def throwaway_server(dbname: str = "seqdrift_demo", postgres_options: str = "") -> Iterator[str]:
     """Start a private PostgreSQL in a temporary directory and yield a DSN for a fresh
     database on it; stop it and remove everything on exit. For demos and scripts."""
     import port_for
@@ -117,6 +117,7 @@ def throwaway_server(dbname: str = "seqdrift_demo") -> Iterator[str]:
             unixsocketdir=tmp,
             logfile=os.path.join(tmp, "postgresql.log"),
             startparams="-w",
+            postgres_options=postgres_options,
             dbname=dbname,
         )
         executor.start()
