@@ -134,7 +134,22 @@ def _read_states(
 
 
 def _read_bounds(session: Session, items: list[tuple[Column, Plan]]) -> list[Bounds | CannotCheck]:
-    """Every column's bounds in one statement; per column when that one fails."""
+    """Two reads: every column's max first, then the rest of the plan only for the
+    columns whose max reaches the sequence's next value (or whose sequence cycles) —
+    in a database without drift, one index probe per column."""
+    answers = _read_windows(session, [(c, drift.top_only(plan)) for c, plan in items])
+    deeper = [
+        i
+        for i, (_, plan) in enumerate(items)
+        if not isinstance(b := answers[i], CannotCheck) and drift.may_collide(plan, b.top)
+    ]
+    for i, answer in zip(deeper, _read_windows(session, [items[i] for i in deeper]), strict=True):
+        answers[i] = answer
+    return answers
+
+
+def _read_windows(session: Session, items: list[tuple[Column, Plan]]) -> list[Bounds | CannotCheck]:
+    """The plans' windows in one statement; per column when that one fails."""
     if not items:
         return []
     (rows,) = session.batch([(catalog.ALL_BOUNDS, catalog.all_bounds_params(items))])

@@ -138,6 +138,24 @@ def plan(column: Column, seq: Sequence, state: SequenceState) -> Plan:
     return Plan(first_pass=first_pass, after_wrap=after_wrap, top=top, last_on_grid=last_on_grid)
 
 
+def top_only(plan: Plan) -> Plan:
+    """The plan's first read: only the max (min) existing value."""
+    return Plan(first_pass=None, after_wrap=None, top=plan.top)
+
+
+def may_collide(plan: Plan, top: int | None) -> bool:
+    """Given the max (min) existing value, can any window of the plan hold a value?
+    When not, the plan's other windows need not be read: they are empty."""
+    if top is None:
+        return False  # nothing storable exists at all
+    if plan.after_wrap is not None:
+        return True  # a cycling walk comes back to the low values
+    w = plan.first_pass
+    if w is None:
+        return False
+    return top >= w.lo if w.ascending else top <= w.hi
+
+
 @dataclass(frozen=True)
 class Collision:
     value: int

@@ -396,6 +396,19 @@ def test_first_collision_matches_brute_force(case: Case, make_column: MakeColumn
 @example(case=JUMPS_BOTH_ENDS)
 @example(case=WRAPS_PAST_COLUMN_END)
 @given(case=any_case)
+def test_reading_the_max_first_skips_only_empty_windows(
+    case: Case, make_column: MakeColumn
+) -> None:
+    """check() reads each column's max first and the other windows only when
+    may_collide() says they can hold a value: whenever it says no, they are empty."""
+    column = make_column(case.type_range, case.unique)
+    plan = drift.plan(column, case.seq, case.state)
+    full = bounds_from_reference(plan, case.existing)
+    if not drift.may_collide(plan, full.top):
+        assert (full.first_pass, full.after_wrap, full.last_on_grid) == (None, None, None)
+
+
+@given(case=any_case)
 def test_capacity_matches_brute_force(case: Case, make_column: MakeColumn) -> None:
     column = make_column(case.type_range, case.unique)
     cap = drift.capacity(column, case.seq, case.state)
