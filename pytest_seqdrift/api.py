@@ -10,15 +10,21 @@ that a locked or unreadable table is reported on its own and the rest still chec
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seq
-from typing import Any
+from typing import Any, TypeVar
 
 from . import catalog, drift
 from .connections import CannotCheck, Session, open_session
 from .model import Bounds, Checked, Column, Plan, Report, Sequence, SequenceState, Skipped
 
 DEFAULT_LOCK_TIMEOUT_MS = 1000
+# Columns (sequences) read per statement: each read holds an AccessShareLock on a table
+# and its index until its chunk's savepoint is rolled back; PostgreSQL's default lock
+# table holds 64 x max_connections (6,400) locks for all sessions together.
+CHUNK = 1000
+
+T = TypeVar("T")
 
 
 def check(
@@ -98,7 +104,8 @@ def check(
             if (limit := drift.row_count_wanted(c, seq, state, threshold)) is not None
         ]
         counted = session.batch(
-            [catalog.row_count_query(bounded[i][0], limit) for i, limit in counting]
+            [catalog.row_count_query(bounded[i][0], limit) for i, limit in counting],
+            release_locks=True,
         )
         rows_by_index: dict[int, int] = {}
         for (i, _), count in zip(counting, counted, strict=True):
@@ -117,20 +124,33 @@ def check(
     return report
 
 
+def _chunks(items: list[T]) -> Iterator[list[T]]:
+    """Reads go in chunks, each under a savepoint rolled back once its rows are in (see
+    ``Session.batch(release_locks=True)``): the locks of one chunk are let go before the
+    next is read, so a database of any size fits PostgreSQL's shared lock table."""
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
 def _read_states(
     session: Session, wanted: list[Sequence]
 ) -> dict[int, SequenceState | CannotCheck]:
-    """Every sequence's state in one statement; per sequence when that one fails."""
-    if not wanted:
-        return {}
-    (rows,) = session.batch([(catalog.ALL_STATES, catalog.all_states_params(wanted))])
-    if not isinstance(rows, CannotCheck):
-        return dict(catalog.parse_all_states(rows))
-    answers = session.batch([(catalog.state_query(seq), ()) for seq in wanted])
-    return {
-        seq.oid: answer if isinstance(answer, CannotCheck) else catalog.parse_state(answer)
-        for seq, answer in zip(wanted, answers, strict=True)
-    }
+    """Every sequence's state, a statement per chunk; per sequence where one fails."""
+    states: dict[int, SequenceState | CannotCheck] = {}
+    for chunk in _chunks(wanted):
+        query = (catalog.ALL_STATES, catalog.all_states_params(chunk))
+        (rows,) = session.batch([query], release_locks=True)
+        if not isinstance(rows, CannotCheck):
+            states.update(catalog.parse_all_states(rows))
+            continue
+        answers = session.batch(
+            [(catalog.state_query(seq), ()) for seq in chunk], release_locks=True
+        )
+        for seq, answer in zip(chunk, answers, strict=True):
+            states[seq.oid] = (
+                answer if isinstance(answer, CannotCheck) else catalog.parse_state(answer)
+            )
+    return states
 
 
 def _read_bounds(session: Session, items: list[tuple[Column, Plan]]) -> list[Bounds | CannotCheck]:
@@ -149,14 +169,19 @@ def _read_bounds(session: Session, items: list[tuple[Column, Plan]]) -> list[Bou
 
 
 def _read_windows(session: Session, items: list[tuple[Column, Plan]]) -> list[Bounds | CannotCheck]:
-    """The plans' windows in one statement; per column when that one fails."""
-    if not items:
-        return []
-    (rows,) = session.batch([(catalog.ALL_BOUNDS, catalog.all_bounds_params(items))])
-    if not isinstance(rows, CannotCheck):
-        return list(catalog.parse_all_bounds(rows, len(items)))
-    answers = session.batch([catalog.bounds_query(c, plan) for c, plan in items])
-    return [a if isinstance(a, CannotCheck) else catalog.parse_bounds(a) for a in answers]
+    """The plans' windows, a statement per chunk; per column where one fails."""
+    out: list[Bounds | CannotCheck] = []
+    for chunk in _chunks(items):
+        query = (catalog.ALL_BOUNDS, catalog.all_bounds_params(chunk))
+        (rows,) = session.batch([query], release_locks=True)
+        if not isinstance(rows, CannotCheck):
+            out += catalog.parse_all_bounds(rows, len(chunk))
+            continue
+        answers = session.batch(
+            [catalog.bounds_query(c, plan) for c, plan in chunk], release_locks=True
+        )
+        out += [a if isinstance(a, CannotCheck) else catalog.parse_bounds(a) for a in answers]
+    return out
 
 
 def _skipped(column: Column, seq: Sequence, reason: str) -> Skipped:

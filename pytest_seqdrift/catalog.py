@@ -263,21 +263,18 @@ def row_count_query(column: Column, limit: int) -> tuple[sql.Composed, list[int]
 # caller falls back to the per-table statements above, which report each failure
 # against its own table.
 
-# pg_sequence_last_value() reads a sequence without a query of its own, but says NULL
-# when it was never called (is_called false): only those are read with a query.
+# Not pg_sequence_last_value(), though it needs no query per sequence: it locks the
+# sequence until the end of the transaction (sequence.c keeps that lock in the top
+# transaction's resource owner), which no savepoint can release, and a check of a large
+# database would run PostgreSQL's shared lock table out.
 ALL_STATES = """
 SELECT s.oid::int8,
-       coalesce(v.called::text, (xpath('/row/last_value/text()', x.doc))[1]::text),
-       CASE WHEN v.called IS NOT NULL THEN 'true'
-            ELSE (xpath('/row/is_called/text()', x.doc))[1]::text END
+       (xpath('/row/last_value/text()', x))[1]::text,
+       (xpath('/row/is_called/text()', x))[1]::text
 FROM unnest(%s::oid[]) AS s(oid)
-CROSS JOIN LATERAL (SELECT pg_sequence_last_value(s.oid::regclass) AS called) AS v
-LEFT JOIN LATERAL (
-    SELECT query_to_xml(
-        format('SELECT last_value, is_called FROM %%s', s.oid::regclass), true, true, ''
-    ) AS doc
-    WHERE v.called IS NULL
-) AS x ON true
+CROSS JOIN LATERAL query_to_xml(
+    format('SELECT last_value, is_called FROM %%s', s.oid::regclass), true, true, ''
+) AS x
 """
 
 # One row per column: its windows (one row each in the arrays) become the subqueries of

@@ -258,16 +258,24 @@ class Session(ABC):
             if not self.closed and self._status() == _IDLE:
                 self._set_autocommit(autocommit)
 
-    def batch(self, statements: Seq[Statement]) -> list[Rows | CannotCheck]:
+    def batch(
+        self, statements: Seq[Statement], *, release_locks: bool = False
+    ) -> list[Rows | CannotCheck]:
         """Run statements in as few round trips as the driver allows. When one fails (a
         lock timeout, a privilege), run them again one by one, each under a savepoint, so
-        that the failure is reported against its statement and the rest still answer."""
+        that the failure is reported against its statement and the rest still answer.
+
+        ``release_locks``: the statements only read; roll their savepoint back once their
+        rows are in, which releases the locks they took (a transaction holds every lock
+        until it ends, and the lock table is shared and finite: reading thousands of
+        tables in one transaction fails with "out of shared memory"). The snapshot of the
+        enclosing transaction is not affected."""
         if not statements:
             return []
         if self._status() == _IDLE:
             # savepoints need a transaction: open one for the batch
             with self.transaction():
-                return self.batch(statements)
+                return self.batch(statements, release_locks=release_locks)
         self.run("SAVEPOINT seqdrift_batch")
         try:
             results: list[Rows | CannotCheck] = list(self._send_batch(statements))
@@ -275,11 +283,11 @@ class Session(ABC):
             if self.broken:
                 raise
             self.run("ROLLBACK TO SAVEPOINT seqdrift_batch")
-            results = [self._one(q, p) for q, p in statements]
-        self.run("RELEASE SAVEPOINT seqdrift_batch")
+            results = [self._one(q, p, release_locks) for q, p in statements]
+        self._end_savepoint("seqdrift_batch", rollback=release_locks)
         return results
 
-    def _one(self, query: Query, params: Seq[Any]) -> Rows | CannotCheck:
+    def _one(self, query: Query, params: Seq[Any], release_locks: bool) -> Rows | CannotCheck:
         self.run("SAVEPOINT seqdrift_one")
         try:
             rows = self.run(query, params)
@@ -288,8 +296,13 @@ class Session(ABC):
                 raise
             self.run("ROLLBACK TO SAVEPOINT seqdrift_one")
             return CannotCheck(describe(exc))
-        self.run("RELEASE SAVEPOINT seqdrift_one")
+        self._end_savepoint("seqdrift_one", rollback=release_locks)
         return rows
+
+    def _end_savepoint(self, name: str, *, rollback: bool) -> None:
+        if rollback:
+            self.run(f"ROLLBACK TO SAVEPOINT {name}")
+        self.run(f"RELEASE SAVEPOINT {name}")
 
 
 class PsycopgSession(Session):
