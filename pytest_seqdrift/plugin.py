@@ -323,5 +323,8 @@ class SeqdriftPlugin:
             for note in run.notes:
                 tr.write_line(f"note: {note}")
         elif run.notes:
-            tr.write_line(f"({len(run.notes)} notes: add -v to show them)")
-        tr.write_line(f"{len(run.findings)} finding(s) in {run.probed_tests} probed test(s)")
+            tr.write_line(f"({render.plural(len(run.notes), 'note')}: add -v to show them)")
+        tr.write_line(
+            f"{render.plural(len(run.findings), 'finding')} in "
+            f"{render.plural(run.probed_tests, 'probed test')}"
+        )

@@ -128,7 +128,7 @@ def test_django_billing(
             "*= sequence drift (pytest-seqdrift) =*",
             "tests/test_migrations.py::test_0002_copies_billing_addresses_with_their_ids: "
             "public.profile_billingaddress.id: *",
-            "1 finding(s) in 3 probed test(s)",
+            "1 finding in 3 probed tests",
             "FAILED tests/test_migrations.py::test_0002_copies_billing_addresses_with_their_ids*",
         ]
     )
