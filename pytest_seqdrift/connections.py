@@ -276,16 +276,20 @@ class Session(ABC):
             # savepoints need a transaction: open one for the batch
             with self.transaction():
                 return self.batch(statements, release_locks=release_locks)
-        self.run("SAVEPOINT seqdrift_batch")
+        # the savepoint's commands travel with the statements: one round trip in all
+        closing: list[Statement] = [("RELEASE SAVEPOINT seqdrift_batch", ())]
+        if release_locks:
+            closing.insert(0, ("ROLLBACK TO SAVEPOINT seqdrift_batch", ()))
         try:
-            results: list[Rows | CannotCheck] = list(self._send_batch(statements))
+            answers = self._send_batch([("SAVEPOINT seqdrift_batch", ()), *statements, *closing])
         except self.Error:
             if self.broken:
                 raise
             self.run("ROLLBACK TO SAVEPOINT seqdrift_batch")
             results = [self._one(q, p, release_locks) for q, p in statements]
-        self._end_savepoint("seqdrift_batch", rollback=release_locks)
-        return results
+            self._end_savepoint("seqdrift_batch", rollback=release_locks)
+            return results
+        return list(answers[1 : 1 + len(statements)])
 
     def _one(self, query: Query, params: Seq[Any], release_locks: bool) -> Rows | CannotCheck:
         self.run("SAVEPOINT seqdrift_one")
@@ -358,7 +362,7 @@ class PsycopgSession(Session):
                     cur.execute(q, p)
             self.statements += len(statements)
             self.round_trips += 1
-            return [c.fetchall() for c in cursors]
+            return [c.fetchall() if c.description is not None else [] for c in cursors]
         finally:
             for c in cursors:
                 c.close()
