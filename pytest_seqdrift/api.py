@@ -68,7 +68,7 @@ def check(
 
         # 1. sequence states, read after the snapshot that the discovery query took
         wanted = sorted({c.sequence_oid for c in readable})
-        states = _read_states(session, [sequences[oid] for oid in wanted])
+        states = read_sequence_states(session, [sequences[oid] for oid in wanted])
 
         # 2. column bounds, planned from the states
         todo: list[tuple[Column, Sequence, SequenceState]] = []
@@ -124,7 +124,7 @@ def check(
     return report
 
 
-def _chunks(items: list[T]) -> Iterator[list[T]]:
+def _chunks(items: Seq[T]) -> Iterator[Seq[T]]:
     """Reads go in chunks, each under a savepoint rolled back once its rows are in (see
     ``Session.batch(release_locks=True)``): the locks of one chunk are let go before the
     next is read, so a database of any size fits PostgreSQL's shared lock table."""
@@ -132,10 +132,12 @@ def _chunks(items: list[T]) -> Iterator[list[T]]:
         yield items[start : start + CHUNK]
 
 
-def _read_states(
-    session: Session, wanted: list[Sequence]
+def read_sequence_states(
+    session: Session, wanted: Seq[catalog.SequenceRef]
 ) -> dict[int, SequenceState | CannotCheck]:
-    """Every sequence's state, a statement per chunk; per sequence where one fails."""
+    """Every given sequence's state by OID (``last_value`` and ``is_called``), a
+    statement per chunk; per sequence where one fails, which then maps to its
+    ``CannotCheck``. check(), the snapshots and the fix all read states through here."""
     states: dict[int, SequenceState | CannotCheck] = {}
     for chunk in _chunks(wanted):
         query = (catalog.ALL_STATES, catalog.all_states_params(chunk))

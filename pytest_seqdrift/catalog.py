@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 from collections.abc import Sequence as Seq
-from typing import Any
+from typing import Any, Protocol
 
 from psycopg import sql
 
@@ -105,6 +105,19 @@ WHERE tn.nspname NOT IN ('pg_catalog', 'information_schema')
 ORDER BY tn.nspname, t.relname, a.attnum, sn.nspname, s.relname
 """
 
+
+class SequenceRef(Protocol):
+    """What reading a sequence's state needs: a ``model.Sequence`` or a
+    ``snapshot.SequenceKey``."""
+
+    @property
+    def oid(self) -> int: ...
+    @property
+    def schema(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
 _SOURCES = {"a": "identity always", "d": "identity by default", "": "default"}
 
 
@@ -188,7 +201,7 @@ def _excluded(schema: str, table: str, patterns: Seq[str]) -> bool:
     )
 
 
-def state_query(seq: Sequence) -> sql.Composed:
+def state_query(seq: SequenceRef) -> sql.Composed:
     return sql.SQL("SELECT last_value, is_called FROM {}").format(
         sql.Identifier(seq.schema, seq.name)
     )
@@ -312,7 +325,7 @@ FROM q CROSS JOIN LATERAL XMLTABLE(
 _SLOTS = ("first_pass", "after_wrap", "top", "last_on_grid")
 
 
-def all_states_params(sequences: Iterable[Sequence]) -> list[Any]:
+def all_states_params(sequences: Iterable[SequenceRef]) -> list[Any]:
     return [[s.oid for s in sequences]]
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from psycopg import sql
 
 from . import catalog, drift, fixsql
-from .api import DEFAULT_LOCK_TIMEOUT_MS, check
+from .api import DEFAULT_LOCK_TIMEOUT_MS, check, read_sequence_states
 from .connections import CannotCheck, SeqdriftError, describe, session_for
 from .model import Bounds, Column, Finding, Report, Sequence, SequenceState, Skipped
 from .render import describe_finding, summary
@@ -147,12 +147,12 @@ def plan(conn: Any, report: Report, *, margin: int = 0) -> FixPlan:
         if f.kind != "collision" or f.after_wrap or f.fix_sql.startswith("--")
     ]
     wanted = sorted((sequences[oid] for oid in fed), key=lambda s: (s.schema, s.name))
-    states = session.batch([(catalog.state_query(seq), ()) for seq in wanted])
+    states = read_sequence_states(session, wanted)
     columns: list[tuple[Sequence, SequenceState, Column]] = []
-    for seq, answer in zip(wanted, states, strict=True):
-        if isinstance(answer, CannotCheck):
-            raise CannotFix(f"cannot read sequence {seq.qualified}: {answer.args[0]}")
-        state = catalog.parse_state(answer)
+    for seq in wanted:
+        state = states[seq.oid]
+        if isinstance(state, CannotCheck):
+            raise CannotFix(f"cannot read sequence {seq.qualified}: {state.args[0]}")
         columns += [(seq, state, c) for c in fed[seq.oid]]
     answers = session.batch(
         [catalog.bounds_query(c, drift.plan(c, seq, state)) for seq, state, c in columns]

@@ -13,6 +13,7 @@ from typing import Any
 
 from psycopg import sql
 
+from .api import read_sequence_states
 from .connections import CannotCheck, Session, open_session
 from .model import SequenceState
 
@@ -47,31 +48,20 @@ class SequenceKey:
 
 
 def read_states(conn: Any) -> dict[SequenceKey, SequenceState]:
-    """The state of every readable sequence: one query and one pipelined batch."""
+    """The state of every readable sequence: one query, then a statement per 1,000."""
     with open_session(conn) as session, session.transaction():
         return _read_states(session)
 
 
 def _read_states(session: Session) -> dict[SequenceKey, SequenceState]:
     keys = [SequenceKey(*row) for row in session.run(SEQUENCES)]
-    answers = session.batch(
-        [
-            (
-                sql.SQL("SELECT last_value, is_called FROM {}").format(
-                    sql.Identifier(k.schema, k.name)
-                ),
-                (),
-            )
-            for k in keys
-        ]
-    )
-    states: dict[SequenceKey, SequenceState] = {}
-    for key, answer in zip(keys, answers, strict=True):
-        if isinstance(answer, CannotCheck):
-            continue  # dropped meanwhile, or locked: nothing to record or restore
-        ((last_value, is_called),) = answer
-        states[key] = SequenceState(int(last_value), bool(is_called))
-    return states
+    states = read_sequence_states(session, keys)
+    return {
+        key: state
+        for key in keys
+        # dropped meanwhile, or locked: nothing to record or restore
+        if not isinstance(state := states[key.oid], CannotCheck)
+    }
 
 
 def diff(
