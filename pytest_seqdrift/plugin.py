@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from . import compat, render
+from .api import check
 from .connections import CannotCheck
 from .fixtures import (
     SequenceDriftError,
@@ -246,8 +247,6 @@ class SeqdriftPlugin:
                 if not p.passed_max
             ]
             return result.report, notes
-        from .api import check
-
         report = check(
             located.connection, schemas=schemas, exclude_tables=exclude, threshold=s.threshold
         )
@@ -287,8 +286,6 @@ class SeqdriftPlugin:
         dsn = get_option(self.config, DSN_OPTION)
         if not dsn:
             return
-        from .api import check
-
         try:
             with psycopg.connect(dsn, autocommit=True, application_name="pytest-seqdrift") as conn:
                 report = check(conn, threshold=self.settings.threshold)
