@@ -23,7 +23,7 @@ mid-way can only leave a sequence *ahead* of where it was (harmless gaps), never
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -43,7 +43,7 @@ from .connections import (
     open_session,
     sqlstate,
 )
-from .model import Checked, Column, Finding, Report, Sequence
+from .model import Checked, Column, Finding, Report, Sequence, SequenceState
 
 Mode = Literal["insert", "default"]
 DEFAULT_LIMIT = 10_000
@@ -124,11 +124,61 @@ def _probe(
                 # every column is probed from the states the arithmetic judged: a
                 # sequence shared with (or drawn by a trigger of) a column probed
                 # before must not start where that probe left it
-                result.restored += snapshot.restore(session, before)
+                result.restored += _put_back(session, before)
     finally:
         result.restored += snapshot.restore(session, before)
     _merge(result)
     return result
+
+
+# Put back, in one statement, every sequence of the snapshot whose state differs from
+# it; returns one row per sequence it moved. The snapshot's sequences are matched by
+# OID, schema and name, readable ones only, as ``snapshot.restore`` matches them.
+# ``pg_sequence_last_value`` (no query per sequence) says ``last_value`` where
+# ``is_called``, else NULL: that settles every sequence but one recorded and found not
+# called, whose ``last_value`` is then read exactly. Run under a savepoint that is rolled
+# back (``setval`` is not), so that its locks go at once.
+_PUT_BACK = """
+WITH b AS MATERIALIZED (
+    SELECT b.oid, b.lv, b.ic
+    FROM unnest(%s::oid[], %s::text[], %s::text[], %s::int8[], %s::bool[])
+         AS b(oid, nsp, name, lv, ic)
+    JOIN pg_class s ON s.oid = b.oid AND s.relkind = 'S' AND s.relname = b.name
+    JOIN pg_namespace n ON n.oid = s.relnamespace AND n.nspname = b.nsp
+    WHERE has_table_privilege(s.oid, 'SELECT')
+), moved AS MATERIALIZED (
+    SELECT b.oid, b.lv, b.ic FROM b
+    WHERE CASE
+        WHEN pg_sequence_last_value(b.oid::regclass)
+             IS DISTINCT FROM CASE WHEN b.ic THEN b.lv END THEN true
+        WHEN b.ic THEN false
+        ELSE (xpath('/row/last_value/text()', query_to_xml(
+                  format('SELECT last_value FROM %%s', b.oid::regclass), true, true, ''
+              )))[1]::text::int8 <> b.lv
+    END
+)
+SELECT setval(oid::regclass, lv, ic) FROM moved
+"""
+
+
+def _put_back(session: Session, states: Mapping[snapshot.SequenceKey, SequenceState]) -> int:
+    """``snapshot.restore``, in one round trip: every sequence of ``states`` that moved is
+    put back exactly; returns how many. Where that statement fails (a sequence the role
+    cannot ``setval``), ``snapshot.restore`` does it again and says which one failed."""
+    if not states:
+        return 0
+    keys = list(states)
+    params = [
+        [k.oid for k in keys],
+        [k.schema for k in keys],
+        [k.name for k in keys],
+        [states[k].last_value for k in keys],
+        [states[k].is_called for k in keys],
+    ]
+    (rows,) = session.batch([(_PUT_BACK, params)], release_locks=True)
+    if isinstance(rows, CannotCheck):
+        return snapshot.restore(session, states)
+    return len(rows)
 
 
 def _finding_for(report: Report, verdict: Checked) -> Finding | None:
@@ -278,7 +328,10 @@ def _insert(session: Session, target: _Target, expected: Finding | None) -> _Out
                 raise _CannotCopy(
                     f"a copied row violates {constraint_name(exc)}, not the key under test"
                 ) from exc
-            until, value, collided = _locate(session, target, start, insert, params, n)
+            hint = None
+            if expected is not None and expected.inserts_until_collision is not None:
+                hint = expected.inserts_until_collision - drawn
+            until, value, collided = _locate(session, target, start, insert, params, n, hint)
             if not collided:  # the sequence ran out after ``until`` values: none is left
                 return None, None, drawn + until, True
             return drawn + until, value, drawn + until + 1, True
@@ -318,32 +371,52 @@ def _locate(
     insert: sql.Composed,
     params: list[Any],
     n: int,
+    hint: int | None = None,
 ) -> tuple[int, int | None, bool]:
-    """A batch of ``n`` copies collided, or its sequence ran out: replay it one row at a
-    time from the same sequence state, to find which insert collides and with what value
-    (``collided``), or after how many inserts the sequence runs out (not ``collided``)."""
+    """A batch of ``n`` copies collided, or its sequence ran out: replay it from the same
+    sequence state, to find which insert collides and with what value (``collided``), or
+    after how many inserts the sequence runs out (not ``collided``).
+
+    The replay keeps the rows of every chunk that goes in and halves the chunk that
+    fails, until one row fails on its own: a few statements per collision, whatever the
+    distance, where one insert at a time took three round trips per value. ``hint``,
+    the arithmetic's count of inserts that succeed, is tried first (that many rows, then
+    one): where the arithmetic is right, two inserts find the collision."""
     seq = target.sequence
     _setval(session, seq, start)
-    for i in range(n):
+    state: tuple[int, bool] | None = start  # the sequence's state before the next chunk
+    done, bound = 0, n  # ``done`` inserts went in; the one that fails is before ``bound``
+    guided = [] if hint is None or not 0 <= hint < n else [hint, 1] if hint else [1]
+    while done < bound:
+        k = min(guided.pop(0) if guided else max(1, (bound - done) // 2), bound - done)
+        if k > 1 and state is None:
+            state = _state(session, seq)
         session.run("SAVEPOINT seqdrift_one_insert")
         try:
-            session.run(insert, [*params, 1])
+            session.run(insert, [*params, k])
         except session.Error as exc:
             if sqlstate(exc) not in (UNIQUE_VIOLATION, SEQUENCE_LIMIT_EXCEEDED):
                 raise
             session.run("ROLLBACK TO SAVEPOINT seqdrift_one_insert")
+            if k > 1 and state is not None:  # the failing insert is in this chunk: halve it
+                _setval(session, seq, state)
+                bound = done + k
+                guided = []
+                continue
             if _ran_out(exc):
-                return i, None, False
+                return done, None, False
             # the key is in the detail ("Key (id)=(7) already exists."); for a plain
             # default the sequence's last value is the key, whatever the language
             found = _KEY_IN_DETAIL.search(message_detail(exc) or "")
             keys = target.column.key_columns or ()
             if found and keys and keys[0] == target.column.column:
-                return i, int(found.group(1)), True
+                return done, int(found.group(1)), True
             if target.column.plain_default:
-                return i, _state(session, seq)[0], True
-            return i, None, True
+                return done, _state(session, seq)[0], True
+            return done, None, True
         session.run("RELEASE SAVEPOINT seqdrift_one_insert")
+        done += k
+        state = None
     raise CannotCheck("the probe could not reproduce a collision it saw")  # pragma: no cover
 
 

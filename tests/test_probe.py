@@ -287,7 +287,7 @@ def _terminate(db: Conn) -> None:
 KILL_POINTS = [
     ("insert", probe_module, "_locate", "after"),  # a batch collided: the sequence moved
     ("default", probe_module, "_draw", "after"),  # values drawn
-    ("insert", snapshot, "restore", "before"),  # everything probed, nothing put back yet
+    ("insert", probe_module, "_put_back", "before"),  # a column probed, nothing put back yet
 ]
 
 
@@ -304,7 +304,7 @@ def test_a_killed_probe_leaves_sequences_only_ahead(
       a single ``nextval`` -- ``test_the_probe_reads_states_before_it_draws`` shows it;
     * ``nextval`` only ever moves a sequence forward, in its own direction;
     * every ``setval`` the probe runs goes back either to a state read *during* the
-      probe (to replay a batch that collided or ran out one value at a time, after
+      probe (to replay a batch that collided or ran out in smaller chunks, after
       ``_peek``, before a fallback), which is itself at or ahead of the snapshot, or
       to the snapshot itself (the restore, after each column and at the end).
 
@@ -365,7 +365,7 @@ def test_the_probe_reads_states_before_it_draws(db: Conn, monkeypatch: pytest.Mo
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             events.append(name)
-            if name == "restore":
+            if name in ("restore", "_put_back"):
                 restored_to.append(dict(args[1]))
             answer = original(*args, **kwargs)
             if name == "read_states" and not read:
@@ -374,7 +374,7 @@ def test_the_probe_reads_states_before_it_draws(db: Conn, monkeypatch: pytest.Mo
 
         monkeypatch.setattr(module, name, wrapper)
 
-    for name in ("_peek", "_insert", "_draw", "_locate"):
+    for name in ("_peek", "_insert", "_draw", "_locate", "_put_back"):
         spy(probe_module, name)
     spy(snapshot, "read_states")
     spy(snapshot, "restore")
@@ -573,6 +573,41 @@ def test_a_trigger_that_moves_the_id_is_caught_by_the_insert_probe(db: Conn) -> 
         drawn = probe(db, mode="default")
     q = probed_for(drawn, "t")
     assert (q.mode, saw(q), q.note) == ("default", (102, 103), None)
+
+
+def test_a_far_collision_is_found_in_a_few_statements(db: Conn) -> None:
+    """4,999 inserts succeed, the 5,000th collides: the batch that collides is replayed
+    in halving chunks, not one insert at a time (three round trips per value)."""
+    db.execute("CREATE TABLE t (id serial PRIMARY KEY, v int); INSERT INTO t (id) VALUES (5000)")
+    session = PsycopgSession(db)
+    with unchanged(db):
+        result = probe(session)
+    assert saw(probed_for(result, "t")) == (4999, 5000)
+    assert session.statements < 100, session.statements
+
+
+def test_each_column_starts_from_the_snapshot_also_after_a_setval_to_not_called(
+    db: Conn,
+) -> None:
+    """Probing ``a`` fires a trigger that moves sequence ``other`` to (50, not called);
+    ``b`` draws from ``other`` and must be probed from its recorded state (1, not
+    called), or it would miss its collision: the restore after each column compares
+    ``last_value`` too where ``is_called`` is false before and after."""
+    db.execute(
+        """CREATE SEQUENCE other;
+           CREATE TABLE a (id serial PRIMARY KEY, v int);
+           INSERT INTO a (id) VALUES (1), (2);
+           CREATE FUNCTION move_other() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM setval('other', 50, false); RETURN NEW; END $$;
+           CREATE TRIGGER move BEFORE INSERT ON a FOR EACH ROW EXECUTE FUNCTION move_other();
+           CREATE TABLE b (id int PRIMARY KEY DEFAULT nextval('other'), v int);
+           INSERT INTO b (id) VALUES (3);"""
+    )
+    with unchanged(db):
+        result = probe(db)
+    assert [p.column.table for p in result.probed] == ["a", "b"]
+    p = probed_for(result, "b")
+    assert (saw(p), p.note) == ((2, 3), None)
 
 
 # -- 4. the insert probe leaves the table exactly as it was ------------------------------
