@@ -7,6 +7,7 @@ Off, it costs nothing: no hook of ``SeqdriftPlugin`` is registered.
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import pytest
 
 from . import compat, render
 from .api import check
-from .connections import CannotCheck
+from .connections import CannotCheck, describe
 from .fixtures import (
     SequenceDriftError,
     assert_sequences_consistent,
@@ -56,6 +57,17 @@ MARKER = (
 )
 _MARKER_KEYWORDS = {"probe", "limit", "schemas", "exclude_tables"}
 PROPERTY = "seqdrift"  # report.user_properties key: findings travel to the xdist controller
+
+
+def _driver_errors() -> tuple[type[Exception], ...]:
+    """The database drivers' base error classes: psycopg 3's, and psycopg2's once a
+    test has imported it (a connection of it is then what the probe was given)."""
+    found: list[type[Exception]] = [psycopg.Error]
+    psycopg2 = sys.modules.get("psycopg2")
+    error = getattr(psycopg2, "Error", None)
+    if isinstance(error, type) and issubclass(error, Exception):
+        found.append(error)
+    return tuple(found)
 
 
 class SeqdriftWarning(UserWarning):
@@ -190,13 +202,17 @@ class SeqdriftPlugin:
         limit = kwargs.get("limit") or s.limit
         schemas, exclude = kwargs.get("schemas"), kwargs.get("exclude_tables") or ()
         report, notes, texts = Report(), [], []
+        cannot: tuple[type[Exception], ...] = (CannotCheck, *_driver_errors())
         for located in databases:  # pytest-django: every PostgreSQL alias
             try:
                 found, found_notes = self._examine(located, mode, limit, schemas, exclude)
-            except CannotCheck as exc:
+            except cannot as exc:
+                # a lost connection, a lock or statement timeout the probe cannot
+                # work round: this test fails with the reason, and the run goes on
                 where = f" ({located.source})" if len(databases) > 1 else ""
                 pytest.fail(
-                    f"pytest-seqdrift could not check the database{where}: {exc}", pytrace=False
+                    f"pytest-seqdrift could not check the database{where}: {describe(exc)}",
+                    pytrace=False,
                 )
             prefix = f"{located.source}: " if len(databases) > 1 else ""
             report.findings.extend(found.findings)

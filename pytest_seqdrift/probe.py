@@ -126,7 +126,8 @@ def _probe(
                 # before must not start where that probe left it
                 result.restored += _put_back(session, before)
     finally:
-        result.restored += snapshot.restore(session, before)
+        if not session.broken:  # a lost connection: its error is the one to raise
+            result.restored += snapshot.restore(session, before)
     _merge(result)
     return result
 
@@ -216,8 +217,9 @@ def _probe_column(
         else:
             probed = _draw(session, target)
     finally:
-        session.run("ROLLBACK TO SAVEPOINT seqdrift_column")
-        session.run("RELEASE SAVEPOINT seqdrift_column")
+        if not session.broken:
+            session.run("ROLLBACK TO SAVEPOINT seqdrift_column")
+            session.run("RELEASE SAVEPOINT seqdrift_column")
     until, value, drawn, passed = probed
     if column.plain_default:
         arith = expected.inserts_until_collision if expected else None
