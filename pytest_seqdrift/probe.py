@@ -124,7 +124,8 @@ def _probe(
                 # every column is probed from the states the arithmetic judged: a
                 # sequence shared with (or drawn by a trigger of) a column probed
                 # before must not start where that probe left it
-                result.restored += _put_back(session, before)
+                if _may_draw(verdict):
+                    result.restored += _put_back(session, before)
     finally:
         if not session.broken:  # a lost connection: its error is the one to raise
             result.restored += snapshot.restore(session, before)
@@ -180,6 +181,15 @@ def _put_back(session: Session, states: Mapping[snapshot.SequenceKey, SequenceSt
     if isinstance(rows, CannotCheck):
         return snapshot.restore(session, states)
     return len(rows)
+
+
+def _may_draw(verdict: Checked) -> bool:
+    """False where probing the column runs no ``nextval`` at all, so that no sequence
+    can have moved: a plain default already past the highest value (nothing to insert,
+    nothing to draw), or an empty table. The common case after a clean migration."""
+    if not verdict.column.plain_default:
+        return True  # its default is evaluated once (_peek) whatever the distance
+    return verdict.max_existing is not None and _distance(verdict, verdict.sequence) != 0
 
 
 def _finding_for(report: Report, verdict: Checked) -> Finding | None:
