@@ -1,11 +1,13 @@
 """``check()``: read a database's sequence-backed columns and judge each one.
 
-Statements per check are constant, whatever the number of tables: discovery (one
-query), sequence states (one statement), column bounds (one statement), and row counts
-for the few columns whose verdict depends on them (one pipelined batch, usually empty).
-The per-table reads run on the server (see catalog.ALL_STATES / ALL_BOUNDS); when one of
-those statements fails, the same reads are sent per table in one pipeline instead, so
-that a locked or unreadable table is reported on its own and the rest still checked.
+Statements per check are constant, whatever the number of tables: the transaction and
+its lock timeout, discovery (one query), one PL/pgSQL block that reads every sequence's
+state and every column's max (catalog.READ_BLOCK), a second block for the columns whose
+max reaches their sequence's next value (none, in a database without drift), and row
+counts for the few columns whose verdict depends on them (usually none). Where the
+block cannot run, the same reads go as statements of their own, pipelined; a table
+that cannot be read (a lock held past the lock timeout, a privilege) is reported on its
+own either way, and the rest still checked.
 """
 
 from __future__ import annotations
@@ -66,36 +68,59 @@ def check(
             if c.skip_reason is not None:
                 report.skipped.append(_skipped(c, sequences[c.sequence_oid], c.skip_reason))
 
-        # 1. sequence states, read after the snapshot that the discovery query took
+        # 1. every sequence's state and every column's max (min), in one read
         wanted = sorted({c.sequence_oid for c in readable})
-        states = read_sequence_states(session, [sequences[oid] for oid in wanted])
-
-        # 2. column bounds, planned from the states
-        todo: list[tuple[Column, Sequence, SequenceState]] = []
+        judged: list[Column] = []
         for c in readable:
+            seq = sequences[c.sequence_oid]
+            if not c.plain_default:
+                report.checked.append(Checked(c, seq, "unchecked", note=_unplain(c)))
+            elif c.type_range is None and c.data_type != "numeric":
+                note = f"a {c.data_type} column is not compared with a sequence"
+                report.checked.append(Checked(c, seq, "unchecked", note=note))
+            else:
+                judged.append(c)
+        tops = [_top_slot(c, sequences[c.sequence_oid]) for c in judged]
+        first: list[catalog.Read] = [catalog.StateRead(sequences[oid]) for oid in wanted]
+        first += [
+            catalog.ColumnRead(c, (None, None, top, None))
+            for c, top in zip(judged, tops, strict=True)
+        ]
+        answers = _read(session, first)
+        states = {
+            oid: a if isinstance(a, CannotCheck) else catalog.as_state(a)
+            for oid, a in zip(wanted, answers, strict=False)
+        }
+
+        # 2. the plan's other windows, only where the max (min) says they can matter
+        todo: list[tuple[Column, Sequence, SequenceState, Plan]] = []
+        results: list[Bounds | CannotCheck | None] = []
+        for c, top, answer in zip(judged, tops, answers[len(wanted) :], strict=True):
             seq, state = sequences[c.sequence_oid], states[c.sequence_oid]
             if isinstance(state, CannotCheck):
                 report.skipped.append(_skipped(c, seq, state.args[0]))
-            elif not c.plain_default:
-                report.checked.append(Checked(c, seq, "unchecked", note=_unplain(c)))
-            elif c.type_range is None and c.data_type != "numeric":
-                report.checked.append(
-                    Checked(
-                        c,
-                        seq,
-                        "unchecked",
-                        note=f"a {c.data_type} column is not compared with a sequence",
-                    )
-                )
-            else:
-                todo.append((c, seq, state))
-        answers = _read_bounds(session, [(c, drift.plan(c, s, st)) for c, s, st in todo])
-        bounded: list[tuple[Column, Sequence, SequenceState, Bounds]] = []
-        for (c, seq, state), answer in zip(todo, answers, strict=True):
+                continue
+            p = drift.plan(c, seq, state)
+            todo.append((c, seq, state, p))
             if isinstance(answer, CannotCheck):
-                report.skipped.append(_skipped(c, seq, answer.args[0]))
+                results.append(answer)
+                continue
+            known, value = _top_from(top, catalog.as_int(answer[2]))
+            if known and not drift.may_collide(p, value):
+                results.append(Bounds(None, None, value, None))
             else:
-                bounded.append((c, seq, state, answer))
+                results.append(None)
+        deeper = [i for i, r in enumerate(results) if r is None]
+        plans = [(todo[i][0], todo[i][3]) for i in deeper]
+        for i, bounds in zip(deeper, read_bounds(session, plans), strict=True):
+            results[i] = bounds
+        bounded: list[tuple[Column, Sequence, SequenceState, Bounds]] = []
+        for (c, seq, state, _), result in zip(todo, results, strict=True):
+            if isinstance(result, CannotCheck):
+                report.skipped.append(_skipped(c, seq, result.args[0]))
+            else:
+                assert result is not None
+                bounded.append((c, seq, state, result))
 
         # 3. row counts, only where "fewer values left than rows" could decide
         counting = [
@@ -125,65 +150,92 @@ def check(
 
 
 def _chunks(items: Seq[T]) -> Iterator[Seq[T]]:
-    """Reads go in chunks, each under a savepoint rolled back once its rows are in (see
-    ``Session.batch(release_locks=True)``): the locks of one chunk are let go before the
-    next is read, so a database of any size fits PostgreSQL's shared lock table."""
     for start in range(0, len(items), CHUNK):
         yield items[start : start + CHUNK]
+
+
+def _read(session: Session, reads: Seq[catalog.Read]) -> list[catalog.Answer | CannotCheck]:
+    """Every read's answer, in order: one PL/pgSQL block on the server for all of them
+    (catalog.READ_BLOCK, one round trip), or where that block cannot run, the reads as
+    statements of their own."""
+    if not reads:
+        return []
+    statements = [
+        (catalog.SET_WORK, catalog.work_params(reads, CHUNK)),
+        (catalog.READ_BLOCK, ()),
+        (catalog.GET_RESULT, ()),
+    ]
+    *_, result = session.batch(statements, replay=False)
+    if isinstance(result, CannotCheck):
+        return _read_one_by_one(session, reads)
+    out: list[catalog.Answer | CannotCheck] = []
+    retry: list[int] = []
+    for i, answer in enumerate(catalog.parse_result(result[0][0], len(reads))):
+        if isinstance(answer, catalog.ReadError):
+            if answer.out_of_resources:
+                retry.append(i)
+            out.append(CannotCheck(answer.message))
+        else:
+            out.append(answer)
+    for i, again in zip(retry, _read_one_by_one(session, [reads[i] for i in retry]), strict=True):
+        out[i] = again
+    return out
+
+
+def _read_one_by_one(
+    session: Session, reads: Seq[catalog.Read]
+) -> list[catalog.Answer | CannotCheck]:
+    """The reads as statements, pipelined per chunk, each chunk's locks let go once its
+    rows are in (``Session.batch(release_locks=True)``); a failing read is reported on
+    its own."""
+    out: list[catalog.Answer | CannotCheck] = []
+    for chunk in _chunks(reads):
+        answers = session.batch([catalog.read_statement(r) for r in chunk], release_locks=True)
+        out += [a if isinstance(a, CannotCheck) else a[0] for a in answers]
+    return out
 
 
 def read_sequence_states(
     session: Session, wanted: Seq[catalog.SequenceRef]
 ) -> dict[int, SequenceState | CannotCheck]:
-    """Every given sequence's state by OID (``last_value`` and ``is_called``), a
-    statement per chunk; per sequence where one fails, which then maps to its
-    ``CannotCheck``. check(), the snapshots and the fix all read states through here."""
-    states: dict[int, SequenceState | CannotCheck] = {}
-    for chunk in _chunks(wanted):
-        query = (catalog.ALL_STATES, catalog.all_states_params(chunk))
-        (rows,) = session.batch([query], release_locks=True)
-        if not isinstance(rows, CannotCheck):
-            states.update(catalog.parse_all_states(rows))
-            continue
-        answers = session.batch(
-            [(catalog.state_query(seq), ()) for seq in chunk], release_locks=True
-        )
-        for seq, answer in zip(chunk, answers, strict=True):
-            states[seq.oid] = (
-                answer if isinstance(answer, CannotCheck) else catalog.parse_state(answer)
-            )
-    return states
+    """Every given sequence's state by OID (``last_value`` and ``is_called``), or why it
+    could not be read. check(), the snapshots and the fix all read states through here."""
+    answers = _read(session, [catalog.StateRead(seq) for seq in wanted])
+    return {
+        seq.oid: a if isinstance(a, CannotCheck) else catalog.as_state(a)
+        for seq, a in zip(wanted, answers, strict=True)
+    }
 
 
-def _read_bounds(session: Session, items: list[tuple[Column, Plan]]) -> list[Bounds | CannotCheck]:
-    """Two reads: every column's max first, then the rest of the plan only for the
-    columns whose max reaches the sequence's next value (or whose sequence cycles) —
-    in a database without drift, one index probe per column."""
-    answers = _read_windows(session, [(c, drift.top_only(plan)) for c, plan in items])
-    deeper = [
-        i
-        for i, (_, plan) in enumerate(items)
-        if not isinstance(b := answers[i], CannotCheck) and drift.may_collide(plan, b.top)
-    ]
-    for i, answer in zip(deeper, _read_windows(session, [items[i] for i in deeper]), strict=True):
-        answers[i] = answer
-    return answers
+def read_bounds(session: Session, items: Seq[tuple[Column, Plan]]) -> list[Bounds | CannotCheck]:
+    """Each plan's windows, read in full."""
+    answers = _read(session, [catalog.ColumnRead(c, catalog.plan_slots(p)) for c, p in items])
+    return [a if isinstance(a, CannotCheck) else catalog.as_bounds(a) for a in answers]
 
 
-def _read_windows(session: Session, items: list[tuple[Column, Plan]]) -> list[Bounds | CannotCheck]:
-    """The plans' windows, a statement per chunk; per column where one fails."""
-    out: list[Bounds | CannotCheck] = []
-    for chunk in _chunks(items):
-        query = (catalog.ALL_BOUNDS, catalog.all_bounds_params(chunk))
-        (rows,) = session.batch([query], release_locks=True)
-        if not isinstance(rows, CannotCheck):
-            out += catalog.parse_all_bounds(rows, len(chunk))
-            continue
-        answers = session.batch(
-            [catalog.bounds_query(c, plan) for c, plan in chunk], release_locks=True
-        )
-        out += [a if isinstance(a, CannotCheck) else catalog.parse_bounds(a) for a in answers]
-    return out
+def _top_slot(column: Column, seq: Sequence) -> catalog.Slot:
+    """The first read of a column: its max (min) over all rows, a single index probe.
+    The planner estimates a range condition at the ends of the type by probing the index
+    for the actual extremes, which made a windowed max three probes, not one. A numeric
+    column keeps its window: its max may be a fraction."""
+    window = drift.top_window(column, seq)
+    if window is None or column.type_range is None:
+        return window
+    return catalog.Extreme(window)
+
+
+def _top_from(slot: catalog.Slot, extreme: int | None) -> tuple[bool, int | None]:
+    """The top window's answer from the column's extreme: (known, value). Unknown only
+    when the extreme lies past the window's far end (ids beyond what the sequence and
+    the type allow): then the window itself is read."""
+    if not isinstance(slot, catalog.Extreme):
+        return True, extreme  # the window itself was read (or there is none)
+    window = slot.window
+    if extreme is None or window.lo <= extreme <= window.hi:
+        return True, extreme
+    if slot.ascending:  # the min: below the window is its far end
+        return (False, None) if extreme < window.lo else (True, None)
+    return (False, None) if extreme > window.hi else (True, None)
 
 
 def _skipped(column: Column, seq: Sequence, reason: str) -> Skipped:

@@ -1,7 +1,8 @@
 """The SQL that reads PostgreSQL: discovery in one query, then batched reads.
 
-Every object is matched by OID, never by name, and every name that goes back into SQL
-is composed with ``psycopg.sql.Identifier``.
+Objects are matched by OID, never by name. Every name that goes back into SQL is
+quoted as an identifier (``psycopg.sql.Identifier``, or ``_ident`` for the texts the
+read block runs); numbers are integers formatted by Python.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from psycopg import sql
@@ -201,15 +203,215 @@ def _excluded(schema: str, table: str, patterns: Seq[str]) -> bool:
     )
 
 
-def state_query(seq: SequenceRef) -> sql.Composed:
-    return sql.SQL("SELECT last_value, is_called FROM {}").format(
-        sql.Identifier(seq.schema, seq.name)
-    )
+# --- the reads ------------------------------------------------------------------------
+#
+# After discovery, every read is one of two kinds: a sequence's state, or a column's
+# windows (up to four min/max searches, see model.Plan). All the reads of a check run on
+# the server in one PL/pgSQL block (READ_BLOCK), the way the floor of the benchmarks
+# does them: one EXECUTE per read. A DO block needs no object of its own, so it runs
+# inside a READ ONLY transaction and on a replica. It takes no parameters and returns no
+# rows, so its reads go in and its answers come out through two transaction-local
+# settings (set_config(..., true)), which the check's own rollback clears.
+#
+# The reads are whole statements, written here: every name double-quoted with its
+# quotes doubled (what quote_ident and psycopg's Identifier do), every number an integer
+# formatted by Python. The same texts serve as statements of their own when the block
+# cannot run (PL/pgSQL not available to the role, statement_timeout hit).
+#
+# The block reads up to CHUNK reads in a subtransaction that it then rolls back on
+# purpose, which releases the locks they took: a transaction keeps its locks until it
+# ends, and PostgreSQL's lock table is shared and finite (reading thousands of tables in
+# one transaction fails with "out of shared memory"). PL/pgSQL variables, which hold
+# the answers, are not rolled back. A read that fails (a lock timeout, a privilege) ends
+# its subtransaction with the error, which becomes that read's answer; the next
+# subtransaction starts at the read after it.
+#
+# Not pg_sequence_last_value(), though it needs no query per sequence: it locks the
+# sequence until the end of the transaction (sequence.c keeps that lock in the top
+# transaction's resource owner), which no subtransaction can release.
+
+SET_WORK = (
+    "SELECT set_config('seqdrift.reads', %s::text[]::text, true),"
+    " set_config('seqdrift.chunk', %s, true)"
+)
+GET_RESULT = "SELECT current_setting('seqdrift.answers')"
+
+READ_BLOCK = r"""
+DO $seqdrift$
+DECLARE
+    reads text[] := current_setting('seqdrift.reads')::text[];
+    chunk int := current_setting('seqdrift.chunk')::int;
+    total int := coalesce(array_length(reads, 1), 0);
+    answers text[] := '{}';
+    a text; b text; c text; d text;
+    pos int := 1;
+    stop int;
+    at int;
+BEGIN
+    WHILE pos <= total LOOP
+        stop := least(total, pos + chunk - 1);
+        BEGIN
+            FOR i IN pos .. stop LOOP
+                at := i;
+                EXECUTE reads[i] INTO a, b, c, d;
+                answers := answers || concat_ws(E'\t', i - 1, coalesce(a, ''), coalesce(b, ''),
+                                                coalesce(c, ''), coalesce(d, ''));
+            END LOOP;
+            RAISE SQLSTATE 'SDREL';  -- roll the chunk back: its locks go
+        EXCEPTION
+            WHEN SQLSTATE 'SDREL' THEN NULL;
+            WHEN OTHERS THEN
+                answers := answers || concat(at - 1, E'\t!', SQLSTATE, ' ',
+                                             regexp_replace(SQLERRM, '\s+', ' ', 'g'));
+        END;
+        pos := at + 1;
+    END LOOP;
+    PERFORM set_config('seqdrift.answers', array_to_string(answers, E'\n'), true);
+END
+$seqdrift$
+"""
 
 
-def parse_state(rows: list[tuple[Any, ...]]) -> SequenceState:
-    ((last_value, is_called),) = rows
-    return SequenceState(last_value=int(last_value), is_called=bool(is_called))
+@dataclass(frozen=True)
+class Extreme:
+    """The column's max (min, for an ascending window) over all its rows, read in place
+    of ``window``: one index probe, no range for the planner to estimate. It answers the
+    window whenever it falls inside it (see api._top_from)."""
+
+    window: Window
+
+    @property
+    def ascending(self) -> bool:
+        return self.window.ascending
+
+
+Slot = Window | Extreme | None
+
+
+@dataclass(frozen=True)
+class StateRead:
+    """A sequence's ``last_value`` and ``is_called``."""
+
+    seq: SequenceRef
+
+
+@dataclass(frozen=True)
+class ColumnRead:
+    """Up to four searches in one column, answered in their order."""
+
+    column: Column
+    slots: tuple[Slot, ...]
+
+
+Read = StateRead | ColumnRead
+# A read's answer: four texts (None for SQL NULL).
+Answer = tuple[str | None, ...]
+
+
+@dataclass(frozen=True)
+class ReadError:
+    sqlstate: str
+    message: str
+
+    @property
+    def out_of_resources(self) -> bool:
+        """Class 53, insufficient resources ("out of shared memory"): worth a retry on
+        its own, once the chunk's locks are gone."""
+        return self.sqlstate.startswith("53")
+
+
+def plan_slots(plan: Plan) -> tuple[Slot, ...]:
+    return (plan.first_pass, plan.after_wrap, plan.top, plan.last_on_grid)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _int8(value: int) -> str:
+    # quoted: -9223372036854775808 unquoted would be a numeric, and miss the index
+    return f"'{int(value)}'::int8"
+
+
+def read_text(read: Read) -> str:
+    """The statement that answers one read with four texts."""
+    if isinstance(read, StateRead):
+        seq = read.seq
+        return (
+            "SELECT last_value::text, is_called::text, NULL, NULL FROM "
+            f"{_ident(seq.schema)}.{_ident(seq.name)}"
+        )
+    c = read.column
+    col = _ident(c.column)
+    rel = ("" if c.partitioned else "ONLY ") + f"{_ident(c.schema)}.{_ident(c.table)}"
+    slots = read.slots
+    if sum(s is not None for s in slots) == 1 and isinstance(slots[2], Extreme):
+        # the first read of a column: its max (min), without a subquery
+        agg = "min" if slots[2].ascending else "max"
+        return f"SELECT NULL, NULL, {agg}({col})::text, NULL FROM {rel}"
+    parts = []
+    for w in slots:
+        if w is None:
+            parts.append("NULL")
+            continue
+        agg = "min" if w.ascending else "max"
+        if isinstance(w, Extreme):
+            parts.append(f"(SELECT {agg}({col}) FROM {rel})::text")
+            continue
+        where = f"{col} BETWEEN {_int8(w.lo)} AND {_int8(w.hi)}"
+        if w.step != 1:
+            # numeric, so that the difference cannot overflow bigint
+            where += (
+                f" AND mod({col}::numeric - '{int(w.base)}'::numeric, '{int(w.step)}'::numeric) = 0"
+            )
+        elif c.type_range is None:
+            # a numeric column can hold fractions, which no sequence hands out
+            where += f" AND {col} = trunc({col})"
+        parts.append(f"(SELECT {agg}({col}) FROM {rel} WHERE {where})::text")
+    return "SELECT " + ", ".join(parts)
+
+
+def read_statement(read: Read) -> tuple[str, tuple[()]]:
+    """One read as a statement of its own (``%`` doubled: sent with parameters, the
+    text goes through the driver's formatting)."""
+    return read_text(read).replace("%", "%%"), ()
+
+
+def work_params(reads: Seq[Read], chunk: int) -> list[Any]:
+    return [[read_text(r) for r in reads], str(int(chunk))]
+
+
+def parse_result(text: str | None, count: int) -> list[Answer | ReadError]:
+    answers: list[Answer | ReadError | None] = [None] * count
+    for line in (text or "").split("\n"):
+        if not line:
+            continue
+        index, rest = line.split("\t", 1)
+        if rest.startswith("!"):
+            state, _, message = rest[1:].partition(" ")
+            answers[int(index)] = ReadError(state, message)
+        else:
+            answers[int(index)] = tuple(v or None for v in rest.split("\t"))
+    missing = [i for i, a in enumerate(answers) if a is None]
+    if missing:
+        raise ValueError(f"the read block answered {count - len(missing)} of {count} reads")
+    return answers  # type: ignore[return-value]
+
+
+def as_state(answer: Answer) -> SequenceState:
+    last_value, is_called = answer[0], answer[1]
+    assert last_value is not None
+    return SequenceState(int(last_value), is_called == "true")
+
+
+def as_int(value: str | None) -> int | None:
+    """A column value read as text; a numeric column's may read 12.00."""
+    return None if value is None else int(value.split(".")[0])
+
+
+def as_bounds(answer: Answer) -> Bounds:
+    first_pass, after_wrap, top, last_on_grid = (as_int(v) for v in answer)
+    return Bounds(first_pass, after_wrap, top, last_on_grid)
 
 
 def _relation(column: Column) -> sql.Composed:
@@ -217,43 +419,6 @@ def _relation(column: Column) -> sql.Composed:
     without its inheritance children (its unique indexes cover only its own rows)."""
     only = sql.SQL("") if column.partitioned else sql.SQL("ONLY ")
     return sql.SQL("{}{}").format(only, sql.Identifier(column.schema, column.table))
-
-
-def _first_in(column: Column, window: Window | None, params: list[int]) -> sql.Composable:
-    if window is None:
-        return sql.SQL("NULL")
-    col = sql.Identifier(column.column)
-    agg = sql.SQL("min" if window.ascending else "max")
-    where = sql.SQL("{col} BETWEEN %s AND %s").format(col=col)
-    params += [window.lo, window.hi]
-    if window.step != 1:
-        # numeric, so that the difference cannot overflow bigint
-        where = sql.SQL("{} AND mod({col}::numeric - %s, %s) = 0").format(where, col=col)
-        params += [window.base, window.step]
-    elif column.type_range is None:
-        # a numeric column can hold fractions, which no sequence hands out
-        where = sql.SQL("{} AND {col} = trunc({col})").format(where, col=col)
-    return sql.SQL("(SELECT {agg}({col}) FROM {rel} WHERE {where})").format(
-        agg=agg, col=col, rel=_relation(column), where=where
-    )
-
-
-def bounds_query(column: Column, plan: Plan) -> tuple[sql.Composed, list[int]]:
-    """One statement answers the whole plan: each part is an index range scan that stops
-    at its first match (PostgreSQL turns min/max over a range into LIMIT 1 scans)."""
-    params: list[int] = []
-    windows = (plan.first_pass, plan.after_wrap, plan.top, plan.last_on_grid)
-    parts = [_first_in(column, w, params) for w in windows]
-    return sql.SQL("SELECT {}, {}, {}, {}").format(*parts), params
-
-
-def parse_bounds(rows: list[tuple[Any, ...]]) -> Bounds:
-    ((first_pass, after_wrap, top, last_on_grid),) = rows
-
-    def as_int(v: Any) -> int | None:
-        return None if v is None else int(v)
-
-    return Bounds(as_int(first_pass), as_int(after_wrap), as_int(top), as_int(last_on_grid))
 
 
 def row_count_query(column: Column, limit: int) -> tuple[sql.Composed, list[int]]:
@@ -264,98 +429,3 @@ def row_count_query(column: Column, limit: int) -> tuple[sql.Composed, list[int]
         ),
         [limit],
     )
-
-
-# --- one statement for all reads -----------------------------------------------------
-#
-# The per-table reads below run on the server, in one statement each: every query text
-# is built there with format('%I'/'%L') from arrays of OIDs, names and numbers, and run
-# with query_to_xml, which works inside a READ ONLY transaction and on a replica (a
-# temporary PL/pgSQL function would not). However many tables, the check sends the same
-# few statements. Should one statement fail (a table locked past the lock timeout), the
-# caller falls back to the per-table statements above, which report each failure
-# against its own table.
-
-# Not pg_sequence_last_value(), though it needs no query per sequence: it locks the
-# sequence until the end of the transaction (sequence.c keeps that lock in the top
-# transaction's resource owner), which no savepoint can release, and a check of a large
-# database would run PostgreSQL's shared lock table out.
-ALL_STATES = """
-SELECT s.oid::int8,
-       (xpath('/row/last_value/text()', x))[1]::text,
-       (xpath('/row/is_called/text()', x))[1]::text
-FROM unnest(%s::oid[]) AS s(oid)
-CROSS JOIN LATERAL query_to_xml(
-    format('SELECT last_value, is_called FROM %%s', s.oid::regclass), true, true, ''
-) AS x
-"""
-
-# One row per column: its windows (one row each in the arrays) become the subqueries of
-# one query per column, run with query_to_xml and read back with XMLTABLE. Numbers
-# travel as text literals cast to bigint (%L::int8), so that -9223372036854775808 stays
-# a bigint and the column's index serves the range.
-ALL_BOUNDS = """
-WITH w AS (
-    SELECT * FROM unnest(
-        %s::int4[], %s::int4[], %s::oid[], %s::bool[], %s::text[], %s::bool[],
-        %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::bool[]
-    ) AS w(item, slot, rel, partitioned, col, ascending, lo, hi, base, step, fractional)
-), q AS (
-    SELECT item, 'SELECT ' || string_agg(format(
-        '(SELECT %%s(%%I) FROM %%s%%s WHERE %%I BETWEEN %%L::int8 AND %%L::int8%%s) AS s%%s',
-        CASE WHEN ascending THEN 'min' ELSE 'max' END,
-        col,
-        CASE WHEN partitioned THEN '' ELSE 'ONLY ' END,
-        rel::regclass,
-        col, lo, hi,
-        CASE WHEN step <> 1
-             THEN format(' AND mod(%%I::numeric - %%L::numeric, %%L::numeric) = 0', col, base, step)
-             WHEN fractional THEN format(' AND %%I = trunc(%%I)', col, col)
-             ELSE '' END,
-        slot), ', ') AS query
-    FROM w GROUP BY item
-)
-SELECT q.item, x.s0, x.s1, x.s2, x.s3
-FROM q CROSS JOIN LATERAL XMLTABLE(
-    '/row' PASSING query_to_xml(q.query, true, true, '')
-    COLUMNS s0 text PATH 's0', s1 text PATH 's1', s2 text PATH 's2', s3 text PATH 's3'
-) AS x
-"""
-
-_SLOTS = ("first_pass", "after_wrap", "top", "last_on_grid")
-
-
-def all_states_params(sequences: Iterable[SequenceRef]) -> list[Any]:
-    return [[s.oid for s in sequences]]
-
-
-def parse_all_states(rows: Iterable[tuple[Any, ...]]) -> dict[int, SequenceState]:
-    return {
-        int(oid): SequenceState(int(last_value), is_called == "true")
-        for oid, last_value, is_called in rows
-    }
-
-
-def all_bounds_params(items: Seq[tuple[Column, Plan]]) -> list[list[Any]]:
-    """The arrays ALL_BOUNDS unnests, one element per window to search."""
-    keys = ("item", "slot", "rel", "partitioned", "col", "ascending", "lo", "hi", "base", "step")
-    params: dict[str, list[Any]] = {k: [] for k in (*keys, "fractional")}
-    for item, (column, plan) in enumerate(items):
-        for slot, name in enumerate(_SLOTS):
-            w: Window | None = getattr(plan, name)
-            if w is None:
-                continue
-            values: tuple[Any, ...] = (item, slot, column.table_oid, column.partitioned)
-            values += (column.column, w.ascending, w.lo, w.hi, w.base, w.step)
-            for key, value in zip(keys, values, strict=True):
-                params[key].append(value)
-            params["fractional"].append(column.type_range is None)
-    return list(params.values())
-
-
-def parse_all_bounds(rows: Iterable[tuple[Any, ...]], count: int) -> list[Bounds]:
-    found: list[dict[str, int | None]] = [dict.fromkeys(_SLOTS) for _ in range(count)]
-    for item, *values in rows:
-        for slot, value in zip(_SLOTS, values, strict=True):
-            found[item][slot] = int(value.split(".")[0]) if value else None  # nil: ""
-    return [Bounds(**f) for f in found]

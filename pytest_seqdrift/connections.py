@@ -259,11 +259,13 @@ class Session(ABC):
                 self._set_autocommit(autocommit)
 
     def batch(
-        self, statements: Seq[Statement], *, release_locks: bool = False
+        self, statements: Seq[Statement], *, release_locks: bool = False, replay: bool = True
     ) -> list[Rows | CannotCheck]:
         """Run statements in as few round trips as the driver allows. When one fails (a
         lock timeout, a privilege), run them again one by one, each under a savepoint, so
-        that the failure is reported against its statement and the rest still answer.
+        that the failure is reported against its statement and the rest still answer --
+        or, with ``replay=False`` (statements that only work together), answer every
+        statement with the failure.
 
         ``release_locks``: the statements only read; roll their savepoint back once their
         rows are in, which releases the locks they took (a transaction holds every lock
@@ -275,17 +277,20 @@ class Session(ABC):
         if self._status() == _IDLE:
             # savepoints need a transaction: open one for the batch
             with self.transaction():
-                return self.batch(statements, release_locks=release_locks)
+                return self.batch(statements, release_locks=release_locks, replay=replay)
         # the savepoint's commands travel with the statements: one round trip in all
         closing: list[Statement] = [("RELEASE SAVEPOINT seqdrift_batch", ())]
         if release_locks:
             closing.insert(0, ("ROLLBACK TO SAVEPOINT seqdrift_batch", ()))
         try:
             answers = self._send_batch([("SAVEPOINT seqdrift_batch", ()), *statements, *closing])
-        except self.Error:
+        except self.Error as exc:
             if self.broken:
                 raise
             self.run("ROLLBACK TO SAVEPOINT seqdrift_batch")
+            if not replay:
+                self.run("RELEASE SAVEPOINT seqdrift_batch")
+                return [CannotCheck(describe(exc))] * len(statements)
             results = [self._one(q, p, release_locks) for q, p in statements]
             self._end_savepoint("seqdrift_batch", rollback=release_locks)
             return results

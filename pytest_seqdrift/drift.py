@@ -16,6 +16,7 @@ The walk of ``nextval`` that these functions describe:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 from . import fixsql
@@ -50,27 +51,29 @@ def next_value(seq: Sequence, state: SequenceState) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
 class _Stream:
-    """A sequence and its column, in forward coordinates."""
+    """A sequence and its column, in forward coordinates. Built once per distinct shape
+    (see ``_stream``): a check judges thousands of columns of a handful of shapes."""
 
-    sign: int  # +1 or -1: actual = sign * forward
-    step: int  # abs(increment), > 0
-    lo: int  # the sequence's range, forward
-    hi: int
-    type_lo: int | None  # the column type's range, forward; None: unbounded
-    type_hi: int | None
-    cycle: bool
+    __slots__ = ("sign", "step", "lo", "hi", "type_lo", "type_hi", "cycle", "cap", "floor", "top")
 
-    @property
-    def cap(self) -> int:
-        """The last forward value the column can store before the walk ends or wraps."""
-        return self.hi if self.type_hi is None else min(self.hi, self.type_hi)
-
-    @property
-    def floor(self) -> int:
-        """The first forward value that both the sequence and the column allow."""
-        return self.lo if self.type_lo is None else max(self.lo, self.type_lo)
+    def __init__(
+        self,
+        sign: int,  # +1 or -1: actual = sign * forward
+        step: int,  # abs(increment), > 0
+        lo: int,  # the sequence's range, forward
+        hi: int,
+        type_lo: int | None,  # the column type's range, forward; None: unbounded
+        type_hi: int | None,
+        cycle: bool,
+    ) -> None:
+        self.sign, self.step, self.lo, self.hi, self.cycle = sign, step, lo, hi, cycle
+        self.type_lo, self.type_hi = type_lo, type_hi
+        # the last forward value the column can store before the walk ends or wraps
+        self.cap = hi if type_hi is None else min(hi, type_hi)
+        # the first forward value that both the sequence and the column allow
+        self.floor = lo if type_lo is None else max(lo, type_lo)
+        self.top = self._far_end()
 
     def reaches_limit(self, start: int) -> bool:
         """Does the walk from ``start`` run into the sequence's own limit (MAXVALUE), rather
@@ -103,6 +106,9 @@ class _Stream:
     def far_end(self) -> Window | None:
         """Every storable value, searched from the far end: finds the max existing value
         (the min, for a negative increment)."""
+        return self.top
+
+    def _far_end(self) -> Window | None:
         if self.floor > self.cap:
             return None
         a, b = sorted((self.backward(self.floor), self.backward(self.cap)))
@@ -110,14 +116,20 @@ class _Stream:
 
 
 def _stream(column: Column, seq: Sequence) -> _Stream:
-    sign = 1 if seq.increment > 0 else -1
-    lo, hi = sorted((sign * seq.min_value, sign * seq.max_value))
-    type_range = column.type_range
+    return _shaped(column.type_range, seq.increment, seq.min_value, seq.max_value, seq.cycle)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shaped(
+    type_range: tuple[int, int] | None, increment: int, min_value: int, max_value: int, cycle: bool
+) -> _Stream:
+    sign = 1 if increment > 0 else -1
+    lo, hi = sorted((sign * min_value, sign * max_value))
     if type_range is None:
         type_lo = type_hi = None
     else:
         type_lo, type_hi = sorted((sign * type_range[0], sign * type_range[1]))
-    return _Stream(sign, abs(seq.increment), lo, hi, type_lo, type_hi, seq.cycle)
+    return _Stream(sign, abs(increment), lo, hi, type_lo, type_hi, cycle)
 
 
 def plan(column: Column, seq: Sequence, state: SequenceState) -> Plan:
@@ -138,9 +150,10 @@ def plan(column: Column, seq: Sequence, state: SequenceState) -> Plan:
     return Plan(first_pass=first_pass, after_wrap=after_wrap, top=top, last_on_grid=last_on_grid)
 
 
-def top_only(plan: Plan) -> Plan:
-    """The plan's first read: only the max (min) existing value."""
-    return Plan(first_pass=None, after_wrap=None, top=plan.top)
+def top_window(column: Column, seq: Sequence) -> Window | None:
+    """The plan's ``top``, which does not depend on the sequence's state: every storable
+    value, searched from the far end."""
+    return _stream(column, seq).far_end()
 
 
 def may_collide(plan: Plan, top: int | None) -> bool:

@@ -30,8 +30,8 @@ from typing import Any
 
 from psycopg import sql
 
-from . import catalog, drift, fixsql
-from .api import DEFAULT_LOCK_TIMEOUT_MS, check, read_sequence_states
+from . import drift, fixsql
+from .api import DEFAULT_LOCK_TIMEOUT_MS, check, read_bounds, read_sequence_states
 from .connections import CannotCheck, SeqdriftError, describe, session_for
 from .model import Bounds, Column, Finding, Report, Sequence, SequenceState, Skipped
 from .render import describe_finding, summary
@@ -154,14 +154,12 @@ def plan(conn: Any, report: Report, *, margin: int = 0) -> FixPlan:
         if isinstance(state, CannotCheck):
             raise CannotFix(f"cannot read sequence {seq.qualified}: {state.args[0]}")
         columns += [(seq, state, c) for c in fed[seq.oid]]
-    answers = session.batch(
-        [catalog.bounds_query(c, drift.plan(c, seq, state)) for seq, state, c in columns]
-    )
+    answers = read_bounds(session, [(c, drift.plan(c, seq, state)) for seq, state, c in columns])
     bounds: dict[int, list[tuple[Column, SequenceState, Bounds]]] = {s.oid: [] for s in wanted}
     for (seq, state, c), answer in zip(columns, answers, strict=True):
         if isinstance(answer, CannotCheck):
             raise CannotFix(f"cannot read {c.qualified_table}: {answer.args[0]}")
-        bounds[seq.oid].append((c, state, catalog.parse_bounds(answer)))
+        bounds[seq.oid].append((c, state, answer))
     for seq in wanted:
         fix = _fix_for(seq, bounds[seq.oid], margin)
         if fix is not None:

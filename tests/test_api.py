@@ -84,8 +84,9 @@ def test_round_trips_do_not_grow_with_the_number_of_tables(db: psycopg.Connectio
 
 
 def test_one_statement_reads_agree_with_the_per_table_reads(db: psycopg.Connection[Any]) -> None:
-    """The server-side batch (query_to_xml) and the per-table fallback answer alike."""
-    from pytest_seqdrift import catalog, drift
+    """The read block and the same reads as statements of their own answer alike."""
+    from pytest_seqdrift import api, catalog, drift
+    from pytest_seqdrift.model import SequenceState
 
     db.execute(
         '''
@@ -112,24 +113,23 @@ def test_one_statement_reads_agree_with_the_per_table_reads(db: psycopg.Connecti
     with session.read_only(lock_timeout_ms=1000):
         rows = session.query_dicts(catalog.DISCOVERY, catalog.discovery_params(None))
         columns, sequences = catalog.parse_discovery(rows)
-        states = catalog.parse_all_states(
-            session.run(catalog.ALL_STATES, catalog.all_states_params(sequences.values()))
-        )
-        for seq in sequences.values():
-            assert states[seq.oid] == catalog.parse_state(session.run(catalog.state_query(seq)))
-        items = [
-            (c, drift.plan(c, sequences[c.sequence_oid], states[c.sequence_oid])) for c in columns
-        ]
-        at_once = catalog.parse_all_bounds(
-            session.run(catalog.ALL_BOUNDS, catalog.all_bounds_params(items)), len(items)
-        )
-        one_by_one = [
-            catalog.parse_bounds(session.run(*catalog.bounds_query(c, p))) for c, p in items
-        ]
-    assert len(items) == 5
-    assert at_once == one_by_one
-    assert any(b.after_wrap is not None for b in at_once)
-    assert any(b.last_on_grid is not None for b in at_once)
+        states = api.read_sequence_states(session, list(sequences.values()))
+        reads: list[catalog.Read] = [catalog.StateRead(s) for s in sequences.values()]
+        for c in columns:
+            seq, state = sequences[c.sequence_oid], states[c.sequence_oid]
+            assert isinstance(state, SequenceState)
+            plan = drift.plan(c, seq, state)
+            reads.append(catalog.ColumnRead(c, catalog.plan_slots(plan)))
+            reads.append(catalog.ColumnRead(c, (None, None, api._top_slot(c, seq), None)))
+        before = session.statements
+        in_the_block = api._read(session, reads)
+        assert session.statements - before == 5  # SAVEPOINT, set, DO, get, RELEASE
+        one_by_one = api._read_one_by_one(session, reads)
+    assert len(columns) == 5
+    assert in_the_block == one_by_one
+    bounds = [catalog.as_bounds(a) for a in in_the_block[len(sequences) :] if isinstance(a, tuple)]
+    assert any(b.after_wrap is not None for b in bounds)
+    assert any(b.last_on_grid is not None for b in bounds)
 
 
 @pytest.mark.parametrize(
@@ -139,3 +139,86 @@ def test_server_versions_read_as_people_write_them(number: int, text: str) -> No
     from pytest_seqdrift.connections import version_text
 
     assert version_text(number) == text
+
+
+ODD_IDS = """
+CREATE SEQUENCE narrow MINVALUE 10 MAXVALUE 100;
+SELECT setval('narrow', 40);
+CREATE TABLE above (id int PRIMARY KEY DEFAULT nextval('narrow'));
+INSERT INTO above VALUES (500), (30);           -- the max lies past MAXVALUE
+CREATE TABLE above_hit (id int PRIMARY KEY DEFAULT nextval('narrow'));
+INSERT INTO above_hit VALUES (500), (60);       -- ... and below it one collides
+CREATE TABLE below (id int PRIMARY KEY DEFAULT nextval('narrow'));
+INSERT INTO below VALUES (3), (-7);             -- every id below MINVALUE
+CREATE SEQUENCE down INCREMENT -1 MINVALUE -100 MAXVALUE -10 START -10;
+SELECT setval('down', -40);
+CREATE TABLE deep (id bigint PRIMARY KEY DEFAULT nextval('down'));
+INSERT INTO deep VALUES (-500), (-60);          -- the min lies past MINVALUE
+CREATE TABLE shallow (id bigint PRIMARY KEY DEFAULT nextval('down'));
+INSERT INTO shallow VALUES (-500), (-20);       -- only the one past MINVALUE
+CREATE TABLE empty (id serial PRIMARY KEY);
+CREATE TABLE plain (id serial PRIMARY KEY);
+INSERT INTO plain (id) SELECT nextval('plain_id_seq') FROM generate_series(1, 3);
+CREATE TABLE money (id numeric PRIMARY KEY DEFAULT nextval('narrow'));
+INSERT INTO money VALUES (70.5), (45);
+"""
+
+
+def test_the_first_read_agrees_with_reading_every_window(db: psycopg.Connection[Any]) -> None:
+    """check() reads each column's max (min) first, over all rows, and the rest of its
+    plan only where needed; reading every window of every plan must judge alike,
+    including where the max lies past the sequence's range."""
+    from pytest_seqdrift import api, catalog, drift
+    from pytest_seqdrift.model import SequenceState
+
+    db.execute(ODD_IDS)
+    report = check(db)
+    session = PsycopgSession(db)
+    with session.read_only(lock_timeout_ms=1000):
+        rows = session.query_dicts(catalog.DISCOVERY, catalog.discovery_params(None))
+        columns, sequences = catalog.parse_discovery(rows)
+        states = api.read_sequence_states(session, list(sequences.values()))
+        plans = []
+        for c in columns:
+            state = states[c.sequence_oid]
+            assert isinstance(state, SequenceState)
+            plans.append((c, sequences[c.sequence_oid], state))
+        full = api.read_bounds(session, [(c, drift.plan(c, s, st)) for c, s, st in plans])
+    expected = []
+    for (c, seq, state), bounds in zip(plans, full, strict=True):
+        assert not isinstance(bounds, CannotCheck)
+        expected += drift.assess(c, seq, state, bounds)[0]
+    assert len(columns) == 8
+    assert sorted(report.findings, key=str) == sorted(expected, key=str)
+    collided = {f.column.table: (f.first_collision, f.max_existing) for f in report.findings}
+    assert collided == {"above_hit": (60, 60), "deep": (-60, -60), "money": (45, 45)}
+
+
+def test_without_plpgsql_the_reads_go_as_statements(db: psycopg.Connection[Any]) -> None:
+    """A role that may not use PL/pgSQL gets the same report, read statement by
+    statement instead of in one block."""
+    import uuid
+
+    from psycopg import sql
+
+    db.execute(ODD_IDS)
+    with_block = PsycopgSession(db)
+    expected = check(with_block)
+    role = sql.Identifier(f"seqdrift_noplpgsql_{uuid.uuid4().hex[:12]}")
+    db.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
+    try:
+        db.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(role))
+        db.execute(sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
+        db.execute("REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC")
+        db.execute(sql.SQL("SET ROLE {}").format(role))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            db.execute("DO $$ BEGIN END $$")
+        without = PsycopgSession(db)
+        report = check(without)
+    finally:
+        db.execute("RESET ROLE")
+        db.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        db.execute(sql.SQL("DROP ROLE {}").format(role))
+    assert report == expected
+    assert report.skipped == []
+    assert without.statements > with_block.statements
