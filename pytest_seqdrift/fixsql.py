@@ -23,6 +23,44 @@ def table_ident(column: Column) -> sql.Identifier:
     return sql.Identifier(column.schema, column.table)
 
 
+def _escaped(text: str, quote: str) -> str | None:
+    """``text`` as a Unicode-escape token (``U&"..."`` for a name, ``U&'...'`` for a
+    string) when it holds a character that is not printable, else None. A script run by
+    ``psql -f`` must not carry such characters raw: psql drops a carriage return before
+    a line break, and the name would no longer match."""
+    if all(ch.isprintable() or ch == " " for ch in text):
+        return None
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == quote:
+            out.append(quote * 2)
+        elif ch.isprintable() or ch == " ":
+            out.append(ch)
+        elif ord(ch) > 0xFFFF:
+            out.append(f"\\+{ord(ch):06X}")
+        else:
+            out.append(f"\\{ord(ch):04X}")
+    return f"U&{quote}{''.join(out)}{quote}"
+
+
+def _name(*parts: str) -> sql.Composable:
+    """A (qualified) name, quoted; escaped where it holds unprintable characters."""
+    escaped = [_escaped(p, '"') for p in parts]
+    if all(e is None for e in escaped):
+        return sql.Identifier(*parts)
+    return sql.SQL(".").join(
+        sql.SQL(e) if e is not None else sql.Identifier(p)
+        for p, e in zip(parts, escaped, strict=True)
+    )
+
+
+def _string(text: str) -> sql.Composable:
+    escaped = _escaped(text, "'")
+    return sql.Literal(text) if escaped is None else sql.SQL(escaped)
+
+
 def setval_at_least(seq: Sequence, value: int) -> str:
     """Make the next value lie beyond ``value`` in the sequence's direction, unless the
     sequence already stands further on. Reading ``last_value`` in the same statement
@@ -49,7 +87,7 @@ def setval_at_least(seq: Sequence, value: int) -> str:
         )
     return _text(
         sql.SQL("SELECT setval({seq}, {target}) FROM {ident};").format(
-            seq=sql.Literal(seq.qualified), target=target, ident=seq_ident(seq)
+            seq=_string(seq.qualified), target=target, ident=_name(seq.schema, seq.name)
         )
     )
 
