@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seq
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from . import catalog, drift
@@ -37,6 +38,7 @@ def check(
     threshold: float = drift.DEFAULT_THRESHOLD,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     statement_timeout_ms: int | None = None,
+    max_scan_rows: int | None = None,
 ) -> Report:
     """Check every sequence-backed column the connection can see; never writes.
 
@@ -48,12 +50,18 @@ def check(
     patterns matched against ``table`` and ``schema.table``; ``threshold`` is the share
     of a column's range that, once used, counts as overflow or exhaustion.
 
+    A column that no index leads with is read by scanning its table, and its verdict
+    says so; with ``max_scan_rows``, such a column in a table the planner estimates at
+    more rows than that is skipped instead, with the reason.
+
     Raises ``CannotCheck`` when the database cannot be checked at all. A column that
     cannot be read (privileges, a lock held past the lock timeout) is listed in
     ``Report.skipped`` with the reason, and the rest is still checked.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], not {threshold!r}")
+    if max_scan_rows is not None and max_scan_rows < 0:
+        raise ValueError(f"max_scan_rows must be 0 or more, not {max_scan_rows!r}")
     with (
         open_session(conn) as session,
         session.read_only(
@@ -78,6 +86,12 @@ def check(
             elif c.type_range is None and c.data_type != "numeric":
                 note = f"a {c.data_type} column is not compared with a sequence"
                 report.checked.append(Checked(c, seq, "unchecked", note=note))
+            elif _too_big_to_scan(c, max_scan_rows):
+                reason = (
+                    f"no index leads with {c.column} and the table holds about "
+                    f"{c.estimated_rows:,} rows: not scanned (max_scan_rows={max_scan_rows})"
+                )
+                report.skipped.append(_skipped(c, seq, reason))
             else:
                 judged.append(c)
         tops = [_top_slot(c, sequences[c.sequence_oid]) for c in judged]
@@ -142,6 +156,8 @@ def check(
                 c, seq, state, bounds, threshold=threshold, rows=rows_by_index.get(i)
             )
             report.findings.extend(found)
+            if not c.indexed:
+                verdict = replace(verdict, note=_joined(verdict.note, _scanned(c)))
             report.checked.append(verdict)
     report.checked.sort(
         key=lambda v: (v.column.schema, v.column.table, v.column.column, v.sequence.qualified)
@@ -236,6 +252,23 @@ def _top_from(slot: catalog.Slot, extreme: int | None) -> tuple[bool, int | None
     if slot.ascending:  # the min: below the window is its far end
         return (False, None) if extreme < window.lo else (True, None)
     return (False, None) if extreme > window.hi else (True, None)
+
+
+def _too_big_to_scan(column: Column, max_scan_rows: int | None) -> bool:
+    if column.indexed or max_scan_rows is None or column.estimated_rows is None:
+        return False  # a table of unknown size (never analyzed) is read
+    return column.estimated_rows > max_scan_rows
+
+
+def _scanned(column: Column) -> str:
+    scanned = f"no index leads with {column.column}: read by scanning the table"
+    if column.estimated_rows is None:
+        return f"{scanned}, never analyzed (size unknown)"
+    return f"{scanned} (about {column.estimated_rows:,} rows)"
+
+
+def _joined(*notes: str | None) -> str:
+    return "; ".join(n for n in notes if n)
 
 
 def _skipped(column: Column, seq: Sequence, reason: str) -> Skipped:

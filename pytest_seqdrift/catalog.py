@@ -23,7 +23,7 @@ from .model import Bounds, Column, Plan, Sequence, SequenceState, Window
 # nothing or by another table, and sequences shared by several tables alike.
 DISCOVERY = """
 WITH links AS (
-    SELECT d.refobjid AS table_oid, d.refobjsubid::int2 AS attnum, d.objid AS seq_oid
+    SELECT d.refobjid AS table_oid, d.refobjsubid AS attnum, d.objid AS seq_oid
     FROM pg_depend d
     WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
       AND d.deptype = 'i' AND d.refobjsubid > 0
@@ -39,6 +39,7 @@ SELECT
     t.relname::text AS table_name,
     quote_ident(tn.nspname) || '.' || quote_ident(t.relname) AS qualified_table,
     a.attname::text AS column_name,
+    a.attnum::int AS attnum,
     format_type(coalesce(nullif(ty.typbasetype, 0), a.atttypid), NULL) AS data_type,
     t.relkind = 'p' AS partitioned,
     t.relispartition AS is_partition,
@@ -56,6 +57,13 @@ SELECT
         format('(nextval(%%s::regclass))::%%s', lit.seq_literal, format_type(a.atttypid, a.atttypmod))
     ) AS plain_default,
     u.key_columns,
+    ix.indexed,
+    CASE WHEN ix.indexed THEN NULL
+         WHEN t.relkind = 'p' THEN (
+             SELECT sum(greatest(c.reltuples, 0)) FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = t.oid)
+         WHEN t.reltuples >= 0 THEN t.reltuples
+    END::float8 AS estimated_rows,
     has_column_privilege(t.oid, a.attnum, 'SELECT') AS can_read_column,
     has_sequence_privilege(s.oid, 'SELECT') AS can_read_sequence
 FROM links l
@@ -100,11 +108,19 @@ LEFT JOIN LATERAL (
     CROSS JOIN LATERAL unnest(best.keys) WITH ORDINALITY AS k(attnum, ord)
     LEFT JOIN pg_attribute ka ON ka.attrelid = best.indrelid AND ka.attnum = k.attnum
 ) u ON true
+CROSS JOIN LATERAL (
+    -- a valid btree index that leads with the column answers max() with one probe;
+    -- without one, reading the max scans the table
+    SELECT EXISTS (
+        SELECT FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+        WHERE i.indrelid = t.oid AND i.indkey[0] = a.attnum AND i.indisvalid
+          AND i.indpred IS NULL AND ic.relam = 403
+    ) AS indexed
+) ix
 WHERE tn.nspname NOT IN ('pg_catalog', 'information_schema')
   AND tn.nspname NOT LIKE 'pg\\_toast%%'
   AND NOT pg_is_other_temp_schema(tn.oid)
   AND (%(schemas)s::text[] IS NULL OR tn.nspname = ANY (%(schemas)s::text[]))
-ORDER BY tn.nspname, t.relname, a.attnum, sn.nspname, s.relname
 """
 
 
@@ -137,7 +153,18 @@ def parse_discovery(
     partition has a unique key and the parent has none (per-partition primary keys, the
     PostgreSQL 10 way): then only the partition's own key can fail, so it is checked.
     """
-    rows = list(rows)
+    # sorted here, not by the server: the rows are wide, and names sort the same way
+    # (type name compares bytes; Python compares code points, which is UTF-8's order)
+    rows = sorted(
+        rows,
+        key=lambda r: (
+            r["schema"],
+            r["table_name"],
+            r["attnum"],
+            r["seq_schema"],
+            r["seq_name"],
+        ),
+    )
     linked = {(r["table_oid"], r["column_name"], r["seq_oid"]): r for r in rows}
     columns: list[Column] = []
     sequences: dict[int, Sequence] = {}
@@ -190,6 +217,8 @@ def parse_discovery(
                 plain_default=source != "default" or bool(r["plain_default"]),
                 default_expr=r["default_expr"],
                 key_columns=tuple(r["key_columns"]) if r["key_columns"] is not None else None,
+                indexed=r["indexed"],
+                estimated_rows=(None if r["estimated_rows"] is None else int(r["estimated_rows"])),
                 skip_reason=skip,
             )
         )

@@ -59,6 +59,14 @@ def _duration(text: str) -> int:
     return int(m[1]) * _UNIT_MS[m[2]]
 
 
+def _count(text: str) -> int:
+    """A number of rows: 0 or more; 1000, 1_000 and 1,000 all read as a thousand."""
+    cleaned = text.strip().replace("_", "").replace(",", "")
+    if not cleaned.isdigit():
+        raise argparse.ArgumentTypeError(f"not a number of rows: {text!r} (e.g. 1000000)")
+    return int(cleaned)
+
+
 def _fail_on(text: str) -> frozenset[str]:
     words = {w.strip() for w in text.split(",") if w.strip()}
     if words == {"all"}:
@@ -175,6 +183,14 @@ def _common(sub: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="give up on a table locked by another session after this long: 500, 500ms, "
         f"5s, 1min (default {DEFAULT_LOCK_TIMEOUT_MS} ms; 0 waits for ever)",
+    )
+    sub.add_argument(
+        "--max-scan-rows",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="skip a column that no index leads with when its table holds more than about "
+        "N rows (the planner's estimate), instead of scanning it (default: scan, and say so)",
     )
     sub.add_argument(
         "--statement-timeout",
@@ -361,6 +377,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "threshold": args.exhaustion_threshold,
         "lock_timeout_ms": args.lock_timeout,
         "statement_timeout_ms": args.statement_timeout,
+        "max_scan_rows": args.max_scan_rows,
     }
 
 

@@ -184,20 +184,18 @@ class Session(ABC):
             )
         autocommit = self._get_autocommit()
         try:
+            # the transaction and its settings travel together: one round trip
+            opening: list[Statement] = []
             if own:
                 self._set_autocommit(True)
-                self.run("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                opening.append(("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", ()))
             else:
-                self.run("SAVEPOINT seqdrift_check")
-            self.run(
-                sql.SQL("SELECT set_config('lock_timeout', %s, true)"),
-                [f"{int(lock_timeout_ms)}ms"],
-            )
+                opening.append(("SAVEPOINT seqdrift_check", ()))
+            setting = "SELECT set_config(%s, %s, true)"
+            opening.append((setting, ["lock_timeout", f"{int(lock_timeout_ms)}ms"]))
             if statement_timeout_ms is not None:
-                self.run(
-                    sql.SQL("SELECT set_config('statement_timeout', %s, true)"),
-                    [f"{int(statement_timeout_ms)}ms"],
-                )
+                opening.append((setting, ["statement_timeout", f"{int(statement_timeout_ms)}ms"]))
+            self._send_batch(opening)
             yield
         except self.Error as exc:
             raise CannotCheck(describe(exc)) from exc

@@ -97,6 +97,7 @@ def review(
     threshold: float = drift.DEFAULT_THRESHOLD,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     statement_timeout_ms: int | None = None,
+    max_scan_rows: int | None = None,
     margin: int = 0,
 ) -> FixPlan:
     """Check, then plan the fix, reading only (``seqdrift fix`` without ``--apply``)."""
@@ -107,6 +108,7 @@ def review(
         threshold=threshold,
         lock_timeout_ms=lock_timeout_ms,
         statement_timeout_ms=statement_timeout_ms,
+        max_scan_rows=max_scan_rows,
     )
     session = session_for(conn)
     with session.read_only(
@@ -316,6 +318,7 @@ def apply(
     threshold: float = drift.DEFAULT_THRESHOLD,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     statement_timeout_ms: int | None = None,
+    max_scan_rows: int | None = None,
     margin: int = 0,
 ) -> Applied:
     """Fix every collision that a ``setval`` can fix, in one transaction, then check
@@ -331,6 +334,7 @@ def apply(
         "threshold": threshold,
         "lock_timeout_ms": lock_timeout_ms,
         "statement_timeout_ms": statement_timeout_ms,
+        "max_scan_rows": max_scan_rows,
     }
     before = check(conn, **options)
     fed = _clears(before)

@@ -63,6 +63,8 @@ class Column:
     default_expr: str | None
     key_columns: tuple[str, ...] | None  # the smallest unique key that includes the column
     skip_reason: str | None = None  # set when the role cannot read what the check needs
+    indexed: bool = True  # a btree index leads with the column: its max is one probe
+    estimated_rows: int | None = None  # the planner's estimate, for unindexed columns
 
     @property
     def type_range(self) -> tuple[int, int] | None:

@@ -116,6 +116,23 @@ THRESHOLD = Option(
     "share of a column's range used that counts as overflow or exhaustion",
     parse_share,
 )
+
+
+def parse_rows(text: str) -> int:
+    value = int(text.replace("_", "").replace(",", ""))
+    if value < 0:
+        raise ValueError(f"expected a number of rows, 0 or more, not {text!r}")
+    return value
+
+
+MAX_SCAN_ROWS = Option(
+    "--seqdrift-max-scan-rows",
+    "seqdrift_max_scan_rows",
+    None,
+    "in read-only checks, skip a column that no index leads with when its table holds "
+    "more than about this many rows, instead of scanning it",
+    parse_rows,
+)
 REPORT = Option(
     "--seqdrift-report",
     "seqdrift_report",
@@ -123,7 +140,18 @@ REPORT = Option(
     "write the run's findings to this file as JSON (the seqdrift CLI's format)",
 )
 
-OPTIONS = (ENABLE, DSN_OPTION, PROBE_DSN, SCOPE, PROBE, PROBE_LIMIT, FAIL, THRESHOLD, REPORT)
+OPTIONS = (
+    ENABLE,
+    DSN_OPTION,
+    PROBE_DSN,
+    SCOPE,
+    PROBE,
+    PROBE_LIMIT,
+    FAIL,
+    THRESHOLD,
+    MAX_SCAN_ROWS,
+    REPORT,
+)
 
 
 def add_options(parser: pytest.Parser) -> None:

@@ -32,6 +32,7 @@ from .options import (
     DSN_OPTION,
     ENABLE,
     FAIL,
+    MAX_SCAN_ROWS,
     PROBE,
     PROBE_DSN,
     PROBE_LIMIT,
@@ -92,6 +93,7 @@ class Settings:
     limit: int
     fail: bool
     threshold: float
+    max_scan_rows: int | None
     probe_dsn: bool
     report_path: str | None
 
@@ -103,6 +105,7 @@ class Settings:
             limit=get_option(config, PROBE_LIMIT),
             fail=get_option(config, FAIL),
             threshold=get_option(config, THRESHOLD),
+            max_scan_rows=get_option(config, MAX_SCAN_ROWS),
             probe_dsn=get_option(config, PROBE_DSN),
             report_path=get_option(config, REPORT),
         )
@@ -264,7 +267,11 @@ class SeqdriftPlugin:
             ]
             return result.report, notes
         report = check(
-            located.connection, schemas=schemas, exclude_tables=exclude, threshold=s.threshold
+            located.connection,
+            schemas=schemas,
+            exclude_tables=exclude,
+            threshold=s.threshold,
+            max_scan_rows=s.max_scan_rows,
         )
         note = (
             f"{located.source} is not known to be a test database: checked read-only, "
@@ -304,7 +311,11 @@ class SeqdriftPlugin:
             return
         try:
             with psycopg.connect(dsn, autocommit=True, application_name="pytest-seqdrift") as conn:
-                report = check(conn, threshold=self.settings.threshold)
+                report = check(
+                    conn,
+                    threshold=self.settings.threshold,
+                    max_scan_rows=self.settings.max_scan_rows,
+                )
         except (CannotCheck, psycopg.Error) as exc:
             self.run.notes.append(f"end of session: could not check --seqdrift-dsn: {exc}")
             return
