@@ -362,7 +362,10 @@ class PsycopgSession(Session):
                 for q, p in statements:
                     cur = psycopg.Cursor(conn, row_factory=tuple_row)
                     cursors.append(cur)
-                    cur.execute(q, p)
+                    # never prepared: psycopg would take a statement of a pipeline the
+                    # server aborted for prepared, and later name a statement that does
+                    # not exist
+                    cur.execute(q, p, prepare=False)
             self.statements += len(statements)
             self.round_trips += 1
             return [c.fetchall() if c.description is not None else [] for c in cursors]

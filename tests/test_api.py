@@ -231,3 +231,37 @@ def test_without_plpgsql_the_reads_go_as_statements(db: psycopg.Connection[Any])
     assert report == expected
     assert report.skipped == []
     assert without.statements > with_block.statements
+
+
+def test_statement_reads_stay_right_when_their_pipeline_aborts_again_and_again(
+    db: psycopg.Connection[Any],
+) -> None:
+    """Without PL/pgSQL, reads go as a pipeline of statements; a locked table aborts
+    that pipeline and the reads are sent again one by one. Many checks on one
+    connection (psycopg prepares a statement it has seen five times) must keep working."""
+    import uuid
+
+    from psycopg import sql
+
+    db.execute(ODD_IDS)
+    role = sql.Identifier(f"seqdrift_noplpgsql_{uuid.uuid4().hex[:12]}")
+    db.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
+    db.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(role))
+    db.execute(sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
+    db.execute("REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC")
+    expected = check(db)
+    locker = psycopg.connect(db.info.dsn)
+    try:
+        locker.execute("LOCK TABLE plain IN ACCESS EXCLUSIVE MODE")
+        db.execute(sql.SQL("SET ROLE {}").format(role))
+        for _ in range(8):
+            report = check(db, lock_timeout_ms=20)
+            assert [(s.table, s.reason) for s in report.skipped] == [
+                ("plain", "canceling statement due to lock timeout")
+            ]
+            assert report.findings == expected.findings
+    finally:
+        locker.close()
+        db.execute("RESET ROLE")
+        db.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        db.execute(sql.SQL("DROP ROLE {}").format(role))
