@@ -102,6 +102,8 @@ def test_one_statement_reads_agree_with_the_per_table_reads(db: psycopg.Connecti
         CREATE SCHEMA "Odd ""Schema""";
         CREATE TABLE "Odd ""Schema"""."T ""1""" ("Id" serial PRIMARY KEY);
         INSERT INTO "Odd ""Schema"""."T ""1""" ("Id") VALUES (3), (-4), (9);
+        CREATE TABLE "back\\slash ""{x}"", %s" ("\\"" i d" serial PRIMARY KEY);
+        INSERT INTO "back\\slash ""{x}"", %s" VALUES (4);
         CREATE SEQUENCE neg INCREMENT -3 MINVALUE -100 MAXVALUE -1 START -1;
         CREATE TABLE n (id int PRIMARY KEY DEFAULT nextval('neg'));
         INSERT INTO n VALUES (-7), (-10), (-50);
@@ -134,7 +136,7 @@ def test_one_statement_reads_agree_with_the_per_table_reads(db: psycopg.Connecti
         in_the_block = api._read(session, reads)
         assert session.statements - before == 5  # SAVEPOINT, set, DO, get, RELEASE
         one_by_one = api._read_one_by_one(session, reads)
-    assert len(columns) == 5
+    assert len(columns) == 6
     assert in_the_block == one_by_one
     bounds = [catalog.as_bounds(a) for a in in_the_block[len(sequences) :] if isinstance(a, tuple)]
     assert any(b.after_wrap is not None for b in bounds)
