@@ -43,7 +43,9 @@ SELECT
     format_type(coalesce(nullif(ty.typbasetype, 0), a.atttypid), NULL) AS data_type,
     t.relkind = 'p' AS partitioned,
     t.relispartition AS is_partition,
-    (SELECT array_agg(i.inhparent::int8) FROM pg_inherits i WHERE i.inhrelid = t.oid) AS parents,
+    CASE WHEN t.relispartition THEN (
+        SELECT array_agg(i.inhparent::int8) FROM pg_inherits i WHERE i.inhrelid = t.oid
+    ) END AS parents,
     a.attidentity::text AS identity,
     s.oid::int8 AS seq_oid,
     sn.nspname::text AS seq_schema,
@@ -116,6 +118,7 @@ CROSS JOIN LATERAL (
         WHERE i.indrelid = t.oid AND i.indkey[0] = a.attnum AND i.indisvalid
           AND i.indpred IS NULL AND ic.relam = 403
     ) AS indexed
+    OFFSET 0  -- evaluated once per row, not once per use
 ) ix
 WHERE tn.nspname NOT IN ('pg_catalog', 'information_schema')
   AND tn.nspname NOT LIKE 'pg\\_toast%%'
