@@ -18,6 +18,15 @@ Two modes:
 read before the probe and put back exactly (``last_value`` and ``is_called``)
 afterwards, also when the probe fails half-way. The order guarantees that a probe killed
 mid-way can only leave a sequence *ahead* of where it was (harmless gaps), never behind.
+
+A column whose probe would insert nothing and draw nothing is settled without a
+statement of its own (``_settled``): a plain default (the value *is* the sequence's next
+value) that the arithmetic has already proved past every existing value, on a table
+without a BEFORE INSERT trigger or an INSERT rule (which could change the value stored).
+That is every column of a database without drift: its probe costs the check and one
+catalog query, whatever the number of tables, and reads and restores no sequence (no
+``nextval`` runs). Columns with a finding, expressions the arithmetic cannot judge
+(``unchecked``), and tables with triggers or rules get the real probe.
 """
 
 from __future__ import annotations
@@ -114,12 +123,17 @@ def _probe(
     )
     result = ProbeReport(report)
     targets = [c for c in report.checked if c.column.unique and c.status != "duplicates"]
-    if not targets:
+    settled = _settled(session, targets, report, mode)
+    if len(settled) == len(targets):  # nothing to insert, nothing to draw: no nextval runs
+        result.probed = [settled[i] for i in range(len(targets))]
         return result
     before = snapshot.read_states(session)
     try:
         with session.scratch(lock_timeout_ms=lock_timeout_ms):
-            for verdict in targets:
+            for i, verdict in enumerate(targets):
+                if i in settled:
+                    result.probed.append(settled[i])
+                    continue
                 result.probed.append(_probe_column(session, verdict, report, mode, limit))
                 # every column is probed from the states the arithmetic judged: a
                 # sequence shared with (or drawn by a trigger of) a column probed
@@ -128,9 +142,124 @@ def _probe(
                     result.restored += _put_back(session, before)
     finally:
         if not session.broken:  # a lost connection: its error is the one to raise
-            result.restored += snapshot.restore(session, before)
+            result.restored += _restore(session, before)
     _merge(result)
     return result
+
+
+def _clean(verdict: Checked, report: Report) -> bool:
+    """The probe of this column would insert nothing and draw nothing: its default is
+    the sequence's next value itself, the arithmetic found no collision, and that next
+    value is already past the highest existing value (``_Target.batches`` is empty)."""
+    return (
+        verdict.column.plain_default
+        and verdict.max_existing is not None
+        and _distance(verdict, verdict.sequence) == 0
+        and _finding_for(report, verdict) is None
+    )
+
+
+# For each column (table oid, column name) that may be settled without an insert:
+# ``rewrites``, whether an insert into the table could store something else than the
+# default's value -- a BEFORE INSERT row trigger or an INSERT rule on the table or on
+# any table under it (partitions, to which inserts are routed; inheritance children
+# too, to err on the safe side); and what ``_prepare_table`` would have found: whether a
+# unique key covers the column (``_TABLE_KEYS``' ``covers``) and whether another column
+# can be copied (``_COPYABLE``). Catalogs only: it locks no table.
+_INSERT_PATHS = """
+WITH RECURSIVE given AS (
+    SELECT w.i, w.table_oid,
+           (SELECT a.attnum FROM pg_attribute a  -- a subquery: an index lookup each
+            WHERE a.attrelid = w.table_oid AND a.attname = w.column_name
+              AND NOT a.attisdropped) AS attnum
+    FROM unnest(%s::oid[], %s::text[]) WITH ORDINALITY AS w(table_oid, column_name, i)
+), wanted AS (
+    SELECT * FROM given WHERE attnum IS NOT NULL
+), tree (i, relid) AS (
+    SELECT i, table_oid FROM wanted
+    UNION
+    SELECT t.i, h.inhrelid FROM tree t JOIN pg_inherits h ON h.inhparent = t.relid
+), rewritten AS (
+    SELECT t.i FROM tree t
+    WHERE t.relid IN (SELECT g.tgrelid FROM pg_trigger g  -- a ROW, BEFORE, INSERT trigger
+                      WHERE NOT g.tgisinternal AND g.tgtype::int & 7 = 7)
+       OR t.relid IN (SELECT r.ev_class FROM pg_rewrite r WHERE r.ev_type = '3')  -- ON INSERT
+)
+SELECT w.i::int,
+       w.i IN (SELECT i FROM rewritten) AS rewrites,
+       EXISTS (
+           SELECT FROM pg_index i
+           WHERE i.indrelid = w.table_oid AND i.indisunique AND i.indpred IS NULL
+             AND w.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
+       ) AS covered,
+       EXISTS (
+           SELECT FROM pg_attribute x
+           WHERE x.attrelid = w.table_oid AND x.attnum > 0 AND NOT x.attisdropped
+             AND x.attgenerated = '' AND x.attidentity <> 'a' AND x.attnum <> w.attnum
+       ) AS copyable
+FROM wanted w
+"""
+
+
+def _settled(
+    session: Session, targets: Seq[Checked], report: Report, mode: Mode
+) -> dict[int, Probed]:
+    """What the probe would say of each clean column (``_clean``), by its index in
+    ``targets``, without probing it: no value drawn, no collision, past the max. In
+    ``insert`` mode only where no trigger or rule can change the value an insert
+    stores, and with the note of the fallback ``_prepare_table`` would have taken -- in
+    one catalog query for all of them. ``_probe_column`` says the same of each one, in
+    about eight round trips (tests/test_probe.py compares the two)."""
+    clean = [i for i, verdict in enumerate(targets) if _clean(verdict, report)]
+    if not clean:
+        return {}
+    notes: dict[int, str | None] = dict.fromkeys(clean)
+    if mode == "insert":
+        oids = [targets[i].column.table_oid for i in clean]
+        rows = session.run(_INSERT_PATHS, [oids, [targets[i].column.column for i in clean]])
+        notes = {}
+        for n, rewrites, covered, copyable in rows:
+            if rewrites:
+                continue  # an insert may store another value: the real probe
+            reason = None
+            if not covered:
+                reason = "no unique key covers the column"
+            elif not copyable:
+                reason = "the table has no other column to copy"
+            notes[clean[n - 1]] = reason and f"fell back to the default probe: {reason}"
+    return {
+        i: Probed(
+            targets[i].column,
+            targets[i].sequence,
+            mode if note is None else "default",
+            0,
+            None,
+            None,
+            passed_max=True,
+            note=note,
+            first_value=targets[i].next_value,
+            top=targets[i].max_existing,
+        )
+        for i, note in notes.items()
+    }
+
+
+def _restore(session: Session, states: Mapping[snapshot.SequenceKey, SequenceState]) -> int:
+    """The final restore, once the probe's savepoint or transaction is rolled back:
+    every sequence that moved is put back (usually none: each probed column was already
+    followed by a ``_put_back``; this one is for a probe that failed half-way)."""
+    if session.in_transaction:
+        return _put_back(session, states)  # the caller's transaction: its settings are its own
+    with session.transaction():
+        # Our own transaction: its COMMIT need not wait for a WAL flush (a setval
+        # assigns an xid, so a synchronous commit would wait). What a crash can lose
+        # is this restore's WAL; recovery then replays the sequences' records that did
+        # reach the disk, and every one the probe wrote moves a sequence to a state at
+        # or ahead of the recorded one (``nextval`` only moves forward; each setval of
+        # the probe goes back to a state read during the probe, or to the record
+        # itself). A lost restore leaves a sequence ahead: gaps, never a collision.
+        session.run("SELECT set_config('synchronous_commit', 'off', true)")
+        return _put_back(session, states)
 
 
 # Put back, in one statement, every sequence of the snapshot whose state differs from

@@ -388,7 +388,9 @@ def test_the_probe_reads_states_before_it_draws(db: Conn, monkeypatch: pytest.Mo
     assert read == [expected]
     assert restored_to, events
     assert all(r == expected for r in restored_to)
-    assert [e for e in events if e != "read_states"][-1] == "restore", events
+    # the final restore is a _put_back too (one statement that moves only what moved;
+    # snapshot.restore is its fallback): the last word is a restore to the snapshot
+    assert [e for e in events if e != "read_states"][-1] == "_put_back", events
     assert states(db) == expected
 
 
@@ -775,3 +777,178 @@ def test_an_exhausted_sequence_is_probed_without_error(db: Conn, mode: Mode) -> 
         result = probe(db, mode=mode)
     p = probed_for(result, "t")
     assert (p.drawn, saw(p), p.first_value) == (0, (None, None), None)
+
+
+# -- 6. clean columns are settled without a probe of their own ---------------------------
+
+# Every sequence but cyc's is past the highest existing value: probing those columns
+# inserts nothing and draws nothing, in either mode. Some of their tables may store
+# something else than the default's value (a trigger, a rule, a trigger on a partition);
+# cyc wraps onto an existing id (a finding).
+CLEAN_KINDS = """
+    CREATE TABLE plain (id serial PRIMARY KEY, v int);
+    INSERT INTO plain (v) VALUES (1), (2);
+    CREATE TABLE ident (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
+    INSERT INTO ident (v) VALUES ('a');
+    CREATE SEQUENCE down INCREMENT -1 MAXVALUE -1;
+    CREATE TABLE neg (id int PRIMARY KEY DEFAULT nextval('down'), v int);
+    INSERT INTO neg (v) VALUES (1), (2);
+    CREATE TABLE only_id (id serial PRIMARY KEY);
+    INSERT INTO only_id DEFAULT VALUES;
+    CREATE SEQUENCE ended MAXVALUE 3;
+    SELECT setval('ended', 3);
+    CREATE TABLE ended_t (id int PRIMARY KEY DEFAULT nextval('ended'), v int);
+    INSERT INTO ended_t (id) VALUES (2);
+    CREATE TABLE part (id bigserial, region text, PRIMARY KEY (id, region))
+        PARTITION BY LIST (region);
+    CREATE TABLE part_eu PARTITION OF part FOR VALUES IN ('eu');
+    INSERT INTO part (region) VALUES ('eu'), ('eu');
+    CREATE TABLE parent (id serial PRIMARY KEY, v int);
+    CREATE TABLE heir () INHERITS (parent);
+    INSERT INTO parent (v) VALUES (1);
+    INSERT INTO heir (v) VALUES (2);
+
+    CREATE FUNCTION back_to_one() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN NEW.id := 1; RETURN NEW; END $$;
+    CREATE TABLE trig (id serial PRIMARY KEY, v int);
+    INSERT INTO trig (v) VALUES (1);
+    CREATE TRIGGER back BEFORE INSERT ON trig FOR EACH ROW EXECUTE FUNCTION back_to_one();
+    CREATE TABLE ruled (id serial PRIMARY KEY, v int);
+    INSERT INTO ruled (v) VALUES (1);
+    CREATE TABLE ruled_log (v int);
+    CREATE RULE log AS ON INSERT TO ruled DO ALSO INSERT INTO ruled_log VALUES (NEW.v);
+    CREATE TABLE ptrig (id bigserial, region text, PRIMARY KEY (id, region))
+        PARTITION BY LIST (region);
+    CREATE TABLE ptrig_eu PARTITION OF ptrig FOR VALUES IN ('eu');
+    INSERT INTO ptrig (region) VALUES ('eu');
+    CREATE TRIGGER back BEFORE INSERT ON ptrig_eu FOR EACH ROW EXECUTE FUNCTION back_to_one();
+    CREATE SEQUENCE cyc MAXVALUE 5 CYCLE;
+    SELECT setval('cyc', 5);
+    CREATE TABLE cyc_t (id int PRIMARY KEY DEFAULT nextval('cyc'), v int);
+    INSERT INTO cyc_t (id) VALUES (2);
+"""
+# tables whose inserts may store another value, or with a finding: the real probe
+REWRITING = {"trig", "ruled", "ptrig"}
+WITH_FINDING = {"cyc_t"}  # wraps onto 2 after 5
+
+
+def _probed_tables(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tables whose columns go through ``_probe_column``, the probe of its own."""
+    seen: list[str] = []
+    original = probe_module._probe_column
+
+    def spy(session: Any, verdict: Checked, *args: Any) -> Probed:
+        seen.append(verdict.column.table)
+        return original(session, verdict, *args)
+
+    monkeypatch.setattr(probe_module, "_probe_column", spy)
+    return seen
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_settled_column_is_reported_exactly_as_its_probe_would_report_it(
+    db: Conn, monkeypatch: pytest.MonkeyPatch, mode: Mode
+) -> None:
+    """The shortcut changes nothing but the cost: with it and without it (every column
+    through ``_probe_column``, as before the shortcut), the probe reports the very same
+    columns, modes, notes and findings, and leaves the database as it was."""
+    db.execute(CLEAN_KINDS)
+    fast_session = PsycopgSession(db)
+    with unchanged(db):
+        fast = probe(fast_session, mode=mode)
+    probed = _probed_tables(monkeypatch)
+    monkeypatch.setattr(probe_module, "_settled", lambda *args: {})
+    full_session = PsycopgSession(db)
+    with unchanged(db):
+        full = probe(full_session, mode=mode)
+    monkeypatch.undo()
+
+    assert fast.probed == full.probed
+    assert [numbers(f) for f in fast.report.findings] == [numbers(f) for f in full.report.findings]
+    assert [(f.kind, f.column.table) for f in fast.report.findings] == [
+        (f.kind, f.column.table) for f in full.report.findings
+    ]
+    assert fast.report.checked == full.report.checked
+    # not vacuous: every table took the full path in the second run, and the first one
+    # was cheaper; the fallback note of a table it cannot copy from is still there
+    tables = {p.column.table for p in full.probed}
+    assert {"plain", "ident", "neg", "only_id", "ended_t", "part", "parent"} < tables
+    assert sorted(probed) == sorted(tables)
+    assert fast_session.statements < full_session.statements
+    only_id = probed_for(fast, "only_id")
+    if mode == "insert":
+        assert (only_id.mode, only_id.note) == (
+            "default",
+            "fell back to the default probe: the table has no other column to copy",
+        )
+    else:
+        assert (only_id.mode, only_id.note) == ("default", None)
+    assert all(p.drawn == 0 for p in fast.probed if p.column.table not in WITH_FINDING)
+    assert all(p.passed_max for p in fast.probed)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_table_whose_insert_may_store_another_value_is_still_probed(
+    db: Conn, monkeypatch: pytest.MonkeyPatch, mode: Mode
+) -> None:
+    """A BEFORE INSERT trigger (on the table or on a partition) or an INSERT rule can
+    make an insert store something else than the sequence's value, which the arithmetic
+    cannot see: in ``insert`` mode such a table keeps its real probe, as does a column
+    with a finding. ``default`` mode evaluates the default, which no trigger or rule
+    touches: there only the finding needs it."""
+    db.execute(CLEAN_KINDS)
+    probed = _probed_tables(monkeypatch)
+    with unchanged(db):
+        probe(db, mode=mode)
+    expected = REWRITING | WITH_FINDING if mode == "insert" else WITH_FINDING
+    assert sorted(probed) == sorted(expected)
+
+
+def _clean_tables(db: Conn, n: int) -> None:
+    db.execute("DROP SCHEMA IF EXISTS many CASCADE; CREATE SCHEMA many")
+    db.execute(
+        sql.SQL(
+            """DO $$ BEGIN FOR i IN 1..{} LOOP
+                   EXECUTE format('CREATE TABLE many.c%s (id %s PRIMARY KEY, v int)', i,
+                       CASE WHEN i % 2 = 0 THEN 'serial'
+                            ELSE 'bigint GENERATED BY DEFAULT AS IDENTITY' END);
+                   EXECUTE format('INSERT INTO many.c%s (v) VALUES (1), (2)', i);
+               END LOOP; END $$"""
+        ).format(sql.Literal(n))
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_statements_per_probe_do_not_grow_with_clean_tables(db: Conn, mode: Mode) -> None:
+    """Next to a drifted table and a trigger table, 3 or 40 clean tables: the probe sends
+    the same number of statements (the check's are constant too). A database that is
+    all clean costs the check and, in ``insert`` mode, one catalog query: no sequence is
+    read or restored, since no ``nextval`` runs."""
+    db.execute(SEED_STORY)
+    db.execute(
+        """CREATE TABLE trig (id serial PRIMARY KEY, v int);
+           INSERT INTO trig (v) VALUES (1);
+           CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+           CREATE TRIGGER keep BEFORE INSERT ON trig FOR EACH ROW EXECUTE FUNCTION keep();"""
+    )
+    sent: list[int] = []
+    clean: list[tuple[int, int]] = []
+    for n in (3, 40):
+        _clean_tables(db, n)
+        session = PsycopgSession(db)
+        with unchanged(db):
+            result = probe(session, mode=mode)
+        assert len(result.probed) == n + 2
+        assert [f.column.table for f in result.report.findings] == ["t"]
+        sent.append(session.statements)
+
+        checked, probed = PsycopgSession(db), PsycopgSession(db)
+        check(checked, schemas=["many"])
+        with unchanged(db):
+            result = probe(probed, schemas=["many"], mode=mode)
+        assert len(result.probed) == n
+        assert result.restored == 0
+        clean.append((probed.statements, checked.statements))
+    assert sent[0] == sent[1], sent
+    catalog_query = 1 if mode == "insert" else 0
+    assert clean[0] == clean[1] == (clean[0][1] + catalog_query, clean[0][1]), clean
