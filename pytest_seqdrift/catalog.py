@@ -82,7 +82,7 @@ CROSS JOIN LATERAL (
     -- migration's ACCESS EXCLUSIVE lock would fail the whole discovery. A default has no
     -- column references (only a generated column's expression has), and without them
     -- the table adds nothing to the text: deparse it without the table.
-    SELECT CASE WHEN ad.adbin::text LIKE '%%{VAR %%' THEN pg_get_expr(ad.adbin, ad.adrelid)
+    SELECT CASE WHEN a.attgenerated <> '' THEN pg_get_expr(ad.adbin, ad.adrelid)
                 ELSE pg_get_expr(ad.adbin, 0) END AS default_expr
 ) e
 CROSS JOIN LATERAL (
@@ -168,26 +168,27 @@ def parse_discovery(
             r["seq_name"],
         ),
     )
-    linked = {(r["table_oid"], r["column_name"], r["seq_oid"]): r for r in rows}
+    linked = {}
+    if any(r["is_partition"] for r in rows):
+        linked = {(r["table_oid"], r["column_name"], r["seq_oid"]): r for r in rows}
     columns: list[Column] = []
     sequences: dict[int, Sequence] = {}
     for r in rows:
-        parents = [
-            linked[link]
-            for parent in r["parents"] or ()
-            if (link := (parent, r["column_name"], r["seq_oid"])) in linked
-        ]
-        if (
-            r["is_partition"]
-            and parents
-            and (r["key_columns"] is None or any(p["key_columns"] is not None for p in parents))
-        ):
+        if r["is_partition"]:
+            parents = [
+                linked[link]
+                for parent in r["parents"] or ()
+                if (link := (parent, r["column_name"], r["seq_oid"])) in linked
+            ]
+            if parents and (
+                r["key_columns"] is None or any(p["key_columns"] is not None for p in parents)
+            ):
+                continue
+        if exclude_tables and _excluded(r["schema"], r["table_name"], exclude_tables):
             continue
-        if _excluded(r["schema"], r["table_name"], exclude_tables):
-            continue
-        seq = sequences.setdefault(
-            r["seq_oid"],
-            Sequence(
+        seq = sequences.get(r["seq_oid"])
+        if seq is None:
+            seq = sequences[r["seq_oid"]] = Sequence(
                 oid=r["seq_oid"],
                 schema=r["seq_schema"],
                 name=r["seq_name"],
@@ -198,8 +199,7 @@ def parse_discovery(
                 min_value=r["seqmin"],
                 max_value=r["seqmax"],
                 cycle=r["seqcycle"],
-            ),
-        )
+            )
         source = _SOURCES.get(r["identity"], "default")
         skip = None
         if not r["can_read_column"]:

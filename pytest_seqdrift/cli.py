@@ -321,7 +321,7 @@ def connect(dsn: str, *, read_only: bool) -> psycopg.Connection[Any]:
         version = conn.info.parameter_status("server_version") or str(conn.info.server_version)
         conn.close()
         raise Stop(
-            f"cannot check: server too old: PostgreSQL {version} (seqdrift needs 11 or later)"
+            f"cannot check: server too old: PostgreSQL {version} (seqdrift needs 12 or later)"
         )
     if read_only:
         # check() opens a READ ONLY transaction already; make every other one read-only too

@@ -56,7 +56,7 @@ class NotSupported(CannotCheck, TypeError):
     knows (it takes psycopg 3, psycopg2, SQLAlchemy and Django connections)."""
 
 
-MIN_SERVER_VERSION = 110000  # pg_index.indnkeyatts appeared in PostgreSQL 11
+MIN_SERVER_VERSION = 120000  # pg_attribute.attgenerated appeared in PostgreSQL 12
 
 # SQLSTATEs the engine tells apart
 UNIQUE_VIOLATION = "23505"
@@ -180,7 +180,7 @@ class Session(ABC):
         version = self._server_version()
         if version < MIN_SERVER_VERSION:
             raise CannotCheck(
-                f"PostgreSQL {version_text(version)} is too old: 11 or later is needed"
+                f"PostgreSQL {version_text(version)} is too old: 12 or later is needed"
             )
         autocommit = self._get_autocommit()
         try:

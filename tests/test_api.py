@@ -267,3 +267,23 @@ def test_statement_reads_stay_right_when_their_pipeline_aborts_again_and_again(
         db.execute("RESET ROLE")
         db.execute(sql.SQL("DROP OWNED BY {}").format(role))
         db.execute(sql.SQL("DROP ROLE {}").format(role))
+
+
+def test_a_generated_column_naming_a_sequence_is_listed_not_fatal(
+    db: psycopg.Connection[Any],
+) -> None:
+    """A generated column's expression refers to other columns: it is deparsed with its
+    table (without one, pg_get_expr fails, and with it the whole discovery)."""
+    db.execute(
+        """
+        CREATE FUNCTION tagged(r regclass, x int) RETURNS bigint IMMUTABLE
+            LANGUAGE sql AS 'SELECT x::bigint * 10';
+        CREATE SEQUENCE tags;
+        CREATE TABLE g (id int PRIMARY KEY,
+                        code bigint GENERATED ALWAYS AS (tagged('tags'::regclass, id)) STORED);
+        INSERT INTO g (id) VALUES (1), (2);
+        """
+    )
+    (verdict,) = check(db).checked
+    assert (verdict.column.column, verdict.status) == ("code", "unchecked")
+    assert verdict.column.default_expr == "tagged('tags'::regclass, id)"

@@ -399,7 +399,7 @@ def test_could_not_check_is_exit_two_with_one_line(
         "no-such-role": "seqdrift: cannot connect: authentication failed: ",
         "no-such-database": "seqdrift: cannot connect: ",
         "http": "seqdrift: cannot connect: not a PostgreSQL server: ",
-        "too-old": "seqdrift: cannot check: server too old: PostgreSQL 9.6.24 (seqdrift needs 11",
+        "too-old": "seqdrift: cannot check: server too old: PostgreSQL 9.6.24 (seqdrift needs 12",
     }[case]
     if case in ("http", "too-old"):
         with fake_server("http" if case == "http" else "9.6") as port:
