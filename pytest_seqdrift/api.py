@@ -107,29 +107,28 @@ def check(
         }
 
         # 2. the plan's other windows, only where the max (min) says they can matter
-        todo: list[tuple[Column, Sequence, SequenceState, Plan]] = []
+        todo: list[tuple[Column, Sequence, SequenceState]] = []
         results: list[Bounds | CannotCheck | None] = []
         for c, top, answer in zip(judged, tops, answers[len(wanted) :], strict=True):
             seq, state = sequences[c.sequence_oid], states[c.sequence_oid]
             if isinstance(state, CannotCheck):
                 report.skipped.append(_skipped(c, seq, state.args[0]))
                 continue
-            p = drift.plan(c, seq, state)
-            todo.append((c, seq, state, p))
+            todo.append((c, seq, state))
             if isinstance(answer, CannotCheck):
                 results.append(answer)
                 continue
             known, value = _top_from(top, catalog.as_int(answer[2]))
-            if known and not drift.may_collide(p, value):
+            if known and not drift.may_collide_at(c, seq, state, value):
                 results.append(Bounds(None, None, value, None))
             else:
                 results.append(None)
         deeper = [i for i, r in enumerate(results) if r is None]
-        plans = [(todo[i][0], todo[i][3]) for i in deeper]
+        plans = [(todo[i][0], drift.plan(*todo[i])) for i in deeper]
         for i, bounds in zip(deeper, read_bounds(session, plans), strict=True):
             results[i] = bounds
         bounded: list[tuple[Column, Sequence, SequenceState, Bounds]] = []
-        for (c, seq, state, _), result in zip(todo, results, strict=True):
+        for (c, seq, state), result in zip(todo, results, strict=True):
             if isinstance(result, CannotCheck):
                 report.skipped.append(_skipped(c, seq, result.args[0]))
             else:

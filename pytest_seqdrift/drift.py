@@ -169,6 +169,20 @@ def may_collide(plan: Plan, top: int | None) -> bool:
     return top >= w.lo if w.ascending else top <= w.hi
 
 
+def may_collide_at(column: Column, seq: Sequence, state: SequenceState, top: int | None) -> bool:
+    """``may_collide(plan(column, seq, state), top)`` without building the plan: check()
+    asks it of every column, and almost every answer is no."""
+    nv = next_value(seq, state)
+    if top is None or nv is None:
+        return False
+    s = _stream(column, seq)
+    n = s.forward(nv)
+    if s.cycle and s.reaches_limit(n) and s.wrap_storable:
+        return True
+    lo = n if s.type_lo is None else max(n, s.type_lo)
+    return lo <= s.cap and s.forward(top) >= lo
+
+
 @dataclass(frozen=True)
 class Collision:
     value: int
@@ -205,8 +219,11 @@ class Capacity:
 
 def capacity(column: Column, seq: Sequence, state: SequenceState) -> Capacity:
     """How much of the effective range (sequence ∩ column type) is left."""
-    s = _stream(column, seq)
-    nv = next_value(seq, state)
+    return _capacity(_stream(column, seq), next_value(seq, state))
+
+
+@functools.lru_cache(maxsize=65536)  # asked twice per column by check()
+def _capacity(s: _Stream, nv: int | None) -> Capacity:
     if nv is None:
         return Capacity("exhaustion", 0, 1.0, ends=True)
     n = s.forward(nv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -66,7 +67,7 @@ class Column:
     indexed: bool = True  # a btree index leads with the column: its max is one probe
     estimated_rows: int | None = None  # the planner's estimate, for unindexed columns
 
-    @property
+    @functools.cached_property
     def type_range(self) -> tuple[int, int] | None:
         """The integer range the column can hold; None for numeric (unbounded here)."""
         return INT_RANGES.get(self.data_type)

@@ -408,6 +408,17 @@ def test_reading_the_max_first_skips_only_empty_windows(
         assert (full.first_pass, full.after_wrap, full.last_on_grid) == (None, None, None)
 
 
+@given(case=any_case, top=st.none() | st.integers(-(2**63), 2**63 - 1))
+def test_may_collide_at_answers_as_the_plan_does(
+    case: Case, top: int | None, make_column: MakeColumn
+) -> None:
+    column = make_column(case.type_range, case.unique)
+    plan = drift.plan(column, case.seq, case.state)
+    for t in (top, brute_top(case)):
+        expected = drift.may_collide(plan, t)
+        assert drift.may_collide_at(column, case.seq, case.state, t) == expected
+
+
 @given(case=any_case)
 def test_capacity_matches_brute_force(case: Case, make_column: MakeColumn) -> None:
     column = make_column(case.type_range, case.unique)
