@@ -192,7 +192,7 @@ def measure(dsn: str, n: int, rows: int, repeat: int) -> None:
     print(f"check/floor = {t_check / t_floor:.2f}   naive/check = {t_naive / t_check:.2f}")
     info = psycopg.conninfo.conninfo_to_dict(dsn)
     with delayed_proxy(
-        str(info.get("host", "127.0.0.1")), int(info.get("port", 5432)), 0.001
+        str(info.get("host", "127.0.0.1")), int(str(info.get("port") or 5432)), 0.001
     ) as port:
         proxied = psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port=port)
         with psycopg.connect(proxied, autocommit=True) as conn:
@@ -202,6 +202,25 @@ def measure(dsn: str, n: int, rows: int, repeat: int) -> None:
         f"through a 1 ms proxy: check {p_check * 1000:.1f} ms, naive {p_naive * 1000:.1f} ms, "
         f"naive/check = {p_naive / p_check:.1f}"
     )
+    print("targets (issue 6):")
+    target("check / floor", t_check / t_floor, "<=", 1.3)
+    target("naive / check, loopback", t_naive / t_check, ">=", 3.0)
+    target("naive / check, through the proxy", p_naive / p_check, ">=", 20.0)
+    target("statements per check", statements, "==", CONSTANT_STATEMENTS)
+    if n >= 10000:
+        target("seconds for the check", t_check, "<", 2.0)
+
+
+# A check sends these whatever the number of tables (tests/test_api.py counts them):
+# BEGIN + lock timeout, discovery, a read block (SAVEPOINT, its input, DO, its answers,
+# RELEASE), a second read block for the drifted columns, ROLLBACK.
+CONSTANT_STATEMENTS = 14
+
+
+def target(name: str, value: float, op: str, bound: float) -> None:
+    met = {"<=": value <= bound, ">=": value >= bound, "<": value < bound, "==": value == bound}
+    shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+    print(f"  {name:<36} {shown:>8}  target {op} {bound:g}: {'met' if met[op] else 'NOT MET'}")
 
 
 def main() -> int:
