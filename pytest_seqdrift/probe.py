@@ -142,7 +142,7 @@ def _probe(
                     result.restored += _put_back(session, before)
     finally:
         if not session.broken:  # a lost connection: its error is the one to raise
-            result.restored += _restore(session, before)
+            result.restored += _restore(session, before, lock_timeout_ms)
     _merge(result)
     return result
 
@@ -244,13 +244,27 @@ def _settled(
     }
 
 
-def _restore(session: Session, states: Mapping[snapshot.SequenceKey, SequenceState]) -> int:
+def _restore(
+    session: Session, states: Mapping[snapshot.SequenceKey, SequenceState], lock_timeout_ms: int
+) -> int:
     """The final restore, once the probe's savepoint or transaction is rolled back:
     every sequence that moved is put back (usually none: each probed column was already
-    followed by a ``_put_back``; this one is for a probe that failed half-way)."""
+    followed by a ``_put_back``; this one is for a probe that failed half-way). Within
+    the lock timeout: a sequence a migration holds (ALTER SEQUENCE) must not hang the
+    test run; it could not have been drawn from either."""
+    timeout = [f"{int(lock_timeout_ms)}ms"]
     if session.in_transaction:
-        return _put_back(session, states)  # the caller's transaction: its settings are its own
+        # the caller's transaction: its settings are its own, back after the savepoint
+        session.run("SAVEPOINT seqdrift_restore")
+        try:
+            session.run("SELECT set_config('lock_timeout', %s, true)", timeout)
+            return _put_back(session, states)
+        finally:
+            if not session.broken:
+                session.run("ROLLBACK TO SAVEPOINT seqdrift_restore")
+                session.run("RELEASE SAVEPOINT seqdrift_restore")
     with session.transaction():
+        session.run("SELECT set_config('lock_timeout', %s, true)", timeout)
         # Our own transaction: its COMMIT need not wait for a WAL flush (a setval
         # assigns an xid, so a synchronous commit would wait). What a crash can lose
         # is this restore's WAL; recovery then replays the sequences' records that did
