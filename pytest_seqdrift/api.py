@@ -95,21 +95,25 @@ def check(
             else:
                 judged.append(c)
         tops = [_top_slot(c, sequences[c.sequence_oid]) for c in judged]
-        first: list[catalog.Read] = [catalog.StateRead(sequences[oid]) for oid in wanted]
-        first += [
+        # the maxima before the states: inside a caller's READ COMMITTED transaction each
+        # read sees rows committed up to its start, so this order keeps every max older
+        # than the state it is compared with (in the check's own REPEATABLE READ
+        # transaction, the snapshot taken by discovery already does)
+        first: list[catalog.Read] = [
             catalog.ColumnRead(c, (None, None, top, None))
             for c, top in zip(judged, tops, strict=True)
         ]
+        first += [catalog.StateRead(sequences[oid]) for oid in wanted]
         answers = _read(session, first)
         states = {
             oid: a if isinstance(a, CannotCheck) else catalog.as_state(a)
-            for oid, a in zip(wanted, answers, strict=False)
+            for oid, a in zip(wanted, answers[len(judged) :], strict=True)
         }
 
         # 2. the plan's other windows, only where the max (min) says they can matter
         todo: list[tuple[Column, Sequence, SequenceState]] = []
         results: list[Bounds | CannotCheck | None] = []
-        for c, top, answer in zip(judged, tops, answers[len(wanted) :], strict=True):
+        for c, top, answer in zip(judged, tops, answers[: len(judged)], strict=True):
             seq, state = sequences[c.sequence_oid], states[c.sequence_oid]
             if isinstance(state, CannotCheck):
                 report.skipped.append(_skipped(c, seq, state.args[0]))
