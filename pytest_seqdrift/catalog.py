@@ -401,9 +401,9 @@ def read_text(read: Read) -> str:
 
 
 def read_statement(read: Read) -> tuple[str, tuple[()]]:
-    """One read as a statement of its own (``%`` doubled: sent with parameters, the
-    text goes through the driver's formatting)."""
-    return read_text(read).replace("%", "%%"), ()
+    """One read as a statement of its own (without parameters: the text is sent as it
+    is, and a ``%`` in a name is no placeholder)."""
+    return read_text(read), ()
 
 
 def work_params(reads: Seq[Read], chunk: int) -> list[Any]:
@@ -455,10 +455,12 @@ def _relation(column: Column) -> sql.Composed:
 
 
 def row_count_query(column: Column, limit: int) -> tuple[sql.Composed, list[int]]:
-    """Count rows, but never more than ``limit``: cheap however large the table."""
+    """Count rows, but never more than ``limit``: cheap however large the table. (The
+    limit is a literal: with a parameter, a ``%`` in the table's name would be taken
+    for a placeholder.)"""
     return (
-        sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT %s) AS capped").format(
-            _relation(column)
+        sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) AS capped").format(
+            _relation(column), sql.Literal(int(limit))
         ),
-        [limit],
+        [],
     )

@@ -346,7 +346,8 @@ class PsycopgSession(Session):
 
     def _execute(self, query: Query, params: Params) -> Rows:
         with psycopg.Cursor(self.conn, row_factory=tuple_row) as cur:
-            cur.execute(query, params)
+            # without parameters, the text is sent as it is: a % in a name is no placeholder
+            cur.execute(query, params or None)
             return cur.fetchall() if cur.description is not None else []
 
     def _execute_dicts(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -365,7 +366,7 @@ class PsycopgSession(Session):
                     # never prepared: psycopg would take a statement of a pipeline the
                     # server aborted for prepared, and later name a statement that does
                     # not exist
-                    cur.execute(q, p, prepare=False)
+                    cur.execute(q, p or None, prepare=False)
             self.statements += len(statements)
             self.round_trips += 1
             return [c.fetchall() if c.description is not None else [] for c in cursors]
@@ -412,7 +413,7 @@ class Psycopg2Session(Session):
 
     def _execute(self, query: Query, params: Params) -> Rows:
         with self.conn.cursor(cursor_factory=self._cursor) as cur:
-            cur.execute(self._text(query), params)
+            cur.execute(self._text(query), params or None)
             return list(cur.fetchall()) if cur.description is not None else []
 
     def _execute_dicts(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:

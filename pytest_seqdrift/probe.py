@@ -32,7 +32,7 @@ catalog query, whatever the number of tables, and reads and restores no sequence
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -216,7 +216,8 @@ def _settled(
     notes: dict[int, str | None] = dict.fromkeys(clean)
     if mode == "insert":
         oids = [targets[i].column.table_oid for i in clean]
-        rows = session.run(_INSERT_PATHS, [oids, [targets[i].column.column for i in clean]])
+        with session.transaction():  # never leave a driver's implicit transaction open
+            rows = session.run(_INSERT_PATHS, [oids, [targets[i].column.column for i in clean]])
         notes = {}
         for n, rewrites, covered, copyable in rows:
             if rewrites:
@@ -452,26 +453,35 @@ def _insert(session: Session, target: _Target, expected: Finding | None) -> _Out
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in copyable)
     # copy the row that holds the colliding value where there is one: under a composite
     # key such as (id, region) it carries the rest of the key that makes the copy collide
+    # values go in as literals, never as parameters: a parameter makes the driver look
+    # for placeholders in the whole text, names included ("100% %s" is a table name)
     source: sql.Composable = sql.SQL("TRUE")
-    params: list[Any] = []
     if expected is not None and expected.first_collision is not None:
-        source = sql.SQL("{} = %s").format(col)
-        params.append(expected.first_collision)
+        source = sql.SQL("{} = {}").format(col, sql.Literal(expected.first_collision))
     pick = sql.SQL("SELECT {cols} FROM {rel} WHERE {source} LIMIT 1").format(
         cols=cols, rel=_relation(column), source=source
     )
-    if not session.run(sql.SQL("SELECT EXISTS ({})").format(pick), params)[0][0]:
+    if not session.run(sql.SQL("SELECT EXISTS ({})").format(pick))[0][0]:
         raise _CannotCopy("the table has no row to copy")
-    insert = sql.SQL(
-        "INSERT INTO {table} ({cols}) SELECT {cols} FROM ({pick}) AS r "
-        "CROSS JOIN generate_series(1, %s) RETURNING {col}"
-    ).format(table=sql.Identifier(column.schema, column.table), cols=cols, pick=pick, col=col)
+
+    def insert(copies: int) -> sql.Composed:
+        return sql.SQL(
+            "INSERT INTO {table} ({cols}) SELECT {cols} FROM ({pick}) AS r "
+            "CROSS JOIN generate_series(1, {copies}) RETURNING {col}"
+        ).format(
+            table=sql.Identifier(column.schema, column.table),
+            cols=cols,
+            pick=pick,
+            copies=sql.Literal(copies),
+            col=col,
+        )
+
     drawn = 0
     for n in target.batches():
         start = _state(session, target.sequence)
         session.run("SAVEPOINT seqdrift_batch_insert")
         try:
-            values = [row[0] for row in session.run(insert, [*params, n])]
+            values = [row[0] for row in session.run(insert(n))]
         except session.Error as exc:
             if session.broken:
                 raise
@@ -486,7 +496,7 @@ def _insert(session: Session, target: _Target, expected: Finding | None) -> _Out
             hint = None
             if expected is not None and expected.inserts_until_collision is not None:
                 hint = expected.inserts_until_collision - drawn
-            until, value, collided = _locate(session, target, start, insert, params, n, hint)
+            until, value, collided = _locate(session, target, start, insert, n, hint)
             if not collided:  # the sequence ran out after ``until`` values: none is left
                 return None, None, drawn + until, True
             return drawn + until, value, drawn + until + 1, True
@@ -506,8 +516,9 @@ def _state(session: Session, seq: Sequence) -> tuple[int, bool]:
 
 def _setval(session: Session, seq: Sequence, state: tuple[int, bool]) -> None:
     session.run(
-        sql.SQL("SELECT setval({}::regclass, %s, %s)").format(sql.Literal(seq.qualified)),
-        list(state),
+        sql.SQL("SELECT setval({}::regclass, {}, {})").format(
+            sql.Literal(seq.qualified), sql.Literal(state[0]), sql.Literal(state[1])
+        )
     )
 
 
@@ -523,8 +534,7 @@ def _locate(
     session: Session,
     target: _Target,
     start: tuple[int, bool],
-    insert: sql.Composed,
-    params: list[Any],
+    insert: Callable[[int], sql.Composed],
     n: int,
     hint: int | None = None,
 ) -> tuple[int, int | None, bool]:
@@ -548,7 +558,7 @@ def _locate(
             state = _state(session, seq)
         session.run("SAVEPOINT seqdrift_one_insert")
         try:
-            session.run(insert, [*params, k])
+            session.run(insert(k))
         except session.Error as exc:
             if sqlstate(exc) not in (UNIQUE_VIOLATION, SEQUENCE_LIMIT_EXCEEDED):
                 raise
@@ -656,15 +666,20 @@ def _peek(session: Session, target: _Target) -> int | None:
     return values[0] if values else None
 
 
-def _values_query(target: _Target) -> sql.Composed:
-    """``%s`` values of the column's default (or its identity sequence), in order."""
-    return sql.SQL(
-        "SELECT v FROM (SELECT g, ({expr}) AS v FROM generate_series(1, %s) AS g) AS d ORDER BY g"
-    ).format(expr=_default(target))
+def _values_query(target: _Target) -> Callable[[int], sql.Composed]:
+    """``n`` values of the column's default (or its identity sequence), in order."""
+
+    def query(n: int) -> sql.Composed:
+        return sql.SQL(
+            "SELECT v FROM (SELECT g, ({expr}) AS v FROM generate_series(1, {n}) AS g) AS d "
+            "ORDER BY g"
+        ).format(expr=_default(target), n=sql.Literal(n))
+
+    return query
 
 
 def _values(
-    session: Session, target: _Target, query: sql.Composed, n: int
+    session: Session, target: _Target, query: Callable[[int], sql.Composed], n: int
 ) -> tuple[list[int], bool]:
     """``n`` values of the default (NULLs left out); fewer, and True, where its sequence
     runs out first. The failed batch drew values that are lost: the sequence is put back
@@ -673,7 +688,7 @@ def _values(
     session.run("SAVEPOINT seqdrift_draw")
     ran_out = False
     try:
-        rows = session.run(query, [n])
+        rows = session.run(query(n))
     except session.Error as exc:
         if not _ran_out(exc):
             raise
@@ -682,7 +697,7 @@ def _values(
         rows = []
         for _ in range(n):
             try:
-                rows += session.run(query, [1])
+                rows += session.run(query(1))
             except session.Error as again:
                 if not _ran_out(again):
                     raise
@@ -697,13 +712,17 @@ def _draw(session: Session, target: _Target) -> _Outcome:
     """Evaluate the column's default (or its identity sequence) and look each value up."""
     column = target.column
     values_query = _values_query(target)
-    hits_query = sql.SQL("SELECT {col} FROM {rel} WHERE {col} = ANY (%s)").format(
-        col=sql.Identifier(column.column), rel=_relation(column)
-    )
+    col = sql.Identifier(column.column)
+
+    def hits_query(values: list[int]) -> sql.Composed:
+        return sql.SQL("SELECT {col} FROM {rel} WHERE {col} = ANY ({values})").format(
+            col=col, rel=_relation(column), values=sql.Literal(values)
+        )
+
     drawn = 0
     for n in target.batches():
         values, ran_out = _values(session, target, values_query, n)
-        existing = {int(v) for (v,) in session.run(hits_query, [values])} if values else set()
+        existing = {int(v) for (v,) in session.run(hits_query(values))} if values else set()
         for i, v in enumerate(values):
             if v in existing:
                 return drawn + i, v, drawn + i + 1, True

@@ -309,13 +309,6 @@ def test_the_probe_puts_every_sequence_back_exactly(hostile: Conn, mode: Mode) -
     _probe_restores(hostile, mode, [c for c in CASES if c not in PERCENT])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.ProgrammingError,
-    reason="probe.py composes names into statements that also take client-side "
-    "parameters (%s): psycopg then reads a % inside a quoted name or string as a "
-    "placeholder ('incomplete placeholder')",
-)
 @pytest.mark.parametrize("mode", ["insert", "default"])
 def test_the_probe_on_names_with_percent_signs(hostile: Conn, mode: Mode) -> None:
     _probe_restores(hostile, mode, PERCENT)
