@@ -127,6 +127,10 @@ def _probe(
     if len(settled) == len(targets):  # nothing to insert, nothing to draw: no nextval runs
         result.probed = [settled[i] for i in range(len(targets))]
         return result
+    # the clean columns not settled: their table has a trigger or rule that may store
+    # another value than the default's; the insert probe inserts once even there
+    unsettled = [i for i, v in enumerate(targets) if i not in settled and _clean(v, report)]
+    rewriting = _rewriting(session, targets, unsettled) if mode == "insert" else set()
     before = snapshot.read_states(session)
     try:
         with session.scratch(lock_timeout_ms=lock_timeout_ms):
@@ -134,11 +138,12 @@ def _probe(
                 if i in settled:
                     result.probed.append(settled[i])
                     continue
-                result.probed.append(_probe_column(session, verdict, report, mode, limit))
+                once = i in rewriting
+                result.probed.append(_probe_column(session, verdict, report, mode, limit, once))
                 # every column is probed from the states the arithmetic judged: a
                 # sequence shared with (or drawn by a trigger of) a column probed
                 # before must not start where that probe left it
-                if _may_draw(verdict):
+                if _may_draw(verdict) or i in rewriting:
                     result.restored += _put_back(session, before)
     finally:
         if not session.broken:  # a lost connection: its error is the one to raise
@@ -199,6 +204,17 @@ SELECT w.i::int,
        ) AS copyable
 FROM wanted w
 """
+
+
+def _rewriting(session: Session, targets: Seq[Checked], indices: Seq[int]) -> set[int]:
+    """Which of ``targets[indices]`` have a table (or partition) with a BEFORE INSERT row
+    trigger or an INSERT rule: an insert may store another value than the default's."""
+    if not indices:
+        return set()
+    oids = [targets[i].column.table_oid for i in indices]
+    with session.transaction():  # never leave a driver's implicit transaction open
+        rows = session.run(_INSERT_PATHS, [oids, [targets[i].column.column for i in indices]])
+    return {indices[n - 1] for n, rewrites, _, _ in rows if rewrites}
 
 
 def _settled(
@@ -330,7 +346,7 @@ def _put_back(session: Session, states: Mapping[snapshot.SequenceKey, SequenceSt
 def _may_draw(verdict: Checked) -> bool:
     """False where probing the column runs no ``nextval`` at all, so that no sequence
     can have moved: a plain default already past the highest value (nothing to insert,
-    nothing to draw), or an empty table. The common case after a clean migration."""
+    nothing to draw, unless its table rewrites inserts), or an empty table."""
     if not verdict.column.plain_default:
         return True  # its default is evaluated once (_peek) whatever the distance
     return verdict.max_existing is not None and _distance(verdict, verdict.sequence) != 0
@@ -344,7 +360,12 @@ def _finding_for(report: Report, verdict: Checked) -> Finding | None:
 
 
 def _probe_column(
-    session: Session, verdict: Checked, report: Report, mode: Mode, limit: int
+    session: Session,
+    verdict: Checked,
+    report: Report,
+    mode: Mode,
+    limit: int,
+    at_least_once: bool = False,
 ) -> Probed:
     column, seq = verdict.column, verdict.sequence
     expected = _finding_for(report, verdict)
@@ -353,7 +374,7 @@ def _probe_column(
         return Probed(
             column, seq, mode, 0, None, None, passed_max=True, note="empty: nothing to probe"
         )
-    target = _Target(column, seq, top, _distance(verdict, seq), limit)
+    target = _Target(column, seq, top, _distance(verdict, seq), limit, at_least_once)
     first_value = verdict.next_value if column.plain_default else _peek(session, target)
     start = _state(session, seq)
     note = None
@@ -402,6 +423,7 @@ class _Target:
     top: int  # the highest existing value (the lowest, for a negative increment)
     distance: int | None  # plain defaults: values it takes to pass ``top``; else unknown
     limit: int
+    at_least_one: bool = False  # insert at least once, even with nothing left to pass
 
     def passes(self, value: int) -> bool:
         return value > self.top if self.sequence.increment > 0 else value < self.top
@@ -409,7 +431,8 @@ class _Target:
     def batches(self) -> list[int]:
         """One batch of exactly the distance when it is known; else growing batches."""
         if self.distance is not None:
-            return [min(self.distance, self.limit)] if self.distance > 0 else []
+            n = max(self.distance, 1 if self.at_least_one else 0)
+            return [min(n, self.limit)] if n > 0 else []
         sizes, size, done = [], _FIRST_BATCH, 0
         while done < self.limit:
             sizes.append(min(size, self.limit - done))

@@ -532,6 +532,34 @@ def test_a_sharded_default_collision_is_found_by_the_probe(db: Conn, mode: Mode)
     assert not result.report.ok
 
 
+def test_a_trigger_that_maps_new_ids_onto_old_ones_is_caught_past_the_max(db: Conn) -> None:
+    """The sequence is past every id, so the arithmetic sees nothing; but the trigger
+    stores next value - 3, an id the table holds. The insert probe inserts once even
+    with nothing to pass, for a table with such a trigger, and PostgreSQL says no."""
+    db.execute(
+        """CREATE TABLE back (id serial PRIMARY KEY, v int);
+           INSERT INTO back (v) SELECT g FROM generate_series(1, 16) g;
+           CREATE FUNCTION back_three() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN NEW.id := NEW.id - 3; RETURN NEW; END $$;
+           CREATE TRIGGER back BEFORE INSERT ON back FOR EACH ROW EXECUTE FUNCTION back_three();"""
+    )
+    assert check(db).findings == []
+    # the truth: the very next insert fails
+    with (
+        db.transaction(force_rollback=True),
+        pytest.raises(errors.UniqueViolation, match=r"\(id\)=\(14\)"),
+    ):
+        db.execute("INSERT INTO back (v) VALUES (0)")
+    db.execute("SELECT setval('back_id_seq', 16)")
+    with unchanged(db):
+        result = probe(db, mode="insert")
+    p = probed_for(result, "back")
+    assert (p.mode, saw(p)) == ("insert", (0, 14))
+    assert [(f.column.table, f.first_collision) for f in result.report.findings] == [("back", 14)]
+    with unchanged(db):  # evaluating the default cannot see what the trigger does
+        assert probe(db, mode="default").report.findings == []
+
+
 SHIFTING_TRIGGER = """
     CREATE TABLE t (id serial PRIMARY KEY, v int);
     INSERT INTO t (id) VALUES (103);
@@ -883,8 +911,17 @@ def test_a_settled_column_is_reported_exactly_as_its_probe_would_report_it(
         )
     else:
         assert (only_id.mode, only_id.note) == ("default", None)
-    assert all(p.drawn == 0 for p in fast.probed if p.column.table not in WITH_FINDING)
+    inserted_once = REWRITING if mode == "insert" else set()
+    assert all(
+        p.drawn == 0 for p in fast.probed if p.column.table not in WITH_FINDING | inserted_once
+    )
     assert all(p.passed_max for p in fast.probed)
+    collided = sorted(f.column.table for f in fast.report.findings if f.kind == "collision")
+    if mode == "insert":  # one insert each: the trigger stores id 1, which the table holds
+        assert all(probed_for(fast, t).drawn == 1 for t in REWRITING)
+        assert collided == ["cyc_t", "ptrig", "trig"]
+    else:  # evaluating the default cannot see what a trigger does
+        assert collided == ["cyc_t"]
 
 
 @pytest.mark.parametrize("mode", MODES)
