@@ -40,7 +40,7 @@ from typing import Any, Literal
 from psycopg import sql
 
 from . import drift, fixsql, snapshot
-from .api import DEFAULT_LOCK_TIMEOUT_MS, check
+from .api import DEFAULT_LOCK_TIMEOUT_MS, check, read_sequence_states
 from .connections import (
     SEQUENCE_LIMIT_EXCEEDED,
     UNIQUE_VIOLATION,
@@ -293,51 +293,35 @@ def _restore(
         return _put_back(session, states)
 
 
-# Put back, in one statement, every sequence of the snapshot whose state differs from
-# it; returns one row per sequence it moved. The snapshot's sequences are matched by
-# OID, schema and name, readable ones only, as ``snapshot.restore`` matches them.
-# ``pg_sequence_last_value`` (no query per sequence) says ``last_value`` where
-# ``is_called``, else NULL: that settles every sequence but one recorded and found not
-# called, whose ``last_value`` is then read exactly. Run under a savepoint that is rolled
-# back (``setval`` is not), so that its locks go at once.
-_PUT_BACK = """
-WITH b AS MATERIALIZED (
-    SELECT b.oid, b.lv, b.ic
-    FROM unnest(%s::oid[], %s::text[], %s::text[], %s::int8[], %s::bool[])
-         AS b(oid, nsp, name, lv, ic)
-    JOIN pg_class s ON s.oid = b.oid AND s.relkind = 'S' AND s.relname = b.name
-    JOIN pg_namespace n ON n.oid = s.relnamespace AND n.nspname = b.nsp
-    WHERE has_table_privilege(s.oid, 'SELECT')
-), moved AS MATERIALIZED (
-    SELECT b.oid, b.lv, b.ic FROM b
-    WHERE CASE
-        WHEN pg_sequence_last_value(b.oid::regclass)
-             IS DISTINCT FROM CASE WHEN b.ic THEN b.lv END THEN true
-        WHEN b.ic THEN false
-        ELSE (xpath('/row/last_value/text()', query_to_xml(
-                  format('SELECT last_value FROM %%s', b.oid::regclass), true, true, ''
-              )))[1]::text::int8 <> b.lv
-    END
-)
-SELECT setval(oid::regclass, lv, ic) FROM moved
+# Put back every sequence of ``states`` that moved, in one statement: the names travel
+# as parameters (never in the text), and each setval takes its sequence by name, as
+# recorded.
+_SETVAL_ALL = """
+SELECT setval(format('%%I.%%I', u.nsp, u.name)::regclass, u.lv, u.ic)
+FROM unnest(%s::text[], %s::text[], %s::int8[], %s::bool[]) AS u(nsp, name, lv, ic)
 """
 
 
 def _put_back(session: Session, states: Mapping[snapshot.SequenceKey, SequenceState]) -> int:
-    """``snapshot.restore``, in one round trip: every sequence of ``states`` that moved is
-    put back exactly; returns how many. Where that statement fails (a sequence the role
-    cannot ``setval``), ``snapshot.restore`` does it again and says which one failed."""
+    """``snapshot.restore`` in two round trips: every recorded sequence is read (the
+    check's read block: no XML, its locks let go) and those that moved are put back
+    exactly; returns how many. Sequences dropped since, or no longer readable, are left
+    alone, as ``snapshot.restore`` leaves them. Where the setval fails (a sequence the
+    role cannot ``setval``), ``snapshot.restore`` does it again and says which one."""
     if not states:
         return 0
     keys = list(states)
+    now = read_sequence_states(session, keys)
+    moved = [k for k in keys if not isinstance(now[k.oid], CannotCheck) and now[k.oid] != states[k]]
+    if not moved:
+        return 0
     params = [
-        [k.oid for k in keys],
-        [k.schema for k in keys],
-        [k.name for k in keys],
-        [states[k].last_value for k in keys],
-        [states[k].is_called for k in keys],
+        [k.schema for k in moved],
+        [k.name for k in moved],
+        [states[k].last_value for k in moved],
+        [states[k].is_called for k in moved],
     ]
-    (rows,) = session.batch([(_PUT_BACK, params)], release_locks=True)
+    (rows,) = session.batch([(_SETVAL_ALL, params)])
     if isinstance(rows, CannotCheck):
         return snapshot.restore(session, states)
     return len(rows)
