@@ -3,7 +3,8 @@
 In one run, on one database of N sequence-backed tables (a mix of serial and identity
 columns, a few drifted), this times:
 
-(a) ``check()``: pytest-seqdrift's read-only check;
+(a) ``check()``: pytest-seqdrift's read-only check (and with ``jobs=2``: its reads split
+    between two connections on one snapshot);
 (b) the baseline a user would write: per table, one query for the max and one for the
     sequence state;
 (c) the floor: the same per-table reads done by PL/pgSQL on the server in one call.
@@ -184,12 +185,17 @@ def measure(dsn: str, n: int, rows: int, repeat: int) -> None:
         assert drifted == naive(conn) == n // 97, (drifted, naive(conn))
         statements, trips = session.statements, session.round_trips
         t_check = timed(lambda: check(conn, schemas=["bench"]), repeat)
+        t_jobs = timed(lambda: check(conn, schemas=["bench"], jobs=2), repeat)
         t_naive = timed(lambda: naive(conn), repeat)
         t_floor = timed(lambda: floor(conn), repeat)
     print(f"check  {t_check * 1000:9.1f} ms  ({statements} statements, {trips} round trips)")
     print(f"naive  {t_naive * 1000:9.1f} ms  ({1 + 2 * n} statements and round trips)")
     print(f"floor  {t_floor * 1000:9.1f} ms  (1 statement)")
     print(f"check/floor = {t_check / t_floor:.2f}   naive/check = {t_naive / t_check:.2f}")
+    print(
+        f"check, jobs=2 {t_jobs * 1000:.1f} ms: check/floor = {t_jobs / t_floor:.2f}   "
+        f"naive/check = {t_naive / t_jobs:.2f}"
+    )
     info = psycopg.conninfo.conninfo_to_dict(dsn)
     with delayed_proxy(
         str(info.get("host", "127.0.0.1")), int(str(info.get("port") or 5432)), 0.001
@@ -204,11 +210,14 @@ def measure(dsn: str, n: int, rows: int, repeat: int) -> None:
     )
     print("targets (issue 6):")
     target("check / floor", t_check / t_floor, "<=", 1.3)
+    target("check / floor, jobs=2", t_jobs / t_floor, "<=", 1.3)
     target("naive / check, loopback", t_naive / t_check, ">=", 3.0)
+    target("naive / check, loopback, jobs=2", t_naive / t_jobs, ">=", 3.0)
     target("naive / check, through the proxy", p_naive / p_check, ">=", 20.0)
     target("statements per check", statements, "==", CONSTANT_STATEMENTS)
     if n >= 10000:
         target("seconds for the check", t_check, "<", 2.0)
+        target("seconds for the check, jobs=2", t_jobs, "<", 2.0)
 
 
 # A check sends these whatever the number of tables (tests/test_api.py counts them):

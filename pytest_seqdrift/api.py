@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seq
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -39,6 +40,7 @@ def check(
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     statement_timeout_ms: int | None = None,
     max_scan_rows: int | None = None,
+    jobs: int = 1,
 ) -> Report:
     """Check every sequence-backed column the connection can see; never writes.
 
@@ -54,19 +56,28 @@ def check(
     says so; with ``max_scan_rows``, such a column in a table the planner estimates at
     more rows than that is skipped instead, with the reason.
 
+    ``jobs``: read on this many connections at once (the first read of every column and
+    sequence is split between them; all share one snapshot). Only for a psycopg 3
+    connection that is not inside a transaction; otherwise, and for small databases,
+    the check reads on the one connection it was given.
+
     Raises ``CannotCheck`` when the database cannot be checked at all. A column that
     cannot be read (privileges, a lock held past the lock timeout) is listed in
     ``Report.skipped`` with the reason, and the rest is still checked.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], not {threshold!r}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be 1 or more, not {jobs!r}")
     if max_scan_rows is not None and max_scan_rows < 0:
         raise ValueError(f"max_scan_rows must be 0 or more, not {max_scan_rows!r}")
     with (
         open_session(conn) as session,
         session.read_only(
-            lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms
-        ),
+            lock_timeout_ms=lock_timeout_ms,
+            statement_timeout_ms=statement_timeout_ms,
+            share=jobs > 1,
+        ) as snapshot,
     ):
         rows = session.query_dicts(catalog.DISCOVERY, catalog.discovery_params(schemas))
         columns, sequences = catalog.parse_discovery(rows, exclude_tables)
@@ -104,7 +115,11 @@ def check(
             for c, top in zip(judged, tops, strict=True)
         ]
         first += [catalog.StateRead(sequences[oid]) for oid in wanted]
-        answers = _read(session, first)
+        timeouts = {
+            "lock_timeout_ms": lock_timeout_ms,
+            "statement_timeout_ms": statement_timeout_ms,
+        }
+        answers = _read_shared(session, first, snapshot, jobs, timeouts)
         states = {
             oid: a if isinstance(a, CannotCheck) else catalog.as_state(a)
             for oid, a in zip(wanted, answers[len(judged) :], strict=True)
@@ -212,6 +227,46 @@ def _read_one_by_one(
         answers = session.batch([catalog.read_statement(r) for r in chunk], release_locks=True)
         out += [a if isinstance(a, CannotCheck) else a[0] for a in answers]
     return out
+
+
+# Fewer reads than this go on one connection: a second one costs its connection.
+PARALLEL_MIN_READS = 400
+
+
+def _read_shared(
+    session: Session,
+    reads: Seq[catalog.Read],
+    snapshot: str | None,
+    jobs: int,
+    timeouts: dict[str, Any],
+) -> list[catalog.Answer | CannotCheck]:
+    """``_read``, split between ``jobs`` connections on the same snapshot: one read
+    block on each, at once (each block runs on a server process, and so on a core, of
+    its own)."""
+    if snapshot is None or jobs < 2 or len(reads) < PARALLEL_MIN_READS:
+        return _read(session, reads)
+    siblings: list[Session] = []
+    try:
+        for _ in range(jobs - 1):
+            sibling = session.sibling(snapshot, **timeouts)
+            if sibling is None:
+                break
+            siblings.append(sibling)
+        if not siblings:
+            return _read(session, reads)
+        size = -(-len(reads) // (len(siblings) + 1))
+        parts = [reads[i : i + size] for i in range(0, len(reads), size)]
+        with ThreadPoolExecutor(len(siblings)) as pool:
+            futures = [
+                pool.submit(_read, s, part) for s, part in zip(siblings, parts[1:], strict=False)
+            ]
+            out = _read(session, parts[0])
+            for future in futures:
+                out += future.result()
+        return out
+    finally:
+        for sibling in siblings:
+            sibling.conn.close()
 
 
 def read_sequence_states(

@@ -173,9 +173,13 @@ class Session(ABC):
 
     @contextmanager
     def read_only(
-        self, *, lock_timeout_ms: int, statement_timeout_ms: int | None = None
-    ) -> Iterator[None]:
-        """Read inside a transaction or savepoint that is rolled back, with timeouts."""
+        self, *, lock_timeout_ms: int, statement_timeout_ms: int | None = None, share: bool = False
+    ) -> Iterator[str | None]:
+        """Read inside a transaction or savepoint that is rolled back, with timeouts.
+
+        ``share``: in a transaction of its own, export its snapshot and yield its id, so
+        that ``sibling`` sessions read the very same rows (None where the connection is
+        inside the caller's transaction, or the server refuses to export)."""
         own = self._usable("checking sequences")
         version = self._server_version()
         if version < MIN_SERVER_VERSION:
@@ -191,16 +195,32 @@ class Session(ABC):
                 opening.append(("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", ()))
             else:
                 opening.append(("SAVEPOINT seqdrift_check", ()))
-            setting = "SELECT set_config(%s, %s, true)"
-            opening.append((setting, ["lock_timeout", f"{int(lock_timeout_ms)}ms"]))
-            if statement_timeout_ms is not None:
-                opening.append((setting, ["statement_timeout", f"{int(statement_timeout_ms)}ms"]))
-            self._send_batch(opening)
-            yield
+            opening += _timeouts(lock_timeout_ms, statement_timeout_ms)
+            snapshot: str | None = None
+            if own and share:
+                try:
+                    *_, exported = self._send_batch([*opening, ("SELECT pg_export_snapshot()", ())])
+                    snapshot = str(exported[0][0])
+                except self.Error:
+                    if self.broken:
+                        raise
+                    self.run("ROLLBACK")  # then as without share
+                    self._send_batch(opening)
+            else:
+                self._send_batch(opening)
+            yield snapshot
         except self.Error as exc:
             raise CannotCheck(describe(exc)) from exc
         finally:
             self._undo(own, autocommit, "seqdrift_check")
+
+    def sibling(
+        self, snapshot: str, *, lock_timeout_ms: int, statement_timeout_ms: int | None = None
+    ) -> Session | None:
+        """A second connection to the same database, in a ``READ ONLY`` transaction on
+        ``snapshot`` (from ``read_only(share=True)``), to read in parallel; the caller
+        closes it. None where this driver cannot open one."""
+        return None
 
     @contextmanager
     def scratch(self, *, lock_timeout_ms: int) -> Iterator[None]:
@@ -312,6 +332,14 @@ class Session(ABC):
         self.run(f"RELEASE SAVEPOINT {name}")
 
 
+def _timeouts(lock_timeout_ms: int, statement_timeout_ms: int | None) -> list[Statement]:
+    setting = "SELECT set_config(%s, %s, true)"
+    out: list[Statement] = [(setting, ["lock_timeout", f"{int(lock_timeout_ms)}ms"])]
+    if statement_timeout_ms is not None:
+        out.append((setting, ["statement_timeout", f"{int(statement_timeout_ms)}ms"]))
+    return out
+
+
 class PsycopgSession(Session):
     """A psycopg 3 connection. Batches go in one round trip (pipeline mode). Cursors are
     made here, not by the connection's ``cursor_factory``: Django's psycopg 3 backend sets
@@ -354,6 +382,28 @@ class PsycopgSession(Session):
         with psycopg.Cursor(self.conn, row_factory=dict_row) as cur:
             cur.execute(query, params)
             return cur.fetchall()
+
+    def sibling(
+        self, snapshot: str, *, lock_timeout_ms: int, statement_timeout_ms: int | None = None
+    ) -> PsycopgSession | None:
+        info = self.conn.info
+        try:
+            conn = psycopg.connect(info.dsn, password=info.password or None, autocommit=True)
+        except psycopg.Error:
+            return None  # e.g. a password that came from a callback: read on one connection
+        other = PsycopgSession(conn)
+        try:
+            other._send_batch(
+                [
+                    ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", ()),
+                    (sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)), ()),
+                    *_timeouts(lock_timeout_ms, statement_timeout_ms),
+                ]
+            )
+        except psycopg.Error:
+            conn.close()
+            return None
+        return other
 
     def _send_batch(self, statements: Seq[Statement]) -> list[Rows]:
         conn = self.conn

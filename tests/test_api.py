@@ -287,3 +287,50 @@ def test_a_generated_column_naming_a_sequence_is_listed_not_fatal(
     (verdict,) = check(db).checked
     assert (verdict.column.column, verdict.status) == ("code", "unchecked")
     assert verdict.column.default_expr == "tagged('tags'::regclass, id)"
+
+
+def test_jobs_share_one_snapshot(db: psycopg.Connection[Any]) -> None:
+    """A sibling connection reads the rows of the check's own snapshot, not newer ones."""
+    db.execute("CREATE TABLE t (id serial PRIMARY KEY); INSERT INTO t DEFAULT VALUES")
+    session = PsycopgSession(db)
+    with session.read_only(lock_timeout_ms=1000, share=True) as snapshot:
+        assert snapshot is not None
+        with psycopg.connect(db.info.dsn, autocommit=True) as writer:
+            writer.execute("INSERT INTO t DEFAULT VALUES")  # committed after the snapshot
+        sibling = session.sibling(snapshot, lock_timeout_ms=1000)
+        assert sibling is not None
+        try:
+            assert sibling.run("SELECT count(*) FROM t") == [(1,)]
+            assert sibling.run("SHOW transaction_read_only") == [("on",)]
+        finally:
+            sibling.conn.close()
+        assert session.run("SELECT count(*) FROM t") == [(1,)]
+    assert db.execute("SELECT count(*) FROM t").fetchone() == (2,)
+
+
+def test_jobs_read_on_several_connections_and_agree(
+    db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_seqdrift import api
+
+    db.execute(ODD_IDS)
+    expected = check(db)
+    opened: list[object] = []
+    original = PsycopgSession.sibling
+
+    def spy(self: PsycopgSession, *args: Any, **kwargs: Any) -> Any:
+        opened.append(sibling := original(self, *args, **kwargs))
+        return sibling
+
+    monkeypatch.setattr(PsycopgSession, "sibling", spy)
+    monkeypatch.setattr(api, "PARALLEL_MIN_READS", 0)
+    assert check(db, jobs=3) == expected
+    assert len(opened) == 2
+    assert None not in opened
+    # inside the caller's transaction there is no snapshot to share: one connection
+    opened.clear()
+    with db.transaction():
+        assert check(db, jobs=3) == expected
+    assert opened == []
+    with pytest.raises(ValueError, match="jobs"):
+        check(db, jobs=0)

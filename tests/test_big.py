@@ -133,3 +133,13 @@ def test_cli_max_scan_rows(db: psycopg.Connection[Any]) -> None:
     bad = seqdrift("check", dsn(db), "--max-scan-rows", "lots")
     assert bad.returncode == 2
     assert "not a number of rows: 'lots'" in bad.stderr
+
+
+def test_cli_jobs(db: psycopg.Connection[Any]) -> None:
+    db.execute(NO_INDEX)
+    one = json.loads(seqdrift("check", dsn(db), "--format", "json").stdout)
+    two = seqdrift("check", dsn(db), "--format", "json", "--jobs", "2")
+    assert (two.returncode, json.loads(two.stdout)) == (0, one)
+    bad = seqdrift("check", dsn(db), "--jobs", "0")
+    assert bad.returncode == 2
+    assert "not a number of connections: '0'" in bad.stderr
