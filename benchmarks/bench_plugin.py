@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from bench_check import timed  # the same median of warm runs
 from psycopg import sql
 
 from pytest_seqdrift import check
@@ -274,16 +275,6 @@ def build_drifted(conn: psycopg.Connection[Any], schema: str, rows: int, distanc
         [rows - 1],
     )
     conn.execute(sql.SQL("VACUUM ANALYZE {}").format(t))
-
-
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm caches and plans
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def timed_pair(

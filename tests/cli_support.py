@@ -196,3 +196,23 @@ def fake_server(reply: str) -> Iterator[int]:
         stop.set()
         thread.join(timeout=5)
         sock.close()
+
+
+def psql_path() -> str | None:
+    """psql next to the server the tests run on, else on PATH; None where there is none."""
+    from pytest_seqdrift.server import find_pg_ctl
+
+    near_server = os.path.join(os.path.dirname(find_pg_ctl()), "psql")
+    return near_server if os.access(near_server, os.X_OK) else shutil.which("psql")
+
+
+def run_psql_file(psql: str, path: str, conn: Conn) -> subprocess.CompletedProcess[str]:
+    """Run a script as a person would: ``psql -X -v ON_ERROR_STOP=1 -f``."""
+    return subprocess.run(
+        [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", path, dsn(conn)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=clean_env(),
+    )

@@ -5,7 +5,6 @@ locks, privileges), and the headroom arithmetic on its own."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from cli_support import (
     login_role,
     next_value,
     one_line,
+    psql_path,
+    run_psql_file,
     seqdrift,
     sequence_states,
     table_contents,
@@ -72,11 +73,6 @@ def forward(sequence: str, value: int) -> int:
     return -value if sequence == "public.ledger_id_seq" else value
 
 
-def psql_path() -> str | None:
-    near_server = os.path.join(os.path.dirname(find_pg_ctl()), "psql")
-    return near_server if os.access(near_server, os.X_OK) else shutil.which("psql")
-
-
 def test_fix_prints_one_transaction_that_psql_runs(db: Conn, tmp_path: Path) -> None:
     db.execute(DRIFTED + EXHAUSTED)
     states, contents = sequence_states(db), table_contents(db)
@@ -106,14 +102,7 @@ def test_fix_prints_one_transaction_that_psql_runs(db: Conn, tmp_path: Path) -> 
     path.write_text(script)
     psql = psql_path()
     if psql is not None:
-        ran = subprocess.run(
-            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path), dsn(db)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            env=clean_env(),
-        )
+        ran = run_psql_file(psql, str(path), db)
         assert ran.returncode == 0, ran.stderr
     else:  # no psql on this machine: the same script through the driver
         db.execute(script.encode())
@@ -144,14 +133,7 @@ def test_a_name_with_a_line_break_stays_inside_its_comment(db: Conn, tmp_path: P
         pytest.skip("needs psql to run the script as a person would")
     path = tmp_path / "fix.sql"
     path.write_text(result.stdout)
-    ran = subprocess.run(
-        [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path), dsn(db)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env=clean_env(),
-    )
+    ran = run_psql_file(psql, str(path), db)
     assert ran.returncode == 0, ran.stderr
     assert db.execute("SELECT to_regclass('public.victim')").fetchone() == ("victim",)
     assert check(db).findings == []

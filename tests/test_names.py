@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from cli_support import clean_env, dsn, seqdrift, sequence_states, table_contents
+from cli_support import (
+    dsn,
+    psql_path,
+    run_psql_file,
+    seqdrift,
+    sequence_states,
+    table_contents,
+)
 from psycopg import sql
 
 from pytest_seqdrift import check, snapshot
@@ -216,12 +222,6 @@ def test_every_output_format_names_them_right(hostile: Conn) -> None:
     )
 
 
-def psql_path() -> str | None:
-    from test_cli_fix import psql_path as found
-
-    return found()
-
-
 def test_the_fix_script_through_psql_fixes_all_and_drops_nothing(
     hostile: Conn, tmp_path: Path
 ) -> None:
@@ -235,14 +235,7 @@ def test_the_fix_script_through_psql_fixes_all_and_drops_nothing(
     assert sequence_states(hostile) == before  # printing the fix wrote nothing
     path = tmp_path / "fix.sql"
     path.write_text(result.stdout)
-    ran = subprocess.run(
-        [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path), dsn(hostile)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env=clean_env(),
-    )
+    ran = run_psql_file(psql, str(path), hostile)
     assert ran.returncode == 0, ran.stderr
     _fixed(hostile, contents, before)
 
