@@ -447,7 +447,7 @@ def as_bounds(answer: Answer) -> Bounds:
     return Bounds(first_pass, after_wrap, top, last_on_grid)
 
 
-def _relation(column: Column) -> sql.Composed:
+def relation(column: Column) -> sql.Composed:
     """The table to read: a partitioned parent with its partitions, any other table
     without its inheritance children (its unique indexes cover only its own rows)."""
     only = sql.SQL("") if column.partitioned else sql.SQL("ONLY ")
@@ -460,7 +460,7 @@ def row_count_query(column: Column, limit: int) -> tuple[sql.Composed, list[int]
     for a placeholder.)"""
     return (
         sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) AS capped").format(
-            _relation(column), sql.Literal(int(limit))
+            relation(column), sql.Literal(int(limit))
         ),
         [],
     )

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from psycopg import sql
 
-from . import drift, fixsql, snapshot
+from . import catalog, drift, fixsql, snapshot
 from .api import DEFAULT_LOCK_TIMEOUT_MS, check, read_sequence_states
 from .connections import (
     SEQUENCE_LIMIT_EXCEEDED,
@@ -441,15 +441,10 @@ def _top(session: Session, column: Column, seq: Sequence) -> int | None:
     agg = sql.SQL("max" if seq.increment > 0 else "min")
     ((top,),) = session.run(
         sql.SQL("SELECT {}({}) FROM {}").format(
-            agg, sql.Identifier(column.column), _relation(column)
+            agg, sql.Identifier(column.column), catalog.relation(column)
         )
     )
     return None if top is None else int(top)
-
-
-def _relation(column: Column) -> sql.Composed:
-    only = sql.SQL("") if column.partitioned else sql.SQL("ONLY ")
-    return sql.SQL("{}{}").format(only, sql.Identifier(column.schema, column.table))
 
 
 def _insert(session: Session, target: _Target, expected: Finding | None) -> _Outcome:
@@ -466,7 +461,7 @@ def _insert(session: Session, target: _Target, expected: Finding | None) -> _Out
     if expected is not None and expected.first_collision is not None:
         source = sql.SQL("{} = {}").format(col, sql.Literal(expected.first_collision))
     pick = sql.SQL("SELECT {cols} FROM {rel} WHERE {source} LIMIT 1").format(
-        cols=cols, rel=_relation(column), source=source
+        cols=cols, rel=catalog.relation(column), source=source
     )
     if not session.run(sql.SQL("SELECT EXISTS ({})").format(pick))[0][0]:
         raise _CannotCopy("the table has no row to copy")
@@ -723,7 +718,7 @@ def _draw(session: Session, target: _Target) -> _Outcome:
 
     def hits_query(values: list[int]) -> sql.Composed:
         return sql.SQL("SELECT {col} FROM {rel} WHERE {col} = ANY ({values})").format(
-            col=col, rel=_relation(column), values=sql.Literal(values)
+            col=col, rel=catalog.relation(column), values=sql.Literal(values)
         )
 
     drawn = 0
