@@ -216,3 +216,18 @@ def run_psql_file(psql: str, path: str, conn: Conn) -> subprocess.CompletedProce
         check=False,
         env=clean_env(),
     )
+
+
+# The seed story's finding (tests/examples/seed_story) as the JSON contract spells it,
+# its fix_sql aside: the copied ids 7, 9, 12, 14, 16 and a sequence left at 1.
+SEED_FINDING: dict[str, Any] = {
+    "kind": "collision",
+    "schema": "public",
+    "table": "profile_billingaddress",
+    "column": "id",
+    "sequence": "public.profile_billingaddress_id_seq",
+    "next_value": 1,
+    "first_collision": 7,
+    "inserts_until_collision": 6,
+    "max_existing": 16,
+}

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from cli_support import SEED_FINDING
 
 SEED = """
 CREATE TABLE profile_billingaddress (id serial PRIMARY KEY, street text);
@@ -41,17 +42,7 @@ def test_json_output_is_the_contract(db: psycopg.Connection[Any]) -> None:
     assert out["version"] == 1
     (finding,) = out["findings"]
     fix = finding.pop("fix_sql")
-    assert finding == {
-        "kind": "collision",
-        "schema": "public",
-        "table": "profile_billingaddress",
-        "column": "id",
-        "sequence": "public.profile_billingaddress_id_seq",
-        "next_value": 1,
-        "first_collision": 7,
-        "inserts_until_collision": 6,
-        "max_existing": 16,
-    }
+    assert finding == SEED_FINDING
     assert fix.startswith("SELECT setval('public.profile_billingaddress_id_seq', ")
     assert out["checked"] == [
         {

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from cli_support import SEED_FINDING
 from psycopg import sql
 
 from pytest_seqdrift import check
@@ -695,17 +696,7 @@ def test_seed_story_json(db: Conn) -> None:
     assert {"findings", "checked"} <= set(rendered)
     (finding,) = rendered["findings"]
     fix_sql = finding.pop("fix_sql")
-    assert finding == {
-        "kind": "collision",
-        "schema": "public",
-        "table": "profile_billingaddress",
-        "column": "id",
-        "sequence": "public.profile_billingaddress_id_seq",
-        "next_value": 1,
-        "first_collision": 7,
-        "inserts_until_collision": 6,
-        "max_existing": 16,
-    }
+    assert finding == SEED_FINDING
     assert fix_sql.startswith("SELECT setval(")
     assert fix_sql.endswith(";")
     assert rendered["checked"] == [
