@@ -123,14 +123,15 @@ def _probe(
     )
     result = ProbeReport(report)
     targets = [c for c in report.checked if c.column.unique and c.status != "duplicates"]
-    settled = _settled(session, targets, report, mode)
+    clean = [i for i, verdict in enumerate(targets) if _clean(verdict, report)]
+    paths = _insert_paths(session, targets, clean) if mode == "insert" else {}
+    settled = _settled(targets, clean, mode, paths)
     if len(settled) == len(targets):  # nothing to insert, nothing to draw: no nextval runs
         result.probed = [settled[i] for i in range(len(targets))]
         return result
-    # the clean columns not settled: their table has a trigger or rule that may store
-    # another value than the default's; the insert probe inserts once even there
-    unsettled = [i for i, v in enumerate(targets) if i not in settled and _clean(v, report)]
-    rewriting = _rewriting(session, targets, unsettled) if mode == "insert" else set()
+    # clean columns whose table has a trigger or rule that may store another value than
+    # the default's are not settled: the insert probe inserts once even there
+    rewriting = {i for i, (rewrites, _, _) in paths.items() if rewrites}
     before = snapshot.read_states(session)
     try:
         with session.scratch(lock_timeout_ms=lock_timeout_ms):
@@ -206,36 +207,39 @@ FROM wanted w
 """
 
 
-def _rewriting(session: Session, targets: Seq[Checked], indices: Seq[int]) -> set[int]:
-    """Which of ``targets[indices]`` have a table (or partition) with a BEFORE INSERT row
-    trigger or an INSERT rule: an insert may store another value than the default's."""
+def _insert_paths(
+    session: Session, targets: Seq[Checked], indices: Seq[int]
+) -> dict[int, tuple[bool, bool, bool]]:
+    """For ``targets[indices]``, by index, in one catalog query: whether its table (or a
+    partition) has a BEFORE INSERT row trigger or an INSERT rule (an insert may store
+    another value than the default's), whether a unique key covers the column, and
+    whether the table has another column a copied row can carry."""
     if not indices:
-        return set()
+        return {}
     oids = [targets[i].column.table_oid for i in indices]
     with session.transaction():  # never leave a driver's implicit transaction open
         rows = session.run(_INSERT_PATHS, [oids, [targets[i].column.column for i in indices]])
-    return {indices[n - 1] for n, rewrites, _, _ in rows if rewrites}
+    return {
+        indices[n - 1]: (rewrites, covered, copyable) for n, rewrites, covered, copyable in rows
+    }
 
 
 def _settled(
-    session: Session, targets: Seq[Checked], report: Report, mode: Mode
+    targets: Seq[Checked],
+    clean: Seq[int],
+    mode: Mode,
+    paths: Mapping[int, tuple[bool, bool, bool]],
 ) -> dict[int, Probed]:
     """What the probe would say of each clean column (``_clean``), by its index in
     ``targets``, without probing it: no value drawn, no collision, past the max. In
     ``insert`` mode only where no trigger or rule can change the value an insert
     stores, and with the note of the fallback ``_prepare_table`` would have taken -- in
-    one catalog query for all of them. ``_probe_column`` says the same of each one, in
-    about eight round trips (tests/test_probe.py compares the two)."""
-    clean = [i for i, verdict in enumerate(targets) if _clean(verdict, report)]
-    if not clean:
-        return {}
+    ``_insert_paths`` (one catalog query for all of them). ``_probe_column`` says the same
+    of each one, in about eight round trips (tests/test_probe.py compares the two)."""
     notes: dict[int, str | None] = dict.fromkeys(clean)
     if mode == "insert":
-        oids = [targets[i].column.table_oid for i in clean]
-        with session.transaction():  # never leave a driver's implicit transaction open
-            rows = session.run(_INSERT_PATHS, [oids, [targets[i].column.column for i in clean]])
         notes = {}
-        for n, rewrites, covered, copyable in rows:
+        for i, (rewrites, covered, copyable) in paths.items():
             if rewrites:
                 continue  # an insert may store another value: the real probe
             reason = None
@@ -243,7 +247,7 @@ def _settled(
                 reason = "no unique key covers the column"
             elif not copyable:
                 reason = "the table has no other column to copy"
-            notes[clean[n - 1]] = reason and f"fell back to the default probe: {reason}"
+            notes[i] = reason and f"fell back to the default probe: {reason}"
     return {
         i: Probed(
             targets[i].column,
