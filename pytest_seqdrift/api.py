@@ -88,7 +88,6 @@ def check(
                 report.skipped.append(_skipped(c, sequences[c.sequence_oid], c.skip_reason))
 
         # 1. every sequence's state and every column's max (min), in one read
-        wanted = sorted({c.sequence_oid for c in readable})
         judged: list[Column] = []
         for c in readable:
             seq = sequences[c.sequence_oid]
@@ -105,6 +104,7 @@ def check(
                 report.skipped.append(_skipped(c, seq, reason))
             else:
                 judged.append(c)
+        wanted = sorted({c.sequence_oid for c in judged})  # the states judging needs
         tops = [_top_slot(c, sequences[c.sequence_oid]) for c in judged]
         # the maxima before the states: inside a caller's READ COMMITTED transaction each
         # read sees rows committed up to its start, so this order keeps every max older
