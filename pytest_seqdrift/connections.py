@@ -31,11 +31,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from collections.abc import Sequence as Seq
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
+
+from .model import printable
 
 Query = str | sql.SQL | sql.Composed
 Params = Seq[Any] | Mapping[str, Any] | None
@@ -222,6 +225,39 @@ class Session(ABC):
         closes it. None where this driver cannot open one."""
         return None
 
+    def _connect_params(self) -> dict[str, Any] | None:
+        """What a new psycopg 3 connection to the same database takes (None where the
+        driver does not tell: the password came from a callback, say)."""
+        return None
+
+    def twin(self) -> psycopg.Connection[Any] | None:
+        """A new connection to the same database, in autocommit mode, outside whatever
+        transaction this one is in: it sees what is committed, and the sequences (which
+        no transaction holds). The caller closes it; None where none can be opened."""
+        params = self._connect_params()
+        if params is None:
+            return None
+        try:
+            return psycopg.connect(**params, autocommit=True, application_name="pytest-seqdrift")
+        except psycopg.Error:
+            return None
+
+    def database_id(self) -> DatabaseId:
+        """Which database this is, whatever host name or socket reached it: the server
+        (its start time and port) and the database's name."""
+        ((started, port, name, oid),) = self.run(_DATABASE_ID)
+        return DatabaseId(str(started), str(port), str(name), int(oid))
+
+    def lock_holders(self) -> list[str]:
+        """The other sessions of this database that hold a lock in an open transaction,
+        one line each (pid, state, since when, what they ran last): who a lock timeout
+        waited for."""
+        return [
+            f"pid {pid} ({state}{f' for {age:.1f} s' if age is not None else ''}"
+            f"{f', last: {printable(query)}' if query else ''})"
+            for pid, state, age, query in self.run(_LOCK_HOLDERS)
+        ]
+
     @contextmanager
     def scratch(self, *, lock_timeout_ms: int) -> Iterator[None]:
         """A place to write that is undone: the caller's transaction gets a savepoint, an
@@ -332,6 +368,33 @@ class Session(ABC):
         self.run(f"RELEASE SAVEPOINT {name}")
 
 
+@dataclass(frozen=True)
+class DatabaseId:
+    """One database of one server, however it was reached."""
+
+    server_started: str
+    port: str
+    name: str
+    oid: int  # a database dropped and created again under the same name is another one
+
+
+_DATABASE_ID = """
+SELECT pg_postmaster_start_time()::text, current_setting('port'), d.datname::text, d.oid::int8
+FROM pg_database d WHERE d.datname = current_database()
+"""
+
+_LOCK_HOLDERS = r"""
+SELECT a.pid, a.state,
+       extract(epoch FROM now() - a.xact_start)::float8,
+       left(regexp_replace(a.query, '\s+', ' ', 'g'), 80)
+FROM pg_stat_activity a
+WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+  AND a.xact_start IS NOT NULL
+  AND EXISTS (SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.granted AND l.relation IS NOT NULL)
+ORDER BY a.xact_start
+"""
+
+
 def _timeouts(lock_timeout_ms: int, statement_timeout_ms: int | None) -> list[Statement]:
     setting = "SELECT set_config(%s, %s, true)"
     out: list[Statement] = [(setting, ["lock_timeout", f"{int(lock_timeout_ms)}ms"])]
@@ -383,12 +446,15 @@ class PsycopgSession(Session):
             cur.execute(query, params)
             return cur.fetchall()
 
+    def _connect_params(self) -> dict[str, Any]:
+        info = self.conn.info
+        return {"conninfo": info.dsn, "password": info.password or None}
+
     def sibling(
         self, snapshot: str, *, lock_timeout_ms: int, statement_timeout_ms: int | None = None
     ) -> PsycopgSession | None:
-        info = self.conn.info
         try:
-            conn = psycopg.connect(info.dsn, password=info.password or None, autocommit=True)
+            conn = psycopg.connect(**self._connect_params(), autocommit=True)
         except psycopg.Error:
             return None  # e.g. a password that came from a callback: read on one connection
         other = PsycopgSession(conn)
@@ -474,6 +540,11 @@ class Psycopg2Session(Session):
 
     def _send_batch(self, statements: Seq[Statement]) -> list[Rows]:
         return [self.run(q, p) for q, p in statements]
+
+    def _connect_params(self) -> dict[str, Any]:
+        params = dict(self.conn.get_dsn_parameters())
+        params.pop("password", None)
+        return {**params, "password": self.conn.info.password or None}
 
 
 # -- what a user hands us ---------------------------------------------------------------
