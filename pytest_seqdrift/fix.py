@@ -34,7 +34,7 @@ from . import drift, fixsql
 from .api import DEFAULT_LOCK_TIMEOUT_MS, check, read_bounds, read_sequence_states
 from .connections import CannotCheck, SeqdriftError, describe, session_for
 from .model import Bounds, Column, Finding, Report, Sequence, SequenceState, Skipped
-from .render import describe_finding, summary
+from .render import describe_finding, summary, what_happens
 
 
 class CannotFix(SeqdriftError):
@@ -244,9 +244,8 @@ def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
         lines.append(fix.sql)  # names inside quotes: a line break there is SQL's own
     for f in fix_plan.advice:
         lines.append("")
-        kind = "" if f.kind == "collision" else f"{f.kind}: "
         label = f"{f.column.label} (sequence {f.sequence.qualified})"
-        lines.append(fixsql.comment(f"{label}: {kind}{describe_finding(f)}"))
+        lines.append(fixsql.comment(f"{label}: {what_happens(f)}"))
         # the advice is commented SQL already; comment it as one text, every line of it
         lines += [fixsql.comment(line.removeprefix("-- ")) for line in f.fix_sql.split("\n")]
     for s in fix_plan.unread:

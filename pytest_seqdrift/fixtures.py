@@ -26,6 +26,10 @@ from .locate import (
 from .model import Report, SequenceState
 from .options import DSN_OPTION, get_option
 
+# The fixtures of a test made by pytest-postgresql's ``postgresql`` factory, whatever
+# their names (set on the item by the plugin, which can see the fixtures' definitions).
+PG_CLIENTS = pytest.StashKey[list[str]]()
+
 
 class SequenceDriftError(AssertionError):
     """Sequence drift found: the message is the report."""
@@ -51,7 +55,8 @@ def seqdrift_connection(
     (``alembic_runner`` and its built-in tests do); a connection to ``--seqdrift-dsn`` /
     ``SEQDRIFT_DSN`` (checked read-only); else None.
     """
-    for name in TEST_DATABASE_FIXTURES:
+    clients = request.node.stash.get(PG_CLIENTS, [])
+    for name in (*TEST_DATABASE_FIXTURES, *clients):
         if name in request.fixturenames:
             yield Located(request.getfixturevalue(name), f"fixture {name}", test_database=True)
             return

@@ -60,12 +60,31 @@ class Located:
     test_database: bool  # created for the tests: the probe may write to it (and undo it)
 
 
-def is_migration_test(fixturenames: list[str] | tuple[str, ...]) -> bool:
-    return any(name in fixturenames for name in MIGRATION_FIXTURES)
+def is_migration_test(fixturenames: Iterable[str]) -> bool:
+    return migration_fixture(fixturenames) is not None
 
 
-def uses_database(fixturenames: list[str] | tuple[str, ...]) -> bool:
-    return any(name in fixturenames for name in DATABASE_FIXTURES)
+def migration_fixture(fixturenames: Iterable[str]) -> str | None:
+    """The migration fixture a test uses, if any."""
+    names = set(fixturenames)
+    return next((name for name in MIGRATION_FIXTURES if name in names), None)
+
+
+def uses_database(fixturenames: Iterable[str]) -> bool:
+    names = set(fixturenames)
+    return any(name in names for name in DATABASE_FIXTURES)
+
+
+def postgresql_fixture_kind(func: Any) -> str | None:
+    """``"process"`` for a fixture made by pytest-postgresql's ``postgresql_proc`` or
+    ``postgresql_noproc`` factory, ``"client"`` for one made by ``postgresql`` (whatever
+    the user named it), else None."""
+    module = getattr(func, "__module__", None) or ""
+    if module in ("pytest_postgresql.factories.process", "pytest_postgresql.factories.noprocess"):
+        return "process"
+    if module == "pytest_postgresql.factories.client":
+        return "client"
+    return None
 
 
 def wrap(value: Any, source: str) -> list[Located]:
@@ -112,6 +131,42 @@ def django_databases(databases: Iterable[str] | str | None) -> list[Located]:
     ]
     postgres = [f for f in found if f.connection.vendor == "postgresql"]
     return postgres or found[:1]
+
+
+def django_database_names() -> dict[str, str]:
+    """Each Django alias's database name, as its connection stands now."""
+    connections = importlib.import_module("django.db").connections
+    return {alias: str(connections[alias].settings_dict.get("NAME")) for alias in connections}
+
+
+def django_test_databases(names_before: dict[str, str]) -> list[Located]:
+    """The PostgreSQL databases pytest-django has just set up for the tests: every
+    alias whose connection now names another database than before (its test database:
+    Django renames it there, also when it reuses one). An alias no test asked for keeps
+    its own database; a test mirror is the database it mirrors."""
+    connections = importlib.import_module("django.db").connections
+    found = []
+    for alias, name in django_database_names().items():
+        wrapper = connections[alias]
+        if wrapper.vendor != "postgresql" or wrapper.settings_dict.get("TEST", {}).get("MIRROR"):
+            continue
+        if name == names_before.get(alias):
+            continue
+        found.append(Located(wrapper, f"pytest-django test database {alias!r}", test_database=True))
+    return found
+
+
+def django_resets_sequences(marker: Any, fixturenames: Iterable[str]) -> bool:
+    """pytest-django resets every sequence at this test's set-up:
+    ``django_db(reset_sequences=True)`` or the ``django_db_reset_sequences`` fixture."""
+    if "django_db_reset_sequences" in set(fixturenames):
+        return True
+    if marker is None:
+        return False
+    # django_db(transaction=False, reset_sequences=False, databases=None, ...)
+    return bool(
+        marker.kwargs.get("reset_sequences", marker.args[1] if len(marker.args) > 1 else False)
+    )
 
 
 def alembic_database(engine: Any) -> Located | None:

@@ -51,6 +51,7 @@ class Option:
     parse: Any = str  # text -> value; raises ValueError on bad input
     choices: tuple[str, ...] = ()
     env: str | None = None  # an environment variable consulted after the ini file
+    many: bool = False  # a list: the flag may be repeated, the ini value lists them
 
     @property
     def dest(self) -> str:
@@ -133,6 +134,24 @@ MAX_SCAN_ROWS = Option(
     "more than about this many rows, instead of scanning it",
     parse_rows,
 )
+
+
+def parse_pattern(text: str) -> str:
+    if not text.strip():
+        raise ValueError("expected a table name or pattern, not an empty one")
+    return text.strip()
+
+
+EXCLUDE = Option(
+    "--seqdrift-exclude",
+    "seqdrift_exclude",
+    (),
+    "tables whose explicit ids are intentional: leave them out of every check "
+    "(`table` or `schema.table`, with * and ?; repeat the flag, or list them in the ini "
+    "option separated by spaces)",
+    parse_pattern,
+    many=True,
+)
 REPORT = Option(
     "--seqdrift-report",
     "seqdrift_report",
@@ -150,6 +169,7 @@ OPTIONS = (
     FAIL,
     THRESHOLD,
     MAX_SCAN_ROWS,
+    EXCLUDE,
     REPORT,
 )
 
@@ -157,6 +177,12 @@ OPTIONS = (
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("seqdrift", "sequence drift (pytest-seqdrift)")
     for opt in OPTIONS:
+        if opt.many:
+            group.addoption(
+                opt.flag, action="append", dest=opt.dest, metavar="PATTERN", help=opt.help
+            )
+            parser.addini(opt.ini, type="args", default=[], help=opt.help)
+            continue
         default = "" if opt.default is None else str(opt.default).lower()
         if opt is ENABLE:
             group.addoption(
@@ -177,6 +203,8 @@ def add_options(parser: pytest.Parser) -> None:
 
 def get_option(config: pytest.Config, opt: Option) -> Any:
     """The option's value: command line, else ini, else environment, else default."""
+    if opt.many:
+        return _get_many(config, opt)
     raw = config.getoption(opt.dest, default=None)
     where = opt.flag
     if raw is None:
@@ -191,5 +219,18 @@ def get_option(config: pytest.Config, opt: Option) -> Any:
         raise pytest.UsageError(f"{where}: expected one of {', '.join(opt.choices)}, not {raw!r}")
     try:
         return opt.parse(raw)
+    except ValueError as exc:
+        raise pytest.UsageError(f"{where}: {exc}") from None
+
+
+def _get_many(config: pytest.Config, opt: Option) -> tuple[Any, ...]:
+    """A list option: the flag's values when it is given at all, else the ini's."""
+    raw: list[str] | None = config.getoption(opt.dest, default=None)
+    where = opt.flag
+    if raw is None:
+        raw = list(config.getini(opt.ini) or ())
+        where = f"ini option {opt.ini}"
+    try:
+        return tuple(opt.parse(value) for value in raw)
     except ValueError as exc:
         raise pytest.UsageError(f"{where}: {exc}") from None

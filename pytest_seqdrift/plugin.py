@@ -1,13 +1,32 @@
-"""The pytest plugin (``pytest11`` entry point): options, the marker, and — only when
-``--seqdrift`` is on — the ``SeqdriftPlugin`` that probes migration tests.
+"""The pytest plugin (``pytest11`` entry point): options, the marker, and -- only when
+``--seqdrift`` is on -- the ``SeqdriftPlugin`` that checks the test databases.
+
+With ``--seqdrift`` the plugin
+
+* checks every test database once its set-up is complete, before the first test body
+  that receives it: pytest-django's databases once ``django_db_setup`` has migrated
+  them, any other database it can locate (pytest-postgresql's, ``alembic_engine``, the
+  user's ``seqdrift_connection``) at the end of the first set-up that hands it to a
+  test. Drift found there belongs to the set-up: it is reported once, as an error at
+  the set-up of the test that first receives it, naming where the database came from;
+* follows every Django migration, Alembic revision and pytest-postgresql load
+  (``listeners``), checking after each, so that a report names the step that introduced
+  the drift;
+* probes migration tests after their body (marked, using ``migrator`` or
+  ``alembic_runner``, or running migrations themselves), and with
+  ``--seqdrift-scope=all`` every test that uses a database.
 
 Off, it costs nothing: no hook of ``SeqdriftPlugin`` is registered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -17,20 +36,35 @@ from typing import Any
 import psycopg
 import pytest
 
-from . import compat, render
+from . import advice, compat, render
 from .api import check
-from .connections import CannotCheck, describe
+from .connections import CannotCheck, DatabaseId, Session, describe, open_session, session_for
 from .fixtures import (
+    PG_CLIENTS,
     SequenceDriftError,
     assert_sequences_consistent,
     seqdrift_connection,
     seqdrift_snapshot,
 )
-from .locate import NO_DATABASE_HELP, Located, is_migration_test, uses_database, wrap
-from .model import Report
+from .history import ColumnKey, column_key
+from .listeners import Listening
+from .locate import (
+    NO_DATABASE_HELP,
+    Located,
+    django_database_names,
+    django_ready,
+    django_resets_sequences,
+    django_test_databases,
+    migration_fixture,
+    postgresql_fixture_kind,
+    uses_database,
+    wrap,
+)
+from .model import Finding, Report
 from .options import (
     DSN_OPTION,
     ENABLE,
+    EXCLUDE,
     FAIL,
     MAX_SCAN_ROWS,
     PROBE,
@@ -43,10 +77,12 @@ from .options import (
     get_option,
 )
 from .probe import probe
+from .watch import Run, Watcher, finding_key
 
 __all__ = [
     "SeqdriftPlugin",
     "SeqdriftWarning",
+    "SequenceDriftError",
     "assert_sequences_consistent",
     "seqdrift_connection",
     "seqdrift_snapshot",
@@ -57,13 +93,14 @@ MARKER = (
     "test whose database pytest-seqdrift probes for sequence drift after the test body"
 )
 _MARKER_KEYWORDS = {"probe", "limit", "schemas", "exclude_tables"}
-PROPERTY = "seqdrift"  # report.user_properties key: findings travel to the xdist controller
+PROPERTY = "seqdrift"  # report.user_properties key: what travels to the xdist controller
+HEADER = "pytest-seqdrift:"
 
 
 def _driver_errors() -> tuple[type[Exception], ...]:
-    """The database drivers' base error classes: psycopg 3's, and psycopg2's once a
-    test has imported it (a connection of it is then what the probe was given)."""
-    found: list[type[Exception]] = [psycopg.Error]
+    """What a failing check may raise: our CannotCheck, psycopg 3's errors, and
+    psycopg2's once a test has imported it (a connection of it is then what we got)."""
+    found: list[type[Exception]] = [CannotCheck, psycopg.Error]
     psycopg2 = sys.modules.get("psycopg2")
     error = getattr(psycopg2, "Error", None)
     if isinstance(error, type) and issubclass(error, Exception):
@@ -96,6 +133,7 @@ class Settings:
     max_scan_rows: int | None
     probe_dsn: bool
     report_path: str | None
+    exclude: tuple[str, ...]
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -108,38 +146,116 @@ class Settings:
             max_scan_rows=get_option(config, MAX_SCAN_ROWS),
             probe_dsn=get_option(config, PROBE_DSN),
             report_path=get_option(config, REPORT),
+            exclude=get_option(config, EXCLUDE),
         )
+
+
+@dataclass
+class Born:
+    """Drift found in the set-up of a test database, to report at the set-up of the
+    test that receives it first."""
+
+    source: str  # where the database came from, for people
+    report: Report  # its findings not reported before (and what was checked)
+    database: DatabaseId | None
+
+
+@dataclass
+class _Outcome:
+    """What one phase of a test found, for its report and the controller's summary."""
+
+    born: list[Born] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # set-ups that could not be checked
+    probed: list[tuple[DatabaseId, Finding]] | None = None  # None: the test was not probed
+    probed_text: list[str] = field(default_factory=list)
+    why: str = ""  # why it was probed
+    cannot: str | None = None  # the test's database could not be probed
+    no_database: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _Run:
     """What the controller gathers from every test report (xdist workers included)."""
 
+    born: dict[str, dict[str, Any]] = field(default_factory=dict)  # one entry a finding
     findings: list[dict[str, Any]] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # test -> why it failed on our account
     notes: list[str] = field(default_factory=list)
     probed_tests: int = 0
+    setups: int = 0
+    steps: int = 0
     no_database: list[str] = field(default_factory=list)
 
 
 class SeqdriftPlugin:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.settings = Settings.from_config(config)
+        self.settings = s = Settings.from_config(config)
         self.run = _Run()
+        self.watcher = Watcher(
+            exclude_tables=s.exclude,
+            threshold=s.threshold,
+            max_scan_rows=s.max_scan_rows,
+            run_context=self._run_context,
+        )
+        self.listening = Listening(self.watcher)
+        self.phase: str | None = None
+        self.fixtures: list[str] = []  # the fixtures being set up, innermost last
+        self.checked: set[DatabaseId] = set()  # databases whose set-up was checked
+        self.templates: dict[tuple[str, str], str] = {}  # (port, database) -> its template
+        self.born_keys: set[Any] = set()  # findings reported as a set-up's
+        self.pending: _Outcome = _Outcome()  # set-up findings not reported yet
+        self.reset_made: dict[str, set[ColumnKey]] = {}  # test -> columns its reset drifted
+        self.claims: Path | None = None  # under pytest-xdist: which worker reports what
+        workerinput = getattr(config, "workerinput", None)
+        if workerinput is not None and "testrunuid" in workerinput:
+            self.claims = _claims_folder(str(workerinput["testrunuid"]))
+            self.claims.mkdir(parents=True, exist_ok=True)
+        self.setups_unsent = 0  # set-up checks made since the last report (for the summary)
+        self.steps_sent = 0  # the watcher's step count at the last report
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.listening.stop()
+        if self.claims is not None and not hasattr(config, "workerinput"):
+            shutil.rmtree(self.claims, ignore_errors=True)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """pytest-xdist, on the controller: the folder its workers claim findings in."""
+        self.claims = _claims_folder(str(node.workerinput["testrunuid"]))
 
     # -- which tests ------------------------------------------------------------------
 
-    def _probed(self, item: pytest.Item) -> bool:
+    def _marked_or_migrating(self, item: pytest.Item) -> str | None:
+        """Why the test is a migration test, known before it runs."""
+        if item.get_closest_marker("seqdrift") is not None:
+            return "it is marked @pytest.mark.seqdrift"
+        name = migration_fixture(getattr(item, "fixturenames", ()))
+        return None if name is None else f"it uses {name}"
+
+    def _uses_database(self, item: pytest.Item) -> bool:
         names = getattr(item, "fixturenames", ())
-        if item.get_closest_marker("seqdrift") is not None or is_migration_test(names):
+        if uses_database(names) or item.get_closest_marker("django_db") is not None:
             return True
-        return self.settings.scope == "all" and uses_database(names)
+        return bool(item.stash.get(PG_CLIENTS, None))
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:
             names = getattr(item, "fixturenames", None)
-            if self._probed(item) and names is not None and "seqdrift_connection" not in names:
+            if names is None or "seqdrift_connection" in names:
+                continue
+            defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+            clients = [n for n in names if postgresql_fixture_kind(_func(defs, n)) == "client"]
+            if clients:
+                item.stash[PG_CLIENTS] = clients
+            own = _func(defs, "seqdrift_connection")
+            override = own is not None and own.__module__ != "pytest_seqdrift.fixtures"
+            feeds = override and any(
+                a in names for a in defs["seqdrift_connection"][-1].argnames if a != "request"
+            )
+            if self._marked_or_migrating(item) or self._uses_database(item) or feeds:
                 names.append("seqdrift_connection")  # set up with the test's own fixtures
 
     def pytest_report_header(self, config: pytest.Config) -> str:
@@ -149,20 +265,207 @@ class SeqdriftPlugin:
             f"seqdrift: probe={s.mode} limit={s.limit} scope={s.scope} "
             f"on-drift={'fail' if s.fail else 'warn'} threshold={s.threshold} dsn={dsn}"
             + (" (probed)" if s.probe_dsn else "")
+            + (f" exclude={','.join(s.exclude)}" if s.exclude else "")
         )
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def _run_context(self) -> str | None:
+        """Where a migration run that just ended ran, when its end state should be
+        reported as set-up drift: in a fixture (or before the tests), not in a test
+        body (the probe judges that) nor in a teardown."""
+        if self.phase == "teardown" or "django_db_setup" in self.fixtures:
+            return None  # nothing to report / its own set-up check follows
+        if self.fixtures:
+            return f"in fixture {self.fixtures[-1]!r}"
+        return "in the test body" if self.phase == "call" else "before the tests"
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Generator[None, Any, Any]:
+        django = fixturedef.argname == "django_db_setup" and django_ready()
+        names_before = django_database_names() if django else {}
+        self.fixtures.append(fixturedef.argname)
+        try:
+            value = yield
+        finally:
+            self.fixtures.pop()
+        if postgresql_fixture_kind(fixturedef.func) == "process" and hasattr(
+            value, "template_dbname"
+        ):
+            self.templates[(str(value.port), str(value.dbname))] = str(value.template_dbname)
+        if django:
+            self._check_django_setup(request, names_before)
+        self._take_runs(self.pending)
+        return value
+
+    def _check_django_setup(
+        self, request: pytest.FixtureRequest, names_before: dict[str, str]
+    ) -> None:
+        """pytest-django has created and migrated the test databases: check each
+        PostgreSQL one now, before any test's own set-up (a ``reset_sequences`` test
+        resets every sequence) or body touches it."""
+        blocker = request.getfixturevalue("django_db_blocker")
+        with blocker.unblock():
+            for located in django_test_databases(names_before):
+                self._check_setup(located, self.pending)
+
+    def _check_setup(self, located: Located, outcome: _Outcome) -> None:
+        """Check (on a test database: probe) a database whose set-up is complete, once."""
+        failure = None
+        try:
+            with open_session(located.connection) as session:
+                database = session.database_id()
+                if database in self.checked:
+                    return
+                self.checked.add(database)
+                report, notes = self._judge(session, located)
+        except _driver_errors() as exc:
+            failure = describe(exc)
+        if failure is not None:  # raised outside the handler: no exception chain shown
+            outcome.problems.append(f"could not check {located.source}: {failure}")
+            return
+        self.setups_unsent += 1
+        outcome.notes += [f"{located.source}: {n}" for n in notes]
+        fresh = self._claim(self.watcher.new_findings(report), outcome)
+        if fresh:
+            source = self._describe_setup(located, database)
+            mine = Report(findings=fresh, checked=report.checked, skipped=report.skipped)
+            outcome.born.append(Born(source, mine, database))
+
+    def _claim(self, fresh: list[Finding], outcome: _Outcome) -> list[Finding]:
+        """Set-up findings become this process's to report. Under pytest-xdist every
+        worker sets up a database of its own from the same migrations and files, and
+        finds the same drift: the first worker to claim a finding reports it, the others
+        only note it (they write nothing but an empty claim file, shared by the run)."""
+        self.born_keys.update(finding_key(f) for f in fresh)
+        if self.claims is None:
+            return fresh
+        mine = []
+        for f in fresh:
+            name = hashlib.sha256(repr(finding_key(f)).encode()).hexdigest()[:32]
+            try:
+                os.close(os.open(self.claims / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                outcome.notes.append(f"{f.column.label}: the set-up drift another worker reports")
+                continue
+            mine.append(f)
+        return mine
+
+    def _describe_setup(self, located: Located, database: DatabaseId) -> str:
+        history = self.watcher.history(database)
+        steps = history.steps if history is not None else []
+        source = located.source
+        details = [f"database {database.name}"]
+        if any(s.kind == "migration" for s in steps):
+            details.append("after migrations")
+        elif any(s.kind == "revision" for s in steps):
+            details.append("after Alembic revisions")
+        template = self._template_of(database)
+        if template is not None:
+            loads = ", ".join(s.name for s in self.watcher.loads(template))
+            details.append(f"created from template {template.name}")
+            if loads:
+                details[-1] += f" loaded with {loads}"
+        return f"{source} ({', '.join(details)})"
+
+    def _template_of(self, database: DatabaseId) -> DatabaseId | None:
+        """The pytest-postgresql template a database was created from, where known."""
+        name = self.templates.get((database.port, database.name))
+        if name is None:
+            return None
+        found = [
+            d
+            for d in self.watcher.histories
+            if (d.server_started, d.port, d.name) == (database.server_started, database.port, name)
+        ]
+        return found[-1] if found else None
+
+    def _take_runs(self, outcome: _Outcome) -> None:
+        """Migration runs that ended in a set-up, on databases no check of ours covers:
+        their end state is set-up drift (a fixture upgrading a database of its own)."""
+        for run in self.watcher.take_runs():
+            if run.database in self.checked:
+                continue
+            fresh = self._claim(self.watcher.new_findings(run.report), outcome)
+            if fresh:
+                source = f"database {run.database.name} ({run.description})"
+                mine = Report(fresh, run.report.checked, run.report.skipped)
+                outcome.born.append(Born(source, mine, run.database))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        self._marker_kwargs(item)  # a mistyped marker fails before the test's set-up
+        self.phase = "setup"
+        try:
+            yield
+        finally:
+            self.phase = None
+        outcome, self.pending = self.pending, _Outcome()
+        for located in self._located(item):
+            self._check_setup(located, outcome)  # once a database: django_db_setup's are done
+        self._take_runs(outcome)
+        if self._resets_before_probe(item):
+            self._record_reset(item)
+        self._finish(item, "setup", outcome)
+
+    def _located(self, item: pytest.Item) -> list[Located]:
+        funcargs = getattr(item, "funcargs", {})
+        if "seqdrift_connection" not in funcargs:
+            return []
+        return wrap(funcargs["seqdrift_connection"], "fixture seqdrift_connection")
+
+    def _resets_before_probe(self, item: pytest.Item) -> bool:
+        marker = item.get_closest_marker("django_db")
+        names = getattr(item, "fixturenames", ())
+        if not django_resets_sequences(marker, names):
+            return False
+        return bool(self._marked_or_migrating(item) or self.settings.scope == "all")
+
+    def _record_reset(self, item: pytest.Item) -> None:
+        """pytest-django's ``reset_sequences=True`` has just set every sequence back to
+        its start: the columns drifted now (and not before) are the reset's doing."""
+        drifted: set[ColumnKey] = set()
+        for located in self._located(item):
+            try:
+                report = self.watcher.check(located.connection)
+            except _driver_errors():
+                continue
+            drifted |= {
+                column_key(f.column)
+                for f in report.findings
+                if finding_key(f) not in self.born_keys
+            }
+        self.reset_made[item.nodeid] = drifted
 
     # -- the probe, right after the test body ------------------------------------------
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
-        result = yield  # the test body; raises if it failed, and then there is no probe
-        if self._probed(item):
-            self._probe(item)
+        steps_before = self.watcher.steps
+        self.phase = "call"
+        try:
+            result = yield  # the test body; raises if it failed, and then there is no probe
+        finally:
+            self.phase = "teardown"
+        outcome, self.pending = self.pending, _Outcome()
+        runs = self.watcher.take_runs()  # migrations the body ran, to the end
+        why = self._marked_or_migrating(item)
+        if why is None and self.watcher.steps > steps_before:
+            why = "it ran migrations"
+        if why is None and self.settings.scope == "all" and self._uses_database(item):
+            why = "scope"
+        if why is not None:
+            self._probe(item, why, runs, outcome)
+        self._finish(item, "call", outcome)
         return result
 
-    def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        """A mistyped marker fails its test before the test runs."""
-        self._marker_kwargs(item)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        self.reset_made.pop(item.nodeid, None)
+
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        self.phase = None
 
     def _marker_kwargs(self, item: pytest.Item) -> dict[str, Any]:
         marker = item.get_closest_marker("seqdrift")
@@ -191,65 +494,89 @@ class SeqdriftPlugin:
             pytest.fail(f"@pytest.mark.seqdrift {'; '.join(problems)}", pytrace=False)
         return kwargs
 
-    def _probe(self, item: pytest.Item) -> None:
-        __tracebackhide__ = True
+    def _probe(self, item: pytest.Item, why: str, runs: list[Run], outcome: _Outcome) -> None:
+        """Probe the test's databases after its body. A migration test fails on any drift
+        but what the set-up already reported; under ``--seqdrift-scope=all`` a test that
+        is not one fails only on drift that outlives its own transaction and that no
+        earlier test was failed for."""
         kwargs = self._marker_kwargs(item)
-        databases = wrap(
-            getattr(item, "funcargs", {}).get("seqdrift_connection"), "fixture seqdrift_connection"
-        )
-        if not databases:
-            item.user_properties.append((PROPERTY, {"no_database": item.nodeid}))
-            return
-        s = self.settings
-        mode = kwargs.get("probe") or s.mode
-        limit = kwargs.get("limit") or s.limit
-        schemas, exclude = kwargs.get("schemas"), kwargs.get("exclude_tables") or ()
-        report, notes, texts = Report(), [], []
-        cannot: tuple[type[Exception], ...] = (CannotCheck, *_driver_errors())
+        databases = self._located(item)
+        scope_only = why == "scope"
+        outcome.why = "--seqdrift-scope=all" if scope_only else f"a migration test: {why}"
+        outcome.probed = []
+        known = self.watcher.reported if scope_only else self.born_keys
+        reset = self.reset_made.get(item.nodeid, set())
+        probed: set[DatabaseId] = set()
         for located in databases:  # pytest-django: every PostgreSQL alias
-            try:
-                found, found_notes = self._examine(located, mode, limit, schemas, exclude)
-            except cannot as exc:
-                # a lost connection, a lock or statement timeout the probe cannot
-                # work round: this test fails with the reason, and the run goes on
-                where = f" ({located.source})" if len(databases) > 1 else ""
-                pytest.fail(
-                    f"pytest-seqdrift could not check the database{where}: {describe(exc)}",
-                    pytrace=False,
-                )
             prefix = f"{located.source}: " if len(databases) > 1 else ""
-            report.findings.extend(found.findings)
-            report.checked.extend(found.checked)
-            report.skipped.extend(found.skipped)
-            notes += [prefix + n for n in found_notes]
-            if found.findings:
-                texts.append(prefix + render.text(found))
-        item.user_properties.append(
-            (
-                PROPERTY,
-                {
-                    "test": item.nodeid,
-                    "findings": [render.finding_dict(f) for f in report.findings],
-                    "text": "\n".join(texts),
-                    "notes": notes,
-                },
-            )
-        )
-        if not report.findings:
-            return
-        if s.fail:
-            raise SequenceDriftError(report, "\n".join(texts))
-        warnings.warn(SeqdriftWarning("\n".join(texts)), stacklevel=1)
+            failure = None
+            try:
+                with open_session(located.connection) as session:
+                    database = session.database_id()
+                    own_transaction = session.in_transaction
+                    found, notes = self._judge(session, located, kwargs)
+                    if scope_only:
+                        found, more = self._outliving(session, found, own_transaction)
+                        notes += more
+            except _driver_errors() as exc:
+                # a lost connection, a lock or statement timeout the probe cannot work
+                # round: this test fails with the reason, and the run goes on
+                failure = describe(exc)
+            if failure is not None:  # outside the handler: no exception chain is shown
+                where = f" ({located.source})" if len(databases) > 1 else ""
+                holders = _lock_holders(located) if "lock timeout" in failure else []
+                if holders:
+                    # most often the test's own transaction, open on a connection of its
+                    # own (a SQLAlchemy session the fixture closes after the probe)
+                    failure += f"; held by another session's open transaction: {'; '.join(holders)}"
+                outcome.cannot = f"{HEADER} could not check the database{where}: {failure}"
+                return
+            probed.add(database)
+            outcome.notes += [
+                f"{prefix}{f.column.label}: the drift its set-up left, reported once"
+                for f in found.findings
+                if finding_key(f) in self.born_keys
+            ]
+            outcome.notes += [prefix + n for n in notes]
+            fresh = [f for f in found.findings if finding_key(f) not in known]
+            self._add(outcome, prefix, database, found, fresh, reset)
+        for run in runs:  # what the body migrated on a database it did not hand us
+            if run.database not in probed:
+                fresh = [f for f in run.report.findings if finding_key(f) not in known]
+                prefix = f"database {run.database.name} ({run.description}): "
+                self._add(outcome, prefix, run.database, run.report, fresh, reset)
+        outcome.no_database = not databases and not runs
 
-    def _examine(
-        self, located: Located, mode: str, limit: int, schemas: Any, exclude: Any
+    def _add(
+        self,
+        outcome: _Outcome,
+        prefix: str,
+        database: DatabaseId,
+        found: Report,
+        fresh: list[Finding],
+        reset: set[ColumnKey],
+    ) -> None:
+        """A probed database's new findings, into the test's outcome."""
+        assert outcome.probed is not None
+        self.watcher.reported.update(finding_key(f) for f in fresh)
+        outcome.probed += [(database, f) for f in fresh]
+        if fresh:
+            mine = Report(findings=fresh, checked=found.checked, skipped=found.skipped)
+            annotate = self._annotate(database, reset)
+            outcome.probed_text.append(prefix + render.text(mine, annotate=annotate))
+
+    def _judge(
+        self, session: Session, located: Located, kwargs: dict[str, Any] | None = None
     ) -> tuple[Report, list[str]]:
-        s = self.settings
+        """Probe a test database (read-only check anything else): its report and notes."""
+        s, kwargs = self.settings, kwargs or {}
+        exclude = [*s.exclude, *(kwargs.get("exclude_tables") or ())]
+        schemas = kwargs.get("schemas")
         if located.test_database or s.probe_dsn:
             result = probe(
-                located.connection,
-                mode=mode,  # type: ignore[arg-type]
-                limit=limit,
+                session,
+                mode=kwargs.get("probe") or s.mode,  # type: ignore[arg-type]
+                limit=kwargs.get("limit") or s.limit,
                 schemas=schemas,
                 exclude_tables=exclude,
                 threshold=s.threshold,
@@ -267,7 +594,7 @@ class SeqdriftPlugin:
             ]
             return result.report, notes
         report = check(
-            located.connection,
+            session,
             schemas=schemas,
             exclude_tables=exclude,
             threshold=s.threshold,
@@ -279,21 +606,132 @@ class SeqdriftPlugin:
         )
         return report, [note]
 
+    def _outliving(
+        self, session: Session, report: Report, own_transaction: bool
+    ) -> tuple[Report, list[str]]:
+        """Of what a test's connection sees inside its own transaction, the drift that
+        outlives the transaction: what a second connection sees (committed rows, and
+        the sequences, which no rollback moves back). Drift that lives only in rows the
+        test's transaction holds is a note."""
+        if not own_transaction or not report.findings:
+            return report, []
+        twin = session.twin()
+        if twin is None:
+            return report, ["no second connection could be opened: every drift counted"]
+        failure = None
+        try:
+            with twin:
+                committed = self.watcher.check(twin)
+        except _driver_errors() as exc:
+            failure = describe(exc)
+        if failure is not None:
+            return report, [f"what outlives the test's transaction is unknown: {failure}"]
+        outlives = {column_key(f.column) for f in committed.findings}
+        kept = [f for f in report.findings if column_key(f.column) in outlives]
+        notes = [
+            f"{f.column.label}: drift only inside this test's own transaction, which its "
+            f"rollback takes away: {render.what_happens(f)}"
+            for f in report.findings
+            if column_key(f.column) not in outlives
+        ]
+        return Report(findings=kept, checked=report.checked, skipped=report.skipped), notes
+
+    def _annotate(self, database: DatabaseId | None, reset: set[ColumnKey]) -> render.Annotate:
+        template = self._template_of(database) if database is not None else None
+
+        def annotate(f: Finding) -> tuple[list[str], list[str]]:
+            step = self.watcher.origin(database, f) or self.watcher.origin(template, f)
+            if step is not None:
+                return [advice.origin_line(step)], advice.fix_for(step, f)
+            if column_key(f.column) in reset:
+                lines = advice.reset_sequences_lines(f)
+                return lines[:1], lines[1:]
+            return [], []
+
+        return annotate
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def _finish(self, item: pytest.Item, phase: str, outcome: _Outcome) -> None:
+        """Send what this phase found to the controller, then fail the test (or warn)."""
+        outcome.notes += self.watcher.take_notes()
+        drift = [self._born_text(b) for b in outcome.born]
+        if outcome.probed_text:
+            drift.append(
+                f"{HEADER} sequence drift after this test ({outcome.why}):\n"
+                + "\n".join(outcome.probed_text)
+            )
+        trouble = [f"{HEADER} {p}" for p in outcome.problems]
+        if outcome.cannot:
+            trouble.append(outcome.cannot)
+        steps, self.steps_sent = self.watcher.steps - self.steps_sent, self.watcher.steps
+        value: dict[str, Any] = {"phase": phase, "test": item.nodeid}
+        if steps:
+            value["steps"] = steps
+        if self.setups_unsent:
+            value["setups"], self.setups_unsent = self.setups_unsent, 0
+        if outcome.born:
+            value["born"] = [
+                {"source": b.source, **self._finding_dict(b.database, f)}
+                for b in outcome.born
+                for f in b.report.findings
+            ]
+        if outcome.probed is not None:
+            value["probed"] = True
+            value["findings"] = [self._finding_dict(db, f) for db, f in outcome.probed]
+        if outcome.no_database:
+            value["no_database"] = True
+        if outcome.notes:
+            value["notes"] = outcome.notes
+        fails = trouble or (drift and self.settings.fail)
+        if fails:
+            value["failed"] = "could not check" if trouble else "drift"
+        item.user_properties.append((PROPERTY, value))
+        if fails:
+            pytest.fail("\n\n".join(drift + trouble), pytrace=False)
+        if drift:
+            warnings.warn(SeqdriftWarning("\n\n".join(drift)), stacklevel=1)
+
+    def _born_text(self, born: Born) -> str:
+        return (
+            f"{HEADER} sequence drift in the set-up of {born.source}\n"
+            "(this test only received that database: the drift is reported here, once)\n"
+            + render.text(born.report, annotate=self._annotate(born.database, set()))
+        )
+
+    def _finding_dict(self, database: DatabaseId | None, f: Finding) -> dict[str, Any]:
+        """A finding as it travels to the controller: the CLI's JSON fields, the words
+        of its failure, and the step that introduced it where known."""
+        d = render.finding_dict(f)
+        d["what"] = render.what_happens(f)
+        step = self.watcher.origin(database, f) or self.watcher.origin(
+            self._template_of(database) if database is not None else None, f
+        )
+        if step is not None:
+            d["introduced_by"] = step.label
+        return d
+
     # -- gathering, on the controller --------------------------------------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call":  # the teardown report carries the same properties
-            return
         for key, value in report.user_properties:
-            if key != PROPERTY or not isinstance(value, dict):
+            if key != PROPERTY or not isinstance(value, dict) or value.get("phase") != report.when:
                 continue
-            if "no_database" in value:
-                self.run.no_database.append(value["no_database"])
-                continue
-            self.run.probed_tests += 1
-            self.run.notes += [f"{value['test']}: {n}" for n in value.get("notes", ())]
-            for finding in value.get("findings", ()):
-                self.run.findings.append({"test": value["test"], **finding})
+            run = self.run
+            test = value["test"]
+            run.setups += value.get("setups", 0)
+            run.steps += value.get("steps", 0)
+            for f in value.get("born", ()):
+                run.born.setdefault(json.dumps(_key_of(f)), {"test": test, **f})
+            if value.get("probed"):
+                run.probed_tests += 1
+                for f in value.get("findings", ()):
+                    run.findings.append({"test": test, **f})
+            if value.get("no_database"):
+                run.no_database.append(test)
+            if value.get("failed"):
+                run.failed[test] = value["failed"]
+            run.notes += [f"{test}: {n}" for n in value.get("notes", ())]
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(self.config, "workerinput"):
@@ -301,7 +739,12 @@ class SeqdriftPlugin:
         self._check_dsn_at_end(session)
         path = self.settings.report_path
         if path:
-            out = {"version": render.JSON_VERSION, "findings": self.run.findings}
+            findings = [
+                {"test": f["test"], "set_up": f["source"], **_public(f)}
+                for f in self.run.born.values()
+            ]
+            findings += [{"test": f["test"], **_public(f)} for f in self.run.findings]
+            out = {"version": render.JSON_VERSION, "findings": findings}
             Path(path).write_text(json.dumps(out, indent=2) + "\n")
 
     def _check_dsn_at_end(self, session: pytest.Session) -> None:
@@ -313,42 +756,139 @@ class SeqdriftPlugin:
             with psycopg.connect(dsn, autocommit=True, application_name="pytest-seqdrift") as conn:
                 report = check(
                     conn,
+                    exclude_tables=self.settings.exclude,
                     threshold=self.settings.threshold,
                     max_scan_rows=self.settings.max_scan_rows,
                 )
         except (CannotCheck, psycopg.Error) as exc:
             self.run.notes.append(f"end of session: could not check --seqdrift-dsn: {exc}")
             return
-        self.run.findings += [
-            {"test": "(end of session)", **render.finding_dict(f)} for f in report.findings
+        known = {json.dumps(_key_of(f)) for f in self.run.findings} | set(self.run.born)
+        fresh = [
+            {"test": "(end of session)", **render.finding_dict(f), "what": render.what_happens(f)}
+            for f in report.findings
         ]
-        if report.findings and self.settings.fail and session.exitstatus == 0:
+        fresh = [f for f in fresh if json.dumps(_key_of(f)) not in known]  # reported once
+        self.run.findings += fresh
+        if fresh and self.settings.fail and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        run = self.run
+        run, tr = self.run, terminalreporter
         verbose = self.config.getoption("verbose") > 0
-        if not (run.findings or run.no_database or (verbose and (run.probed_tests or run.notes))):
+        problems = run.born or run.findings or run.no_database or run.failed
+        if not problems:
+            tr.write_line(f"seqdrift: {self._clean_line()}")
+            if verbose:
+                for note in run.notes:
+                    tr.write_line(f"note: {note}")
             return
-        tr = terminalreporter
         tr.write_sep("=", "sequence drift (pytest-seqdrift)")
         if run.no_database:
             tr.write_line(NO_DATABASE_HELP)
             tr.write_line(f"  tests without a database: {', '.join(run.no_database)}")
+        for f in run.born.values():
+            tr.write_line(f"set-up of {f['source']} (reported at {f['test']}):")
+            _write_finding(tr, f, "  ")
         for f in run.findings:
-            where = f"{f['schema']}.{f['table']}.{f['column']}"
-            if f["kind"] == "collision":
-                what = f"the {render.ordinal(f['inserts_until_collision'] + 1)} insert collides with {f['first_collision']}"
-            else:
-                what = f"{f['kind']}: {f['values_left']} values left"
-            tr.write_line(f"{f['test']}: {where}: {what}")
-            tr.write_line(f"    fix: {f['fix_sql'].splitlines()[0] if f['fix_sql'] else '-'}")
+            _write_finding(tr, f, f"{f['test']}: ")
         if verbose:
             for note in run.notes:
                 tr.write_line(f"note: {note}")
         elif run.notes:
             tr.write_line(f"({render.plural(len(run.notes), 'note')}: add -v to show them)")
-        tr.write_line(
-            f"{render.plural(len(run.findings), 'finding')} in "
-            f"{render.plural(run.probed_tests, 'probed test')}"
-        )
+        tr.write_line(self._counts_line())
+
+    def _clean_line(self) -> str:
+        run = self.run
+        if not (run.setups or run.probed_tests or run.steps):
+            return (
+                "checked nothing: no test used a database that pytest-seqdrift can locate "
+                "(pytest-django's, pytest-postgresql's, alembic_engine, or your own "
+                "seqdrift_connection fixture) and no migration ran"
+            )
+        done = [
+            render.plural(run.setups, "test database set-up") + " checked" if run.setups else "",
+            render.plural(run.steps, "migration step") + " followed" if run.steps else "",
+            render.plural(run.probed_tests, "test") + " probed" if run.probed_tests else "",
+        ]
+        return f"no sequence drift ({', '.join(d for d in done if d)})"
+
+    def _counts_line(self) -> str:
+        run = self.run
+        parts = []
+        if run.born:
+            sources = len({f["source"] for f in run.born.values()})
+            parts.append(
+                f"{render.plural(len(run.born), 'finding')} in the set-up of "
+                f"{render.plural(sources, 'test database')}"
+            )
+        if run.probed_tests or run.findings:
+            parts.append(
+                f"{render.plural(len(run.findings), 'finding')} in "
+                f"{render.plural(run.probed_tests, 'probed test')}"
+            )
+        failed = len(run.failed)
+        cannot = sum(v == "could not check" for v in run.failed.values())
+        line = "; ".join(parts)
+        if failed:
+            line += f"; {render.plural(failed, 'test')} failed because of pytest-seqdrift"
+            if cannot:
+                line += f" ({cannot} could not be checked)"
+        return line
+
+
+def _claims_folder(run: str) -> Path:
+    """Where the workers of one pytest-xdist run claim the set-up findings they report:
+    a folder named after the run, which the controller removes at the end."""
+    return Path(tempfile.gettempdir()) / f"pytest-seqdrift-{os.getuid()}-{run}"
+
+
+def _func(defs: Any, name: str) -> Any:
+    found = defs.get(name) if hasattr(defs, "get") else None
+    return found[-1].func if found else None
+
+
+def _lock_holders(located: Located) -> list[str]:
+    """Who holds locks in this database, asked on a connection of its own (the test's
+    may be the one left waiting)."""
+    try:
+        with open_session(located.connection) as session:
+            twin = session.twin()
+        if twin is None:
+            return []
+        with twin:
+            return session_for(twin).lock_holders()
+    except _driver_errors():
+        return []
+
+
+_KEY_FIELDS = (
+    "kind",
+    "schema",
+    "table",
+    "column",
+    "sequence",
+    "next_value",
+    "first_collision",
+    "max_existing",
+    "values_left",
+)
+
+
+def _key_of(f: dict[str, Any]) -> list[Any]:
+    return [f.get(k) for k in _KEY_FIELDS]
+
+
+def _public(f: dict[str, Any]) -> dict[str, Any]:
+    """A finding as ``--seqdrift-report`` writes it: the CLI's fields, and where known
+    the step that introduced it."""
+    return {k: v for k, v in f.items() if k not in ("test", "source", "what")}
+
+
+def _write_finding(tr: Any, f: dict[str, Any], lead: str) -> None:
+    """A finding in the summary: the words of its failure, its origin, its fix."""
+    tr.write_line(f"{lead}{f['schema']}.{f['table']}.{f['column']}: {f['what']}")
+    if f.get("introduced_by"):
+        tr.write_line(f"    introduced by {f['introduced_by']}")
+    tr.write_line(f"    fix: {f['fix_sql'].splitlines()[0] if f['fix_sql'] else '-'}")

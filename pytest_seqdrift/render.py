@@ -5,6 +5,7 @@ the CLI's text adds a table and colour around the same finding blocks."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .model import Checked, Finding, Report, Skipped, printable
@@ -55,9 +56,14 @@ def describe_finding(f: Finding) -> str:
     return f"next value {nv}; {plural(f.values_left, 'value')} left before {limit} ({used})"
 
 
-def text(report: Report, *, verbose: bool = False) -> str:
+# Lines a caller adds to a finding's block: before its fix (where the drift was born)
+# and after it (the fix in the terms of the tool that made the drift).
+Annotate = Callable[[Finding], tuple[list[str], list[str]]]
+
+
+def text(report: Report, *, verbose: bool = False, annotate: Annotate | None = None) -> str:
     """The findings, each with its fix; the checked columns too when ``verbose``."""
-    lines = finding_blocks(report)
+    lines = finding_blocks(report, annotate=annotate)
     for s in report.skipped:
         lines.append(f"skipped {s.schema}.{s.table}.{s.column} (sequence {s.sequence}): {s.reason}")
     for c in report.checked:
@@ -68,7 +74,9 @@ def text(report: Report, *, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def finding_blocks(report: Report, paint: Paint | None = None) -> list[str]:
+def finding_blocks(
+    report: Report, paint: Paint | None = None, annotate: Annotate | None = None
+) -> list[str]:
     """``sequence drift in N columns:`` and, per finding, what happens and its fix."""
     paint = paint or Paint(False)
     lines: list[str] = []
@@ -76,13 +84,22 @@ def finding_blocks(report: Report, paint: Paint | None = None) -> list[str]:
         columns = {(f.column.table_oid, f.column.column) for f in report.findings}
         lines.append(paint(f"sequence drift in {plural(len(columns), 'column')}:", "bold"))
         for f in report.findings:
+            before, after = annotate(f) if annotate is not None else ([], [])
             lines.append(f"  {paint(f.column.label, 'bold')}  (sequence {f.sequence.qualified})")
-            kind = "" if f.kind == "collision" else f"{f.kind}: "
-            lines.append(f"    {kind}{describe_finding(f)}")
+            lines.append(f"    {what_happens(f)}")
+            lines.extend(f"    {line}" for line in before)
             fix = f.fix_sql.splitlines() or [""]
             lines.append(f"    fix: {fix[0]}")
             lines.extend(f"         {line}" for line in fix[1:])
+            lines.extend(f"         {line}" for line in after)
     return lines
+
+
+def what_happens(f: Finding) -> str:
+    """``describe_finding``, with the kind in front where it is not a collision: the
+    words of a finding wherever it is printed (a failure, the summary, the CLI)."""
+    kind = "" if f.kind == "collision" else f"{f.kind}: "
+    return f"{kind}{describe_finding(f)}"
 
 
 _KIND_ORDER = ("collision", "overflow", "exhaustion")
@@ -228,9 +245,8 @@ def github(report: Report) -> str:
     lines: list[str] = []
     for f in report.findings:
         command = "error" if f.kind == "collision" else "warning"
-        kind = "" if f.kind == "collision" else f"{f.kind}: "
         message = (
-            f"{f.column.label} (sequence {f.sequence.qualified}): {kind}{describe_finding(f)}"
+            f"{f.column.label} (sequence {f.sequence.qualified}): {what_happens(f)}"
             f"\nfix: {f.fix_sql}"
         )
         lines.append(_gh_command(command, f"sequence {f.kind}: {f.column.label}", message))

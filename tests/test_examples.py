@@ -120,15 +120,22 @@ def test_django_billing(
     caught.assert_outcomes(failed=1, passed=6)
     caught.stdout.fnmatch_lines(
         [
-            "*SequenceDriftError: sequence drift in 1 column:",
+            "pytest-seqdrift: sequence drift after this test (a migration test: it uses migrator):",
+            "sequence drift in 1 column:",
             STORY_COLUMN,
             # the test made six profiles: the seventh collides
             "*next value 7; the very next insert collides with existing id 7 (max id 16)",
+            "    introduced by migration profile.0002_billingaddress",
             FIX,
+            "         or as an operation of a new migration of profile "
+            "(python manage.py makemigrations profile --empty):",
+            "             migrations.RunSQL(",
             "*= sequence drift (pytest-seqdrift) =*",
             "tests/test_migrations.py::test_0002_copies_billing_addresses_with_their_ids: "
-            "public.profile_billingaddress.id: *",
-            "1 finding in 3 probed tests",
+            "public.profile_billingaddress.id: next value 7; the very next insert collides "
+            "with existing id 7 (max id 16)",
+            "    introduced by migration profile.0002_billingaddress",
+            "1 finding in 3 probed tests; 1 test failed because of pytest-seqdrift",
             "FAILED tests/test_migrations.py::test_0002_copies_billing_addresses_with_their_ids*",
         ]
     )
@@ -166,13 +173,19 @@ def test_alembic_billing(
     caught.assert_outcomes(failed=2, passed=1, deselected=1)
     caught.stdout.fnmatch_lines(
         [
-            "*SequenceDriftError: sequence drift in 1 column:",
+            "pytest-seqdrift: sequence drift after this test (a migration test: it uses "
+            "alembic_runner):",
+            "sequence drift in 1 column:",
             STORY_COLUMN,
             "*next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 16)",
+            "    introduced by revision 0002 (Billing addresses move to a table of their own, "
+            "keeping their ids.)",
             FIX,
+            "         or in the upgrade() of a new revision *",
+            "             op.execute(*",
             "*= sequence drift (pytest-seqdrift) =*",
-            "tests/conftest.py::pytest-alembic::test_upgrade: "
-            "public.profile_billingaddress.id: the 7th insert collides with 7",
+            "tests/conftest.py::pytest-alembic::test_upgrade: public.profile_billingaddress.id: "
+            "next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 16)",
             "FAILED tests/conftest.py::pytest-alembic::test_upgrade - *",
         ]
     )
@@ -193,7 +206,8 @@ def test_alembic_billing(
     shutil.copy(root / "fix" / "0003_billing_address_sequence.py", root / "migrations" / "versions")
     fixed = run(pytester, "--seqdrift")
     fixed.assert_outcomes(passed=4)
-    assert "sequence drift" not in fixed.stdout.str()
+    assert "sequence drift (pytest-seqdrift)" not in fixed.stdout.str()
+    fixed.stdout.fnmatch_lines(["seqdrift: no sequence drift (*migration steps followed*)"])
     with psycopg.connect(
         host=postgresql_proc.host,
         port=postgresql_proc.port,
@@ -242,7 +256,7 @@ def test_django_every_postgresql_alias_is_probed(
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*SequenceDriftError: pytest-django database 'other': sequence drift in 1 column:",
+            "pytest-django database 'other': sequence drift in 1 column:",
             STORY_COLUMN,
             "*49 inserts succeed, the 50th collides with existing id 50 (max id 50)",
         ]

@@ -125,9 +125,9 @@ def test_the_plugin_fails_the_test_whose_database_went_away_and_goes_on(
     result.stdout.fnmatch_lines(
         [
             "*_ test_killed_while_checked _*",
-            "pytest-seqdrift could not check the database: *server closed the connection*",
+            "pytest-seqdrift: could not check the database: *server closed the connection*",
             "*_ test_killed_while_probed _*",
-            "pytest-seqdrift could not check the database: "
+            "pytest-seqdrift: could not check the database: "
             "terminating connection due to administrator command",
         ]
     )
@@ -135,23 +135,23 @@ def test_the_plugin_fails_the_test_whose_database_went_away_and_goes_on(
     result.stdout.fnmatch_lines(
         [
             "*_ test_the_run_goes_on _*",
-            "E*SequenceDriftError: sequence drift in 1 column:",
-            "E*next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 16)",
+            "sequence drift in 1 column:",
+            "*next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 16)",
         ]
     )
     # a table locked by a migration all through the probe: skipped, the rest probed
     result.stdout.fnmatch_lines(
         [
             "*_ test_a_locked_table_is_left_alone _*",
-            "E*public.profile_billingaddress.id  (sequence public.profile_billingaddress_id_seq)",
-            "E*checked 1 column in 1 table: 1 collision; 1 skipped",
+            "  public.profile_billingaddress.id  (sequence public.profile_billingaddress_id_seq)",
+            "checked 1 column in 1 table: 1 collision; 1 skipped",
         ]
     )
     # a sequence locked by a migration: the probe cannot draw from it; it says so in time
     result.stdout.fnmatch_lines(
         [
             "*_ test_a_sequence_altered_by_a_migration _*",
-            "pytest-seqdrift could not check the database: canceling statement due to lock timeout",
+            "pytest-seqdrift: could not check the database: canceling statement due to lock timeout*",
         ]
     )
     assert "Traceback" not in out

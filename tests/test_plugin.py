@@ -33,17 +33,24 @@ def test_seed_story_fails_with_seqdrift(seed_story: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "seqdrift: probe=insert limit=10000 scope=migrations on-drift=fail threshold=0.8 dsn=none",
-            "*SequenceDriftError: sequence drift in 1 column:",
-            "*public.profile_billingaddress.id  (sequence public.profile_billingaddress_id_seq)",
-            "*next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 16)",
-            "*fix: SELECT setval('public.profile_billingaddress_id_seq', GREATEST(16, last_value))*",
+            "pytest-seqdrift: sequence drift after this test "
+            "(a migration test: it is marked @pytest.mark.seqdrift):",
+            "sequence drift in 1 column:",
+            "  public.profile_billingaddress.id  (sequence public.profile_billingaddress_id_seq)",
+            "    next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 16)",
+            "    fix: SELECT setval('public.profile_billingaddress_id_seq', GREATEST(16, last_value))*",
             "*= sequence drift (pytest-seqdrift) =*",
-            "test_migration.py::test_split_billing_addresses: "
-            "public.profile_billingaddress.id: the 7th insert collides with 7",
-            "*fix: SELECT setval(*",
-            "1 finding in 1 probed test",
+            # the summary says it in the same words as the failure
+            "test_migration.py::test_split_billing_addresses: public.profile_billingaddress.id: "
+            "next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 16)",
+            "    fix: SELECT setval(*",
+            "1 finding in 1 probed test; 1 test failed because of pytest-seqdrift",
         ]
     )
+    out = result.stdout.str()
+    # the report, not the plugin's frames: no traceback, no exception chain
+    assert "pytest_seqdrift" not in out.split("= FAILURES =")[1].split("= sequence drift")[0]
+    assert "During handling" not in out and "result = yield" not in out
 
 
 def test_fixed_migration_passes(seed_story: pytest.Pytester) -> None:
@@ -61,14 +68,14 @@ def test_command_line_beats_ini(seed_story: pytest.Pytester) -> None:
     seed_story.makeini("[pytest]\nseqdrift = true\nseqdrift_fail = true\n")
     result = run(seed_story, "--seqdrift-fail=false", "test_migration.py")
     result.assert_outcomes(passed=1, warnings=1)
-    result.stdout.fnmatch_lines(["*SeqdriftWarning: sequence drift in 1 column:*"])
+    result.stdout.fnmatch_lines(["*SeqdriftWarning: pytest-seqdrift: sequence drift after this test*"])
 
 
 def test_warn_mode_in_ini(seed_story: pytest.Pytester) -> None:
     seed_story.makeini("[pytest]\nseqdrift = true\nseqdrift_fail = false\n")
     result = run(seed_story, "test_migration.py")
     result.assert_outcomes(passed=1, warnings=1)
-    result.stdout.fnmatch_lines(["*the 7th insert collides with 7*"])
+    result.stdout.fnmatch_lines(["*6 inserts succeed, the 7th collides with existing id 7*"])
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,28 @@ def dsn_of(conn: psycopg.Connection[Any]) -> str:
     return f"host={i.host} port={i.port} user={i.user} dbname={i.dbname}"
 
 
+DSN_TESTS = """
+import psycopg
+import pytest
+
+DSN = {dsn!r}
+
+
+def migrate(sql):
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.mark.seqdrift
+def test_migration():
+    migrate("CREATE TABLE t (id serial PRIMARY KEY); INSERT INTO t (id) VALUES (1), (2)")
+
+
+def test_unmarked_migration():
+    migrate("CREATE TABLE u (id serial PRIMARY KEY); INSERT INTO u (id) VALUES (5)")
+"""
+
+
 @pytest.mark.parametrize("where", ["cli", "ini", "env"])
 def test_dsn_database_is_checked_read_only_at_the_end(
     pytester: pytest.Pytester,
@@ -92,17 +114,8 @@ def test_dsn_database_is_checked_read_only_at_the_end(
     where: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    db.execute("CREATE TABLE t (id serial PRIMARY KEY); INSERT INTO t (id) VALUES (1), (2)")
-    pytester.makepyfile(
-        """
-        import pytest
-
-        @pytest.mark.seqdrift
-        def test_migration():
-            pass
-        """
-    )
-    args = ["--seqdrift", "-v"]
+    pytester.makepyfile(DSN_TESTS.format(dsn=dsn_of(db)))
+    args = ["--seqdrift", "-v", "-p", "no:randomly"]
     if where == "cli":
         args.append(f"--seqdrift-dsn={dsn_of(db)}")
     elif where == "ini":
@@ -110,39 +123,66 @@ def test_dsn_database_is_checked_read_only_at_the_end(
     else:
         monkeypatch.setenv("SEQDRIFT_DSN", dsn_of(db))
     result = run(pytester, *args)
-    # the test itself fails: the DSN database has drift, found read-only (not probed)
-    result.assert_outcomes(failed=1)
+    # the migration test fails: its drift is found read-only (not probed); the unmarked
+    # test's drift is found once more at the end of the session
+    result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*the very next insert collides with existing id 1*",
-            "(end of session): public.t.id: the 1st insert collides with 1",
+            "*public.t.id*the very next insert collides with existing id 1*",
+            "(end of session): public.u.id: next value 1; 4 inserts succeed, "
+            "the 5th collides with existing id 5 (max id 5)",
             "*--seqdrift-dsn is not known to be a test database: checked read-only, not probed*",
         ]
     )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    db.execute("DROP TABLE t, u")
     assert run(pytester, *args, "--seqdrift-fail=false").ret == 0
 
 
-@pytest.mark.parametrize("where", ["cli", "ini"])
-def test_probe_dsn_opts_in(
-    pytester: pytest.Pytester, db: psycopg.Connection[Any], where: str
+def test_dsn_database_drifted_before_the_tests_is_its_set_up(
+    pytester: pytest.Pytester, db: psycopg.Connection[Any]
 ) -> None:
+    """Drift the database had before any test ran is reported once, as its set-up's,
+    not blamed on the migration test that first receives it."""
     db.execute("CREATE TABLE t (id serial PRIMARY KEY); INSERT INTO t (id) VALUES (1), (2)")
     pytester.makepyfile(
         """
         import pytest
 
         @pytest.mark.seqdrift
-        def test_migration():
+        def test_first():
+            pass
+
+        @pytest.mark.seqdrift
+        def test_second():
             pass
         """
     )
-    args = ["--seqdrift", "-v", f"--seqdrift-dsn={dsn_of(db)}"]
+    result = run(pytester, "--seqdrift", f"--seqdrift-dsn={dsn_of(db)}")
+    result.assert_outcomes(errors=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_first*",
+            "pytest-seqdrift: sequence drift in the set-up of --seqdrift-dsn (database *)",
+            "(this test only received that database: the drift is reported here, once)",
+            "*public.t.id  (sequence public.t_id_seq)",
+        ]
+    )
+    assert "(end of session)" not in result.stdout.str()  # reported once
+
+
+@pytest.mark.parametrize("where", ["cli", "ini"])
+def test_probe_dsn_opts_in(
+    pytester: pytest.Pytester, db: psycopg.Connection[Any], where: str
+) -> None:
+    pytester.makepyfile(DSN_TESTS.format(dsn=dsn_of(db)))
+    args = ["--seqdrift", "-v", f"--seqdrift-dsn={dsn_of(db)}", "-k", "test_migration"]
     if where == "cli":
         args.append("--seqdrift-probe-dsn=true")
     else:
         pytester.makeini("[pytest]\nseqdrift_probe_dsn = true\n")
     result = run(pytester, *args)
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(failed=1, deselected=1)
     assert "checked read-only" not in result.stdout.str()
     result.stdout.fnmatch_lines(["seqdrift: * dsn=set (probed)"])
 

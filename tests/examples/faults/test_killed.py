@@ -41,14 +41,15 @@ def _kill_when_it_waits(dsn, pid, killed, stop):
 
 @pytest.fixture
 def killer(postgresql):
-    """Hold ACCESS EXCLUSIVE on the table the test names, like a migration in another
+    """Migrate (the test body calls it: the drift is the test's, not its set-up's), then
+    hold ACCESS EXCLUSIVE on the table the test names, like a migration in another
     session; kill the test's backend once it waits for that lock."""
-    postgresql.execute(SCHEMA)
-    postgresql.commit()
     killed, stop = threading.Event(), threading.Event()
     holder = psycopg.connect(postgresql.info.dsn)
 
     def start(table):
+        postgresql.execute(SCHEMA)
+        postgresql.commit()
         holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
         thread = threading.Thread(
             target=_kill_when_it_waits,
