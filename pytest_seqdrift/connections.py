@@ -64,6 +64,8 @@ MIN_SERVER_VERSION = 120000  # pg_attribute.attgenerated appeared in PostgreSQL 
 # SQLSTATEs the engine tells apart
 UNIQUE_VIOLATION = "23505"
 SEQUENCE_LIMIT_EXCEEDED = "2200H"  # nextval past MAXVALUE (MINVALUE) without CYCLE
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout
+OBJECT_IN_USE = "55006"  # e.g. ALTER TABLE with the transaction's trigger events pending
 
 # libpq's PQtransactionStatus, which psycopg 3 and psycopg2 both report
 _IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = range(5)
@@ -272,9 +274,28 @@ class Session(ABC):
             self.run("SAVEPOINT seqdrift_probe")
         try:
             self.run("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"])
+            if not own:
+                self._fire_deferred()
             yield
         finally:
             self._undo(own, autocommit, "seqdrift_probe")
+
+    def _fire_deferred(self) -> None:
+        """Inside the caller's transaction, run its pending deferred constraint checks
+        now (Django makes every foreign key ``DEFERRABLE INITIALLY DEFERRED``): while a
+        table has such events pending, PostgreSQL refuses to ALTER it ("pending trigger
+        events"), and the probe drops constraints. Rolling the probe's savepoint back
+        marks those events pending again and restores the constraints' modes, so the
+        caller's COMMIT checks them as it would have. A check that fails now is left for
+        the COMMIT; the tables it concerns are then probed without ALTER."""
+        self.run("SAVEPOINT seqdrift_deferred")
+        try:
+            self.run("SET CONSTRAINTS ALL IMMEDIATE")
+        except self.Error:
+            if self.broken:
+                raise
+            self.run("ROLLBACK TO SAVEPOINT seqdrift_deferred")
+        self.run("RELEASE SAVEPOINT seqdrift_deferred")
 
     def _undo(self, own: bool, autocommit: bool, savepoint: str) -> None:
         if self.closed or self.broken:

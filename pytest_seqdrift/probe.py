@@ -42,6 +42,8 @@ from psycopg import sql
 from . import catalog, drift, fixsql, snapshot
 from .api import DEFAULT_LOCK_TIMEOUT_MS, check, read_sequence_states
 from .connections import (
+    LOCK_NOT_AVAILABLE,
+    OBJECT_IN_USE,
     SEQUENCE_LIMIT_EXCEEDED,
     UNIQUE_VIOLATION,
     CannotCheck,
@@ -376,6 +378,11 @@ def _probe_column(
                 session.run("ROLLBACK TO SAVEPOINT seqdrift_column")
                 _setval(session, seq, start)  # a rejected batch drew values: draw them again
                 used, note = "default", f"fell back to the default probe: {exc}"
+                if isinstance(exc.__cause__, session.Error) and sqlstate(exc.__cause__) == (
+                    LOCK_NOT_AVAILABLE
+                ):
+                    holders = session.lock_holders()
+                    note += f" ({'; '.join(holders)})" if holders else ""
                 probed = _draw(session, target)
         else:
             probed = _draw(session, target)
@@ -638,14 +645,16 @@ def _prepare_table(session: Session, column: Column) -> tuple[set[str], list[str
         if covers and not key:
             key = set(names) | ({conname} if conname else set())
         elif conname is not None:
-            session.run(
+            _alter(
+                session,
                 sql.SQL("ALTER TABLE {} DROP CONSTRAINT {} CASCADE").format(
                     table, sql.Identifier(conname)
-                )
+                ),
             )
         else:
-            session.run(
-                sql.SQL("DROP INDEX {} CASCADE").format(sql.Identifier(column.schema, index_name))
+            _alter(
+                session,
+                sql.SQL("DROP INDEX {} CASCADE").format(sql.Identifier(column.schema, index_name)),
             )
     if not key:
         raise _CannotCopy("no unique key covers the column")
@@ -653,6 +662,22 @@ def _prepare_table(session: Session, column: Column) -> tuple[set[str], list[str
     if not copyable:
         raise _CannotCopy("the table has no other column to copy")
     return key, copyable
+
+
+def _alter(session: Session, statement: sql.Composed) -> None:
+    """One of ``_prepare_table``'s statements. Where the table cannot be altered now --
+    another session's open transaction holds a lock on it (often the test's own, on a
+    connection of its own), or the caller's transaction has deferred checks pending on
+    it that fail -- the column is probed without altering anything instead."""
+    try:
+        session.run(statement)
+    except session.Error as exc:
+        if session.broken or sqlstate(exc) not in (LOCK_NOT_AVAILABLE, OBJECT_IN_USE):
+            raise
+        reason = describe(exc)
+        if sqlstate(exc) == LOCK_NOT_AVAILABLE:
+            reason = "the table is locked by another session"
+        raise _CannotCopy(reason) from exc
 
 
 def _default(target: _Target) -> sql.Composable:
