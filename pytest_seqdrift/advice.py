@@ -60,12 +60,16 @@ def fix_for(step: Step, finding: Finding) -> list[str]:
     return []
 
 
-def reset_sequences_lines(finding: Finding) -> list[str]:
-    """Drift made by pytest-django's ``reset_sequences=True``, not by a migration."""
-    return [
-        "made by pytest-django's reset_sequences=True at the set-up of this test: it sets "
-        "every sequence back to its start, while this table kept its rows (left by the "
-        "migrations or an earlier set-up); no migration is to blame",
-        "fix: drop reset_sequences=True from this test, or empty the table before it; "
-        f"or leave {finding.column.schema}.{finding.column.table} out (seqdrift_exclude)",
-    ]
+RESET_ORIGIN = "pytest-django's reset_sequences=True, at this test's set-up"
+
+
+def reset_sequences_lines() -> tuple[list[str], list[str]]:
+    """Drift made by pytest-django's ``reset_sequences=True``, not by a migration: the
+    line that says so, and the fix in the test's terms."""
+    return (
+        [
+            f"made by {RESET_ORIGIN}: it set every sequence back to its start and the "
+            "table kept its rows (no migration did this)"
+        ],
+        ["or drop reset_sequences=True from this test, or empty the table before it"],
+    )

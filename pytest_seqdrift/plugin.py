@@ -172,6 +172,7 @@ class _Outcome:
     cannot: str | None = None  # the test's database could not be probed
     no_database: bool = False
     notes: list[str] = field(default_factory=list)
+    reset: set[ColumnKey] = field(default_factory=set)  # drift reset_sequences made
 
 
 @dataclass
@@ -560,6 +561,7 @@ class SeqdriftPlugin:
         assert outcome.probed is not None
         self.watcher.reported.update(finding_key(f) for f in fresh)
         outcome.probed += [(database, f) for f in fresh]
+        outcome.reset |= {column_key(f.column) for f in fresh} & reset
         if fresh:
             mine = Report(findings=fresh, checked=found.checked, skipped=found.skipped)
             annotate = self._annotate(database, reset)
@@ -644,8 +646,7 @@ class SeqdriftPlugin:
             if step is not None:
                 return [advice.origin_line(step)], advice.fix_for(step, f)
             if column_key(f.column) in reset:
-                lines = advice.reset_sequences_lines(f)
-                return lines[:1], lines[1:]
+                return advice.reset_sequences_lines()
             return [], []
 
         return annotate
@@ -678,7 +679,10 @@ class SeqdriftPlugin:
             ]
         if outcome.probed is not None:
             value["probed"] = True
-            value["findings"] = [self._finding_dict(db, f) for db, f in outcome.probed]
+            value["findings"] = [
+                self._finding_dict(db, f, column_key(f.column) in outcome.reset)
+                for db, f in outcome.probed
+            ]
         if outcome.no_database:
             value["no_database"] = True
         if outcome.notes:
@@ -699,9 +703,11 @@ class SeqdriftPlugin:
             + render.text(born.report, annotate=self._annotate(born.database, set()))
         )
 
-    def _finding_dict(self, database: DatabaseId | None, f: Finding) -> dict[str, Any]:
+    def _finding_dict(
+        self, database: DatabaseId | None, f: Finding, reset: bool = False
+    ) -> dict[str, Any]:
         """A finding as it travels to the controller: the CLI's JSON fields, the words
-        of its failure, and the step that introduced it where known."""
+        of its failure, and what introduced it where known."""
         d = render.finding_dict(f)
         d["what"] = render.what_happens(f)
         step = self.watcher.origin(database, f) or self.watcher.origin(
@@ -709,6 +715,8 @@ class SeqdriftPlugin:
         )
         if step is not None:
             d["introduced_by"] = step.label
+        elif reset:
+            d["introduced_by"] = advice.RESET_ORIGIN
         return d
 
     # -- gathering, on the controller --------------------------------------------------

@@ -50,7 +50,8 @@ def test_seed_story_fails_with_seqdrift(seed_story: pytest.Pytester) -> None:
     out = result.stdout.str()
     # the report, not the plugin's frames: no traceback, no exception chain
     assert "pytest_seqdrift" not in out.split("= FAILURES =")[1].split("= sequence drift")[0]
-    assert "During handling" not in out and "result = yield" not in out
+    assert "During handling" not in out
+    assert "result = yield" not in out
 
 
 def test_fixed_migration_passes(seed_story: pytest.Pytester) -> None:
@@ -68,7 +69,9 @@ def test_command_line_beats_ini(seed_story: pytest.Pytester) -> None:
     seed_story.makeini("[pytest]\nseqdrift = true\nseqdrift_fail = true\n")
     result = run(seed_story, "--seqdrift-fail=false", "test_migration.py")
     result.assert_outcomes(passed=1, warnings=1)
-    result.stdout.fnmatch_lines(["*SeqdriftWarning: pytest-seqdrift: sequence drift after this test*"])
+    result.stdout.fnmatch_lines(
+        ["*SeqdriftWarning: pytest-seqdrift: sequence drift after this test*"]
+    )
 
 
 def test_warn_mode_in_ini(seed_story: pytest.Pytester) -> None:

@@ -1,0 +1,8 @@
+-- the currencies, with the ids the accounting export uses
+INSERT INTO currency (id, code, name) VALUES
+    (1, 'EUR', 'Euro'),
+    (2, 'USD', 'US dollar'),
+    (3, 'GBP', 'Pound sterling'),
+    (4, 'CHF', 'Swiss franc');
+
+SELECT setval('currency_id_seq', (SELECT max(id) FROM currency));

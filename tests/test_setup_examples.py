@@ -1,0 +1,406 @@
+"""Drift born in the set-up of the test database, in three small projects written the
+way their users write them (tests/examples/): no marker, no migration-testing library.
+
+* ``django_shop``: pytest-django migrates the test database; a data migration loads
+  countries with their ids.
+* ``alembic_plans``: a fixture runs ``alembic upgrade head`` on pytest-postgresql's
+  database; a revision ``op.bulk_insert``s plans with their ids.
+* ``seed_files``: pytest-postgresql's ``load=`` runs a seed file that inserts
+  currencies with their ids.
+
+Each passes without ``--seqdrift``, fails with it exactly once -- naming the table and
+the migration, revision or file -- and passes once the fix the report prints is
+applied as the report says.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import PG_CTL
+
+EXAMPLES = Path(__file__).parent / "examples"
+DRIVERS = ["psycopg", "psycopg2"]
+
+
+def project(pytester: pytest.Pytester, name: str) -> Path:
+    shutil.copytree(EXAMPLES / name, pytester.path, dirs_exist_ok=True)
+    return pytester.path
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=180)
+
+
+def own_server(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """A project whose pytest-postgresql starts its own server (the test bed's pg_ctl,
+    which runs as root too)."""
+    return run(pytester, f"--postgresql-exec={PG_CTL}", *args)
+
+
+def reported_once(result: pytest.RunResult, column: str) -> None:
+    out = result.stdout.str()
+    assert out.count(f"  {column}  (sequence ") == 1, out  # one failure shows the block
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def printed_fix(result: pytest.RunResult, first: str) -> list[str]:
+    """The lines of the fix in the tool's terms, as the failure prints them."""
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(first))
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if not line.startswith("             "):
+            break
+        block.append(line)
+    return block
+
+
+# -- Django -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shop(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, postgresql_proc: Any
+) -> pytest.Pytester:
+    """The Django project, on a database of the test bed's server (libpq's variables)."""
+    project(pytester, "django_shop")
+    monkeypatch.setenv("PGHOST", str(postgresql_proc.host))
+    monkeypatch.setenv("PGPORT", str(postgresql_proc.port))
+    monkeypatch.setenv("PGUSER", str(postgresql_proc.user))
+    monkeypatch.setenv("PGPASSWORD", str(postgresql_proc.password or ""))
+    monkeypatch.setenv("PGDATABASE", f"shop_{uuid.uuid4().hex[:10]}")
+    return pytester
+
+
+SHOP_FAILURE = [
+    "*_ ERROR at setup of test_the_countries_we_ship_to _*",
+    "pytest-seqdrift: sequence drift in the set-up of pytest-django test database 'default' "
+    "(database test_shop_*, after migrations)",
+    "(this test only received that database: the drift is reported here, once)",
+    "sequence drift in 1 column:",
+    "  public.shop_country.id  (sequence public.shop_country_id_seq)",
+    "    next value 1; the very next insert collides with existing id 1 (max id 5)",
+    "    introduced by migration shop.0003_load_countries",
+    "    fix: SELECT setval('public.shop_country_id_seq', GREATEST(5, last_value)) "
+    'FROM "public"."shop_country_id_seq";',
+    "         or as an operation of a new migration of shop "
+    "(python manage.py makemigrations shop --empty):",
+    "             migrations.RunSQL(",
+    "*= sequence drift (pytest-seqdrift) =*",
+    "set-up of pytest-django test database 'default' (*) "
+    "(reported at tests/test_shop.py::test_the_countries_we_ship_to):",
+    "  public.shop_country.id: next value 1; the very next insert collides with existing "
+    "id 1 (max id 5)",
+    "    introduced by migration shop.0003_load_countries",
+    "1 finding in the set-up of 1 test database; 1 test failed because of pytest-seqdrift",
+    "ERROR tests/test_shop.py::test_the_countries_we_ship_to - *",
+]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_django_shop(shop: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, driver: str) -> None:
+    monkeypatch.setenv("SHOP_DRIVER", driver)
+    quiet = run(shop)
+    quiet.assert_outcomes(passed=4)
+    assert "seqdrift:" not in quiet.stdout.str()
+
+    caught = run(shop, "--seqdrift")
+    caught.assert_outcomes(passed=3, errors=1)  # no test is blamed: one set-up error
+    caught.stdout.fnmatch_lines(SHOP_FAILURE)
+    reported_once(caught, "public.shop_country.id")
+
+    # the operation the report gives, in a migration of its own, fixes it
+    operation = "\n".join(line[13:] for line in printed_fix(caught, "migrations.RunSQL("))
+    (shop.path / "shop" / "migrations" / "0004_country_sequence.py").write_text(
+        "from django.db import migrations\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        '    dependencies = [("shop", "0003_load_countries")]\n\n'
+        f"    operations = [\n{_indent(operation, 8)}\n    ]\n"
+    )
+    fixed = run(shop, "--seqdrift", "--seqdrift-scope=all")
+    fixed.assert_outcomes(passed=4)
+    # Django's own apps (contrib.sites with SITE_ID = 1 resets its own sequence): clean
+    fixed.stdout.fnmatch_lines(
+        [
+            "seqdrift: no sequence drift (1 test database set-up checked, * migration steps "
+            "followed, 3 tests probed)"
+        ]
+    )
+
+
+def test_django_shop_under_xdist_is_reported_once(shop: pytest.Pytester) -> None:
+    """Each worker migrates a database of its own and finds the same drift: one error."""
+    result = run(shop, "--seqdrift", "-n", "2")
+    result.assert_outcomes(passed=3, errors=1)
+    reported_once(result, "public.shop_country.id")
+    result.stdout.fnmatch_lines(["1 finding in the set-up of 1 test database; *"])
+
+
+def test_django_shop_with_its_fix(shop: pytest.Pytester) -> None:
+    shutil.copy(shop.path / "fix" / "0004_country_sequence.py", shop.path / "shop" / "migrations")
+    run(shop, "--seqdrift").assert_outcomes(passed=4)
+
+
+SHOP_SCOPE_ALL = """
+import pytest
+from django.core.management import call_command
+
+from shop.models import Country, Order
+
+
+@pytest.mark.django_db
+def test_an_imported_order_keeps_its_number():
+    # a row with a chosen id, inside the test's own transaction (rolled back after it);
+    # its foreign key is DEFERRABLE INITIALLY DEFERRED, so a check is pending
+    austria = Country.objects.get(code="AT")
+    Order.objects.create(id=500, reference="IMP-500", country=austria, total_cents=1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migrations_run_again(db):
+    # migrations run in the test body: followed, and the drift they leave is the set-up's
+    call_command("migrate", "shop", "0002", verbosity=0)
+    call_command("migrate", "shop", verbosity=0)
+"""
+
+
+def test_django_scope_all_blames_no_test_for_the_set_up_or_its_own_rows(
+    shop: pytest.Pytester,
+) -> None:
+    """--seqdrift-scope=all probes every test that uses the database (the django_db
+    marker included), inside pytest-django's transaction with deferred checks pending;
+    drift that lives only in a test's own rolled-back rows fails nothing (it says so at
+    -v), and the set-up's drift is reported once, not by every test."""
+    (shop.path / "tests" / "test_zz_more.py").write_text(SHOP_SCOPE_ALL)
+    result = run(shop, "--seqdrift", "--seqdrift-scope=all", "-v")
+    result.assert_outcomes(passed=5, errors=1)
+    reported_once(result, "public.shop_country.id")
+    out = result.stdout.str()
+    assert "pending trigger events" not in out
+    assert "could not check" not in out
+    result.stdout.fnmatch_lines(
+        [
+            "note: tests/test_zz_more.py::test_an_imported_order_keeps_its_number: "
+            "public.shop_order.id: drift only inside this test's own transaction, which its "
+            "rollback takes away: next value *; * inserts succeed, the * collides with "
+            "existing id 500 (max id 500)",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "1 finding in the set-up of 1 test database; 0 findings in 4 probed tests; "
+            "1 test failed because of pytest-seqdrift"
+        ]
+    )
+
+
+RESET = """
+import pytest
+
+from shop.models import Country
+
+
+@pytest.mark.django_db(transaction=True, reset_sequences=True)
+def test_with_reset_sequences():
+    assert Country.objects.count() == 5
+"""
+
+
+def test_django_reset_sequences_is_named_as_the_cause(shop: pytest.Pytester) -> None:
+    """pytest-django's reset_sequences=True sets every sequence back to its start while
+    the rows the migrations left stay: the report says the reset did it, not a
+    migration."""
+    shutil.copy(shop.path / "fix" / "0004_country_sequence.py", shop.path / "shop" / "migrations")
+    (shop.path / "tests" / "test_reset.py").write_text(RESET)
+    result = run(shop, "--seqdrift", "--seqdrift-scope=all", "tests/test_reset.py")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "  public.shop_country.id  (sequence public.shop_country_id_seq)",
+            "    next value 1; the very next insert collides with existing id 1 (max id 5)",
+            "    made by pytest-django's reset_sequences=True, at this test's set-up: it set "
+            "every sequence back to its start and the table kept its rows (no migration did "
+            "this)",
+            "    fix: SELECT setval('public.shop_country_id_seq', GREATEST(5, last_value)) *",
+            "         or drop reset_sequences=True from this test, or empty the table before it",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "tests/test_reset.py::test_with_reset_sequences: public.shop_country.id: *",
+            "    introduced by pytest-django's reset_sequences=True, at this test's set-up",
+        ]
+    )
+    assert "introduced by migration" not in result.stdout.str()
+    # without scope all the test is not probed: nothing to say
+    run(shop, "--seqdrift", "tests/test_reset.py").assert_outcomes(passed=1)
+
+
+def _indent(text: str, n: int) -> str:
+    return "\n".join(" " * n + line for line in text.splitlines())
+
+
+# -- Alembic on pytest-postgresql ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_alembic_plans(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, driver: str
+) -> None:
+    root = project(pytester, "alembic_plans")
+    monkeypatch.setenv("PLANS_DRIVER", driver)
+    quiet = own_server(pytester)
+    quiet.assert_outcomes(passed=3)
+    assert "seqdrift:" not in quiet.stdout.str()
+
+    caught = own_server(pytester, "--seqdrift")
+    # every test upgrades a fresh database of its own: the same drift, reported once
+    caught.assert_outcomes(passed=2, errors=1)
+    caught.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at setup of test_the_plans _*",
+            "pytest-seqdrift: sequence drift in the set-up of database tests "
+            "(Alembic migration to 0002, in fixture 'engine')",
+            "sequence drift in 1 column:",
+            "  public.plan.id  (sequence public.plan_id_seq)",
+            "    next value 1; the very next insert collides with existing id 1 (max id 3)",
+            "    introduced by revision 0002 (seed the plans)",
+            "    fix: SELECT setval('public.plan_id_seq', GREATEST(3, last_value)) "
+            'FROM "public"."plan_id_seq";',
+            "         or in the upgrade() of a new revision *",
+            "             op.execute(*",
+        ]
+    )
+    reported_once(caught, "public.plan.id")
+
+    # the statement the report gives, in a revision of its own, fixes it
+    statement = printed_fix(caught, "op.execute(")[0].strip()
+    (root / "migrations" / "versions" / "0003_fix.py").write_text(
+        'revision = "0003"\ndown_revision = "0002"\n\nfrom alembic import op\n\n\n'
+        f"def upgrade():\n    {statement}\n\n\ndef downgrade():\n    pass\n"
+    )
+    fixed = own_server(pytester, "--seqdrift", "--seqdrift-scope=all")
+    fixed.assert_outcomes(passed=3)
+    fixed.stdout.fnmatch_lines(["seqdrift: no sequence drift (*)"])
+
+
+PLANS_OPEN_SESSION = """
+from plans.models import Plan
+
+
+def test_a_plan_added_but_not_committed(session):
+    # the session's transaction stays open, holding its locks, while the plugin probes
+    session.add(Plan(id=40, name="enterprise", monthly_cents=9900))
+    session.flush()
+"""
+
+
+def test_alembic_scope_all_with_the_test_s_session_still_open(pytester: pytest.Pytester) -> None:
+    """The test's SQLAlchemy session still holds its transaction when the probe runs on
+    pytest-postgresql's connection: no lock timeout, no failure -- the probe leaves
+    the locked table unaltered and says whose lock it was."""
+    root = project(pytester, "alembic_plans")
+    (root / "tests" / "test_zz_open.py").write_text(PLANS_OPEN_SESSION)
+    result = own_server(pytester, "--seqdrift", "--seqdrift-scope=all", "-v", "-p", "no:randomly")
+    result.assert_outcomes(passed=3, errors=1)
+    out = result.stdout.str()
+    assert "could not check" not in out
+    assert "lock timeout" not in out
+    result.stdout.fnmatch_lines(
+        [
+            "note: tests/test_zz_open.py::test_a_plan_added_but_not_committed: public.plan.id: "
+            "fell back to the default probe: the table is locked by another session "
+            "(pid * (idle in transaction*",
+        ]
+    )
+
+
+PLANS_BODY = """
+from alembic import command
+from alembic.config import Config
+
+
+def test_upgrade_in_the_body(postgresql):
+    info = postgresql.info
+    config = Config("alembic.ini")
+    config.set_main_option(
+        "sqlalchemy.url",
+        f"postgresql+psycopg://{info.user}@{info.host}:{info.port}/{info.dbname}",
+    )
+    command.upgrade(config, "head")
+"""
+
+
+def test_alembic_upgrade_in_a_test_body_makes_it_a_migration_test(
+    pytester: pytest.Pytester,
+) -> None:
+    """A test that runs the migrations itself, unmarked: probed after its body, failed,
+    the revision named."""
+    root = project(pytester, "alembic_plans")
+    (root / "tests" / "test_plans.py").unlink()
+    (root / "tests" / "test_body.py").write_text(PLANS_BODY)
+    result = own_server(pytester, "--seqdrift")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-seqdrift: sequence drift after this test (a migration test: it ran "
+            "migrations):",
+            "*public.plan.id  (sequence public.plan_id_seq)",
+            "    introduced by revision 0002 (seed the plans)",
+        ]
+    )
+
+
+# -- pytest-postgresql's load= --------------------------------------------------------------
+
+
+def test_seed_files(pytester: pytest.Pytester) -> None:
+    root = project(pytester, "seed_files")
+    quiet = own_server(pytester)
+    quiet.assert_outcomes(passed=3)
+    assert "seqdrift:" not in quiet.stdout.str()
+
+    caught = own_server(pytester, "--seqdrift")
+    # each test gets a database cloned from the template: the drift is reported once
+    caught.assert_outcomes(passed=2, errors=1)
+    caught.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at setup of test_currencies _*",
+            "pytest-seqdrift: sequence drift in the set-up of fixture postgresql (database "
+            "tests, created from template tests_tmpl loaded with sql/schema.sql, sql/seed.sql)",
+            "*public.currency.id  (sequence public.currency_id_seq)",
+            "    next value 1; the very next insert collides with existing id 1 (max id 4)",
+            "    introduced by loading sql/seed.sql",
+            "    fix: SELECT setval('public.currency_id_seq', GREATEST(4, last_value)) "
+            'FROM "public"."currency_id_seq";',
+            "         or append that line to sql/seed.sql",
+        ]
+    )
+    reported_once(caught, "public.currency.id")
+
+    fix = re.search(r"    fix: (SELECT setval\(.*;)$", caught.stdout.str(), re.M)
+    assert fix is not None
+    with (root / "sql" / "seed.sql").open("a") as seed:
+        seed.write(fix.group(1) + "\n")
+    own_server(pytester, "--seqdrift").assert_outcomes(passed=3)
+
+
+@pytest.mark.parametrize("where", ["cli", "ini"])
+def test_seed_files_excluded_tables_are_not_reported(pytester: pytest.Pytester, where: str) -> None:
+    project(pytester, "seed_files")
+    if where == "cli":
+        result = own_server(pytester, "--seqdrift", "--seqdrift-exclude=public.curr*")
+    else:
+        (pytester.path / "pytest.ini").write_text(
+            "[pytest]\ntestpaths = tests\nseqdrift_exclude = audit_* currency\n"
+        )
+        result = own_server(pytester, "--seqdrift")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["seqdrift: * exclude=*", "seqdrift: no sequence drift (*)"])
