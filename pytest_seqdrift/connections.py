@@ -272,30 +272,32 @@ class Session(ABC):
             self.run("BEGIN")
         else:
             self.run("SAVEPOINT seqdrift_probe")
+        timeout = ("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"])
         try:
-            self.run("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"])
+            self.run(*timeout)
             if not own:
-                self._fire_deferred()
+                self._fire_deferred(timeout)
             yield
         finally:
             self._undo(own, autocommit, "seqdrift_probe")
 
-    def _fire_deferred(self) -> None:
+    def _fire_deferred(self, timeout: Statement) -> None:
         """Inside the caller's transaction, run its pending deferred constraint checks
         now (Django makes every foreign key ``DEFERRABLE INITIALLY DEFERRED``): while a
         table has such events pending, PostgreSQL refuses to ALTER it ("pending trigger
         events"), and the probe drops constraints. Rolling the probe's savepoint back
-        marks those events pending again and restores the constraints' modes, so the
-        caller's COMMIT checks them as it would have. A check that fails now is left for
-        the COMMIT; the tables it concerns are then probed without ALTER."""
-        self.run("SAVEPOINT seqdrift_deferred")
+        marks those events pending again and restores the constraints' modes -- which
+        only that savepoint's own level remembers, so the mode is set right there, not
+        in a savepoint of its own -- and the caller's COMMIT checks them as it would
+        have. A check that fails now is left for the COMMIT; the tables it concerns are
+        then probed without ALTER."""
         try:
             self.run("SET CONSTRAINTS ALL IMMEDIATE")
         except self.Error:
             if self.broken:
                 raise
-            self.run("ROLLBACK TO SAVEPOINT seqdrift_deferred")
-        self.run("RELEASE SAVEPOINT seqdrift_deferred")
+            self.run("ROLLBACK TO SAVEPOINT seqdrift_probe")
+            self.run(*timeout)
 
     def _undo(self, own: bool, autocommit: bool, savepoint: str) -> None:
         if self.closed or self.broken:

@@ -68,11 +68,13 @@ _DJANGO_SAFE = (
 )
 
 
-def _field_safe(field: Any) -> bool:
-    """A new column that takes no value from a sequence: not an AutoField, no
-    ``db_default``, not generated from other columns."""
+def _field_safe(field: Any, *, new_table: bool) -> bool:
+    """A column that cannot make drift: no ``db_default`` (it may draw from a sequence
+    that other tables use), not generated from other columns, and -- added to a table
+    that may hold rows -- not an AutoField. A new table is empty, and so is its own
+    sequence's range."""
     names = {cls.__name__ for cls in type(field).__mro__}
-    if names & {"AutoFieldMixin", "GeneratedField"}:
+    if "GeneratedField" in names or (not new_table and "AutoFieldMixin" in names):
         return False
     not_provided = importlib.import_module("django.db.models.fields").NOT_PROVIDED
     return getattr(field, "db_default", not_provided) is not_provided
@@ -83,9 +85,9 @@ def _operation_safe(operation: Any, operations: ModuleType) -> bool:
     if cls is getattr(operations, "SeparateDatabaseAndState", None):
         return all(_operation_safe(op, operations) for op in operation.database_operations)
     if cls is getattr(operations, "AddField", None):
-        return _field_safe(operation.field)
+        return _field_safe(operation.field, new_table=False)
     if cls is getattr(operations, "CreateModel", None):
-        return all(_field_safe(field) for _, field in operation.fields)
+        return all(_field_safe(field, new_table=True) for _, field in operation.fields)
     return any(cls is getattr(operations, name, None) for name in _DJANGO_SAFE)
 
 
