@@ -24,6 +24,22 @@ def origin_line(step: Step) -> str:
     return f"introduced by {step.label}"
 
 
+_STEPS = {
+    "migration": "the migrations",
+    "revision": "the Alembic revisions",
+    "load": "the files loaded into the template",
+}
+
+
+def after_steps_line(last: Step) -> str:
+    """Set-up drift that no check after a step showed: it came later."""
+    return (
+        f"not there after {_STEPS[last.kind]} (the last: {last.label}): made by the set-up "
+        "that followed them (a post_migrate handler, a fixture that writes rows), or seen "
+        "only by the probe"
+    )
+
+
 def _setval(finding: Finding) -> str | None:
     """The fix's statement on one line, or None where a setval cannot fix it (the fix
     is then commented-out advice: overflow, exhaustion, a default it cannot judge)."""

@@ -208,6 +208,7 @@ class SeqdriftPlugin:
         self.born_keys: set[Any] = set()  # findings reported as a set-up's
         self.pending: _Outcome = _Outcome()  # set-up findings not reported yet
         self.reset_made: dict[str, set[ColumnKey]] = {}  # test -> columns its reset drifted
+        self.django_databases: list[Located] = []  # those django_db_setup set up
         self.claims: Path | None = None  # under pytest-xdist: which worker reports what
         workerinput = getattr(config, "workerinput", None)
         if workerinput is not None and "testrunuid" in workerinput:
@@ -308,17 +309,21 @@ class SeqdriftPlugin:
         PostgreSQL one now, before any test's own set-up (a ``reset_sequences`` test
         resets every sequence) or body touches it."""
         blocker = request.getfixturevalue("django_db_blocker")
+        # an override of django_db_setup that adds to the databases (loads data) finds
+        # them set up by the fixture it overrides: it checks the same ones again
+        self.django_databases = django_test_databases(names_before) or self.django_databases
         with blocker.unblock():
-            for located in django_test_databases(names_before):
-                self._check_setup(located, self.pending)
+            for located in self.django_databases:
+                self._check_setup(located, self.pending, again=True)
 
-    def _check_setup(self, located: Located, outcome: _Outcome) -> None:
-        """Check (on a test database: probe) a database whose set-up is complete, once."""
+    def _check_setup(self, located: Located, outcome: _Outcome, *, again: bool = False) -> None:
+        """Check (on a test database: probe) a database whose set-up is complete, once
+        (``again``: once more, after more set-up)."""
         failure = None
         try:
             with open_session(located.connection) as session:
                 database = session.database_id()
-                if database in self.checked:
+                if database in self.checked and not again:
                     return
                 self.checked.add(database)
                 report, notes = self._judge(session, located)
@@ -638,8 +643,18 @@ class SeqdriftPlugin:
         ]
         return Report(findings=kept, checked=report.checked, skipped=report.skipped), notes
 
-    def _annotate(self, database: DatabaseId | None, reset: set[ColumnKey]) -> render.Annotate:
+    def _annotate(
+        self, database: DatabaseId | None, reset: set[ColumnKey], *, setup: bool = False
+    ) -> render.Annotate:
+        """What a report adds to each finding of ``database``: the step that introduced
+        it, or -- in a set-up whose steps were followed -- that it came after them."""
         template = self._template_of(database) if database is not None else None
+        steps = [
+            s
+            for h in (self.watcher.history(database), self.watcher.history(template))
+            if h is not None
+            for s in h.steps
+        ]
 
         def annotate(f: Finding) -> tuple[list[str], list[str]]:
             step = self.watcher.origin(database, f) or self.watcher.origin(template, f)
@@ -647,6 +662,8 @@ class SeqdriftPlugin:
                 return [advice.origin_line(step)], advice.fix_for(step, f)
             if column_key(f.column) in reset:
                 return advice.reset_sequences_lines()
+            if setup and steps:
+                return [advice.after_steps_line(steps[-1])], []
             return [], []
 
         return annotate
@@ -700,7 +717,7 @@ class SeqdriftPlugin:
         return (
             f"{HEADER} sequence drift in the set-up of {born.source}\n"
             "(this test only received that database: the drift is reported here, once)\n"
-            + render.text(born.report, annotate=self._annotate(born.database, set()))
+            + render.text(born.report, annotate=self._annotate(born.database, set(), setup=True))
         )
 
     def _finding_dict(

@@ -201,6 +201,41 @@ def test_django_scope_all_blames_no_test_for_the_set_up_or_its_own_rows(
     )
 
 
+OVERRIDE = """
+import pytest
+from django.db import connection
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    # the project's own data, loaded after the migrations
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute("INSERT INTO shop_country (id, code, name) VALUES (50, 'IT', 'Italy')")
+"""
+
+
+def test_django_db_setup_overridden_to_load_data_is_checked_after_it(
+    shop: pytest.Pytester,
+) -> None:
+    """A django_db_setup override that writes rows after the migrations: its drift is
+    found, and no migration is blamed for it."""
+    shutil.copy(shop.path / "fix" / "0004_country_sequence.py", shop.path / "shop" / "migrations")
+    (shop.path / "tests" / "conftest.py").write_text(OVERRIDE)
+    result = run(shop, "--seqdrift")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "  public.shop_country.id  (sequence public.shop_country_id_seq)",
+            "    next value 6; 44 inserts succeed, the 45th collides with existing id 50 "
+            "(max id 50)",
+            "    not there after the migrations (the last: *): made by the set-up that "
+            "followed them (a post_migrate handler, a fixture that writes rows), or seen only "
+            "by the probe",
+        ]
+    )
+    assert "introduced by" not in result.stdout.str()
+
+
 RESET = """
 import pytest
 
