@@ -227,7 +227,7 @@ class Session(ABC):
         closes it. None where this driver cannot open one."""
         return None
 
-    def _connect_params(self) -> dict[str, Any] | None:
+    def connect_params(self) -> dict[str, Any] | None:
         """What a new psycopg 3 connection to the same database takes (None where the
         driver does not tell: the password came from a callback, say)."""
         return None
@@ -236,7 +236,7 @@ class Session(ABC):
         """A new connection to the same database, in autocommit mode, outside whatever
         transaction this one is in: it sees what is committed, and the sequences (which
         no transaction holds). The caller closes it; None where none can be opened."""
-        params = self._connect_params()
+        params = self.connect_params()
         if params is None:
             return None
         try:
@@ -408,7 +408,7 @@ FROM pg_database d WHERE d.datname = current_database()
 
 _LOCK_HOLDERS = r"""
 SELECT a.pid, a.state,
-       extract(epoch FROM now() - a.xact_start)::float8,
+       extract(epoch FROM clock_timestamp() - a.xact_start)::float8,
        left(regexp_replace(a.query, '\s+', ' ', 'g'), 80)
 FROM pg_stat_activity a
 WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
@@ -469,7 +469,7 @@ class PsycopgSession(Session):
             cur.execute(query, params)
             return cur.fetchall()
 
-    def _connect_params(self) -> dict[str, Any]:
+    def connect_params(self) -> dict[str, Any]:
         info = self.conn.info
         return {"conninfo": info.dsn, "password": info.password or None}
 
@@ -477,7 +477,7 @@ class PsycopgSession(Session):
         self, snapshot: str, *, lock_timeout_ms: int, statement_timeout_ms: int | None = None
     ) -> PsycopgSession | None:
         try:
-            conn = psycopg.connect(**self._connect_params(), autocommit=True)
+            conn = psycopg.connect(**self.connect_params(), autocommit=True)
         except psycopg.Error:
             return None  # e.g. a password that came from a callback: read on one connection
         other = PsycopgSession(conn)
@@ -564,7 +564,7 @@ class Psycopg2Session(Session):
     def _send_batch(self, statements: Seq[Statement]) -> list[Rows]:
         return [self.run(q, p) for q, p in statements]
 
-    def _connect_params(self) -> dict[str, Any]:
+    def connect_params(self) -> dict[str, Any]:
         params = dict(self.conn.get_dsn_parameters())
         params.pop("password", None)
         return {**params, "password": self.conn.info.password or None}

@@ -62,7 +62,8 @@ ENABLE = Option(
     "--seqdrift",
     "seqdrift",
     False,
-    "probe migration tests for sequence drift, and fail the ones that cause it",
+    "check every test database once its set-up is complete, follow every migration, "
+    "and probe migration tests: fail the run on sequence drift, naming its cause",
     parse_bool,
 )
 DSN_OPTION = Option(

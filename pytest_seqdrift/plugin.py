@@ -21,13 +21,13 @@ Off, it costs nothing: no hook of ``SeqdriftPlugin`` is registered.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
 import tempfile
-import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +181,8 @@ class _Run:
 
     born: dict[str, dict[str, Any]] = field(default_factory=dict)  # one entry a finding
     findings: list[dict[str, Any]] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # test -> why it failed on our account
+    # test -> why it failed on our account ("drift", "could not check") and in which phase
+    failed: dict[str, tuple[str, str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     probed_tests: int = 0
     setups: int = 0
@@ -202,6 +203,7 @@ class SeqdriftPlugin:
         )
         self.listening = Listening(self.watcher)
         self.phase: str | None = None
+        self.phase_item: str | None = None  # the test whose phases run now
         self.fixtures: list[str] = []  # the fixtures being set up, innermost last
         self.checked: set[DatabaseId] = set()  # databases whose set-up was checked
         self.templates: dict[tuple[str, str], str] = {}  # (port, database) -> its template
@@ -209,6 +211,12 @@ class SeqdriftPlugin:
         self.pending: _Outcome = _Outcome()  # set-up findings not reported yet
         self.reset_made: dict[str, set[ColumnKey]] = {}  # test -> columns its reset drifted
         self.django_databases: list[Located] = []  # those django_db_setup set up
+        # databases a fixture migrated (an `engine` fixture running `alembic upgrade`):
+        # the tests that use that fixture use that database
+        self.fixture_databases: dict[str, tuple[DatabaseId, dict[str, Any]]] = {}
+        self.override: tuple[str, ...] | None = None  # the user's seqdrift_connection's args
+        self.born_columns: set[tuple[str, ...]] = set()  # (database name, column) of set-ups
+        self.blamed: dict[tuple[Any, ...], str] = {}  # what a probe reported -> at which test
         self.claims: Path | None = None  # under pytest-xdist: which worker reports what
         workerinput = getattr(config, "workerinput", None)
         if workerinput is not None and "testrunuid" in workerinput:
@@ -240,6 +248,8 @@ class SeqdriftPlugin:
         names = getattr(item, "fixturenames", ())
         if uses_database(names) or item.get_closest_marker("django_db") is not None:
             return True
+        if any(name in self.fixture_databases for name in names):
+            return True
         return bool(item.stash.get(PG_CLIENTS, None))
 
     @pytest.hookimpl(trylast=True)
@@ -252,13 +262,22 @@ class SeqdriftPlugin:
             clients = [n for n in names if postgresql_fixture_kind(_func(defs, n)) == "client"]
             if clients:
                 item.stash[PG_CLIENTS] = clients
-            own = _func(defs, "seqdrift_connection")
-            override = own is not None and own.__module__ != "pytest_seqdrift.fixtures"
-            feeds = override and any(
-                a in names for a in defs["seqdrift_connection"][-1].argnames if a != "request"
-            )
+            feeds = any(name in names for name in self._override_arguments(item))
             if self._marked_or_migrating(item) or self._uses_database(item) or feeds:
                 names.append("seqdrift_connection")  # set up with the test's own fixtures
+
+    def _override_arguments(self, item: pytest.Item) -> tuple[str, ...]:
+        """The fixtures the user's own ``seqdrift_connection`` takes, as this test would
+        see it; () where it is ours. A test that uses one of them uses that database."""
+        manager = getattr(item.session, "_fixturemanager", None)
+        try:
+            found = manager.getfixturedefs("seqdrift_connection", item) if manager else None
+        except (TypeError, AttributeError):  # another pytest's signature: not known
+            return ()
+        if not found or found[-1].func.__module__ == "pytest_seqdrift.fixtures":
+            return ()
+        self.override = tuple(a for a in found[-1].argnames if a != "request")
+        return self.override
 
     def pytest_report_header(self, config: pytest.Config) -> str:
         s = self.settings
@@ -272,15 +291,15 @@ class SeqdriftPlugin:
 
     # -- set-up ------------------------------------------------------------------------
 
-    def _run_context(self) -> str | None:
-        """Where a migration run that just ended ran, when its end state should be
-        reported as set-up drift: in a fixture (or before the tests), not in a test
-        body (the probe judges that) nor in a teardown."""
+    def _run_context(self) -> tuple[str, str | None] | None:
+        """Where a migration run that just ended ran, and in which fixture, when its end
+        state is wanted: in a fixture (set-up drift), before the tests, or in a test
+        body (for a database the test does not hand over); not in a teardown."""
         if self.phase == "teardown" or "django_db_setup" in self.fixtures:
             return None  # nothing to report / its own set-up check follows
         if self.fixtures:
-            return f"in fixture {self.fixtures[-1]!r}"
-        return "in the test body" if self.phase == "call" else "before the tests"
+            return f"in fixture {self.fixtures[-1]!r}", self.fixtures[-1]
+        return ("in the test body" if self.phase == "call" else "before the tests"), None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(
@@ -334,18 +353,25 @@ class SeqdriftPlugin:
             return
         self.setups_unsent += 1
         outcome.notes += [f"{located.source}: {n}" for n in notes]
-        fresh = self._claim(self.watcher.new_findings(report), outcome)
+        fresh = self._claim(self.watcher.new_findings(report), outcome, database)
         if fresh:
             source = self._describe_setup(located, database)
             mine = Report(findings=fresh, checked=report.checked, skipped=report.skipped)
             outcome.born.append(Born(source, mine, database))
 
-    def _claim(self, fresh: list[Finding], outcome: _Outcome) -> list[Finding]:
+    def _claim(
+        self, fresh: list[Finding], outcome: _Outcome, database: DatabaseId
+    ) -> list[Finding]:
         """Set-up findings become this process's to report. Under pytest-xdist every
         worker sets up a database of its own from the same migrations and files, and
         finds the same drift: the first worker to claim a finding reports it, the others
         only note it (they write nothing but an empty claim file, shared by the run)."""
         self.born_keys.update(finding_key(f) for f in fresh)
+        self.born_columns.update((database.name, *column_key(f.column)) for f in fresh)
+        here = self.phase_item or "the set-up"
+        for f in fresh:  # a test that runs the same migration again makes the same drift
+            if (made_by := self._made_by(database, f))[-1] is not None:
+                self.blamed.setdefault(made_by, here)
         if self.claims is None:
             return fresh
         mine = []
@@ -364,8 +390,15 @@ class SeqdriftPlugin:
         steps = history.steps if history is not None else []
         source = located.source
         details = [f"database {database.name}"]
+        if source == "fixture seqdrift_connection" and self.override:
+            source += f" (from {', '.join(self.override)})"
         if any(s.kind == "migration" for s in steps):
             details.append("after migrations")
+        elif source.startswith("pytest-django"):
+            details.append(
+                "no migration ran in this set-up (--reuse-db, --no-migrations): run once "
+                "with --create-db and migrations to have the one that made it named"
+            )
         elif any(s.kind == "revision" for s in steps):
             details.append("after Alembic revisions")
         template = self._template_of(database)
@@ -392,9 +425,11 @@ class SeqdriftPlugin:
         """Migration runs that ended in a set-up, on databases no check of ours covers:
         their end state is set-up drift (a fixture upgrading a database of its own)."""
         for run in self.watcher.take_runs():
+            if run.owner is not None and run.connect is not None:
+                self.fixture_databases[run.owner] = (run.database, run.connect)
             if run.database in self.checked:
                 continue
-            fresh = self._claim(self.watcher.new_findings(run.report), outcome)
+            fresh = self._claim(self.watcher.new_findings(run.report), outcome, run.database)
             if fresh:
                 source = f"database {run.database.name} ({run.description})"
                 mine = Report(fresh, run.report.checked, run.report.skipped)
@@ -471,7 +506,7 @@ class SeqdriftPlugin:
         self.reset_made.pop(item.nodeid, None)
 
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
-        self.phase = None
+        self.phase, self.phase_item = None, nodeid
 
     def _marker_kwargs(self, item: pytest.Item) -> dict[str, Any]:
         marker = item.get_closest_marker("seqdrift")
@@ -506,11 +541,47 @@ class SeqdriftPlugin:
         is not one fails only on drift that outlives its own transaction and that no
         earlier test was failed for."""
         kwargs = self._marker_kwargs(item)
-        databases = self._located(item)
+        with contextlib.ExitStack() as stack:
+            databases = self._located(item)
+            databases += self._fixture_databases(item, stack, _ids(databases))
+            self._probe_databases(item, why, runs, databases, kwargs, outcome)
+
+    def _fixture_databases(
+        self, item: pytest.Item, stack: contextlib.ExitStack, located: set[DatabaseId]
+    ) -> list[Located]:
+        """The databases the test's fixtures migrated, but for those ``located``
+        already, on connections of our own (closed with ``stack``): probed where they
+        live on a server pytest-postgresql started, checked read-only elsewhere."""
+        names = set(getattr(item, "fixturenames", ()))
+        servers = {port for port, _ in self.templates}
+        found = []
+        for name, (database, connect) in self.fixture_databases.items():
+            if name not in names or database in located:
+                continue
+            located.add(database)
+            try:
+                conn = psycopg.connect(
+                    **connect, autocommit=True, application_name="pytest-seqdrift"
+                )
+            except psycopg.Error:
+                continue
+            stack.callback(conn.close)
+            source = f"the database of fixture {name!r} ({database.name})"
+            found.append(Located(conn, source, test_database=database.port in servers))
+        return found
+
+    def _probe_databases(
+        self,
+        item: pytest.Item,
+        why: str,
+        runs: list[Run],
+        databases: list[Located],
+        kwargs: dict[str, Any],
+        outcome: _Outcome,
+    ) -> None:
         scope_only = why == "scope"
         outcome.why = "--seqdrift-scope=all" if scope_only else f"a migration test: {why}"
         outcome.probed = []
-        known = self.watcher.reported if scope_only else self.born_keys
         reset = self.reset_made.get(item.nodeid, set())
         probed: set[DatabaseId] = set()
         for located in databases:  # pytest-django: every PostgreSQL alias
@@ -537,24 +608,62 @@ class SeqdriftPlugin:
                     failure += f"; held by another session's open transaction: {'; '.join(holders)}"
                 outcome.cannot = f"{HEADER} could not check the database{where}: {failure}"
                 return
+            if database in probed:
+                continue
             probed.add(database)
-            outcome.notes += [
-                f"{prefix}{f.column.label}: the drift its set-up left, reported once"
-                for f in found.findings
-                if finding_key(f) in self.born_keys
-            ]
             outcome.notes += [prefix + n for n in notes]
-            fresh = [f for f in found.findings if finding_key(f) not in known]
-            self._add(outcome, prefix, database, found, fresh, reset)
+            fresh = self._fresh(item, database, found, scope_only, prefix, outcome)
+            self._add(item, outcome, prefix, database, found, fresh, reset)
         for run in runs:  # what the body migrated on a database it did not hand us
             if run.database not in probed:
-                fresh = [f for f in run.report.findings if finding_key(f) not in known]
                 prefix = f"database {run.database.name} ({run.description}): "
-                self._add(outcome, prefix, run.database, run.report, fresh, reset)
+                fresh = self._fresh(item, run.database, run.report, scope_only, prefix, outcome)
+                self._add(item, outcome, prefix, run.database, run.report, fresh, reset)
         outcome.no_database = not databases and not runs
+
+    def _fresh(
+        self,
+        item: pytest.Item,
+        database: DatabaseId,
+        report: Report,
+        scope_only: bool,
+        prefix: str,
+        outcome: _Outcome,
+    ) -> list[Finding]:
+        """The findings this test is to be failed for: not the drift its set-up left
+        (reported once, where it was found), not drift an earlier test was failed for --
+        under ``--seqdrift-scope=all`` on the same column, whatever the sequence's state
+        now (a failing insert moves it); for a migration test the same finding made by
+        the same step (pytest-alembic's tests each run the same upgrade); drift no
+        step made is a migration test's own, every time."""
+        fresh = []
+        for f in report.findings:
+            column = (database.name, *column_key(f.column))
+            if finding_key(f) in self.born_keys or scope_only and column in self.born_columns:
+                why = "the drift its set-up left, reported once"
+            else:
+                made_by = self._made_by(database, f)
+                # a migration test's drift with no step to blame is its own, every time
+                key = column if scope_only else made_by if made_by[-1] is not None else None
+                earlier = None if key is None else self.blamed.get(key)
+                if earlier is None:
+                    fresh.append(f)
+                    continue
+                why = f"the same drift, reported at {earlier}"
+            outcome.notes.append(f"{prefix}{f.column.label}: {why}")
+        return fresh
+
+    def _made_by(self, database: DatabaseId, f: Finding) -> tuple[Any, ...]:
+        """The drift of one column of one database as one step made it (the step's
+        label last: None where no step is to blame)."""
+        step = self.watcher.origin(database, f) or self.watcher.origin(
+            self._template_of(database), f
+        )
+        return (database.name, *column_key(f.column), None if step is None else step.label)
 
     def _add(
         self,
+        item: pytest.Item,
         outcome: _Outcome,
         prefix: str,
         database: DatabaseId,
@@ -565,6 +674,9 @@ class SeqdriftPlugin:
         """A probed database's new findings, into the test's outcome."""
         assert outcome.probed is not None
         self.watcher.reported.update(finding_key(f) for f in fresh)
+        for f in fresh:
+            self.blamed[(database.name, *column_key(f.column))] = item.nodeid
+            self.blamed[self._made_by(database, f)] = item.nodeid
         outcome.probed += [(database, f) for f in fresh]
         outcome.reset |= {column_key(f.column) for f in fresh} & reset
         if fresh:
@@ -706,17 +818,19 @@ class SeqdriftPlugin:
             value["notes"] = outcome.notes
         fails = trouble or (drift and self.settings.fail)
         if fails:
-            value["failed"] = "could not check" if trouble else "drift"
+            value["failed"] = ["could not check" if trouble else "drift", phase]
         item.user_properties.append((PROPERTY, value))
         if fails:
             pytest.fail("\n\n".join(drift + trouble), pytrace=False)
-        if drift:
-            warnings.warn(SeqdriftWarning("\n\n".join(drift)), stacklevel=1)
+        if drift:  # seqdrift_fail = false: one line each; the summary has the rest
+            lines = [part.splitlines()[0] for part in drift]
+            item.warn(SeqdriftWarning("\n".join([*lines, "(details: the sequence drift summary)"])))
 
     def _born_text(self, born: Born) -> str:
         return (
             f"{HEADER} sequence drift in the set-up of {born.source}\n"
-            "(this test only received that database: the drift is reported here, once)\n"
+            "(found at this test's set-up, which built or first received that database: "
+            "not the test's doing, and reported here once)\n"
             + render.text(born.report, annotate=self._annotate(born.database, set(), setup=True))
         )
 
@@ -755,7 +869,7 @@ class SeqdriftPlugin:
             if value.get("no_database"):
                 run.no_database.append(test)
             if value.get("failed"):
-                run.failed[test] = value["failed"]
+                run.failed[test] = tuple(value["failed"])
             run.notes += [f"{test}: {n}" for n in value.get("notes", ())]
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -812,9 +926,13 @@ class SeqdriftPlugin:
         if run.no_database:
             tr.write_line(NO_DATABASE_HELP)
             tr.write_line(f"  tests without a database: {', '.join(run.no_database)}")
+        sources: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for f in run.born.values():
-            tr.write_line(f"set-up of {f['source']} (reported at {f['test']}):")
-            _write_finding(tr, f, "  ")
+            sources.setdefault((f["source"], f["test"]), []).append(f)
+        for (source, test), found in sources.items():
+            tr.write_line(f"set-up of {source} (reported at {test}):")
+            for f in found:
+                _write_finding(tr, f, "  ")
         for f in run.findings:
             _write_finding(tr, f, f"{f['test']}: ")
         if verbose:
@@ -837,7 +955,13 @@ class SeqdriftPlugin:
             render.plural(run.steps, "migration step") + " followed" if run.steps else "",
             render.plural(run.probed_tests, "test") + " probed" if run.probed_tests else "",
         ]
-        return f"no sequence drift ({', '.join(d for d in done if d)})"
+        line = f"no sequence drift ({', '.join(d for d in done if d)})"
+        if self.settings.scope == "all" and not run.probed_tests:
+            line += (
+                "; with --seqdrift-scope=all no test was probed: none used a database "
+                "pytest-seqdrift can locate (override the seqdrift_connection fixture)"
+            )
+        return line
 
     def _counts_line(self) -> str:
         run = self.run
@@ -853,11 +977,16 @@ class SeqdriftPlugin:
                 f"{render.plural(len(run.findings), 'finding')} in "
                 f"{render.plural(run.probed_tests, 'probed test')}"
             )
-        failed = len(run.failed)
-        cannot = sum(v == "could not check" for v in run.failed.values())
+        errors = sum(phase == "setup" for _, phase in run.failed.values())
+        failures = len(run.failed) - errors
+        cannot = sum(why == "could not check" for why, _ in run.failed.values())
         line = "; ".join(parts)
-        if failed:
-            line += f"; {render.plural(failed, 'test')} failed because of pytest-seqdrift"
+        if run.failed:
+            said = [
+                render.plural(failures, "test") + " failed" if failures else "",
+                render.plural(errors, "error") + " at a test's set-up" if errors else "",
+            ]
+            line += f"; {' and '.join(x for x in said if x)} because of pytest-seqdrift"
             if cannot:
                 line += f" ({cannot} could not be checked)"
         return line
@@ -867,6 +996,18 @@ def _claims_folder(run: str) -> Path:
     """Where the workers of one pytest-xdist run claim the set-up findings they report:
     a folder named after the run, which the controller removes at the end."""
     return Path(tempfile.gettempdir()) / f"pytest-seqdrift-{os.getuid()}-{run}"
+
+
+def _ids(databases: list[Located]) -> set[DatabaseId]:
+    """Which databases these are (a database that cannot tell is left out)."""
+    found = set()
+    for located in databases:
+        try:
+            with open_session(located.connection) as session:
+                found.add(session.database_id())
+        except _driver_errors():
+            continue
+    return found
 
 
 def _func(defs: Any, name: str) -> Any:

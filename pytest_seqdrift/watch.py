@@ -8,7 +8,8 @@ test it is in), and asks it to check.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,13 @@ class Run:
     database: DatabaseId
     description: str
     report: Report
+    owner: str | None = None  # the fixture that ran it, where one did
+    connect: dict[str, Any] | None = None  # how to connect to the database again
+
+
+# Where a run ran, as the plugin tells it: what to say ("in fixture 'engine'") and the
+# fixture that ran it (None outside a fixture); None when its end is not wanted.
+RunContext = tuple[str, str | None]
 
 
 @dataclass
@@ -57,7 +65,7 @@ class Watcher:
     max_scan_rows: int | None = None
     # asked when a run ends: where it ran, when its end state should be kept for the
     # plugin (None: not wanted -- the plugin checks that database itself anyway)
-    run_context: Callable[[], str | None] = lambda: None
+    run_context: Callable[[], RunContext | None] = lambda: None
     histories: dict[DatabaseId, History] = field(default_factory=dict)
     runs: list[Run] = field(default_factory=list)  # taken by the plugin
     notes: list[str] = field(default_factory=list)  # taken by the plugin
@@ -68,46 +76,65 @@ class Watcher:
     # -- listeners.Recorder ------------------------------------------------------------
 
     def step_applied(self, connection: Any, step: Step, may_drift: bool = True) -> None:
-        self.steps += 1
-        found = self._check(connection, f"after {step.label}", read=may_drift)
-        if found is not None:
-            database, report = found
-            self.histories.setdefault(database, History()).applied(step, report)
+        with self._never_raising(f"after {step.label}"):
+            self._step_applied(connection, step, may_drift)
 
     def run_ended(self, connection: Any, description: str) -> None:
         """The drift a run left, for the plugin to report when no check of its own
         follows (a fixture that migrates a database the plugin cannot locate): the check
         after the run's last step where there was one, else a check now."""
+        with self._never_raising(f"at the end of the {description}"):
+            self._run_ended(connection, description)
+
+    @contextlib.contextmanager
+    def _never_raising(self, when: str) -> Iterator[None]:
+        """Whatever goes wrong here is noted: it must never reach the migration."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001
+            self.notes.append(f"could not check the database {when}: {describe(exc)}")
+
+    def _step_applied(self, connection: Any, step: Step, may_drift: bool) -> None:
+        self.steps += 1
+        found = self._check(connection, f"after {step.label}", read=may_drift)
+        if found is not None:
+            database, report, _ = found
+            self.histories.setdefault(database, History()).applied(step, report)
+
+    def _run_ended(self, connection: Any, description: str) -> None:
         context = self.run_context()
         if context is None:
             return
-        description = f"{description}, {context}"
+        where, owner = context
+        description = f"{description}, {where}"
         found = self._check(connection, f"at the end of the {description}", read=False)
         if found is None:
             return
-        database = found[0]
+        database, _, connect = found
         history = self.histories.get(database)
         report = history.current if history is not None else None
         if report is None:
             again = self._check(connection, f"at the end of the {description}")
             report = None if again is None else again[1]
         if report is not None:
-            self.runs.append(Run(database, description, report))
+            self.runs.append(Run(database, description, report, owner, connect))
 
     def _check(
         self, connection: Any, when: str, *, read: bool = True
-    ) -> tuple[DatabaseId, Report | None] | None:
-        """Which database, and (with ``read``) a read-only check of it; None where that
-        failed (noted): a migration must never fail because of it."""
+    ) -> tuple[DatabaseId, Report | None, dict[str, Any] | None] | None:
+        """Which database (and how to reach it again), and with ``read`` a read-only
+        check of it; None where that failed (noted): a migration must never fail
+        because of it."""
         try:
             with open_session(connection) as session:
                 database = session.database_id()
                 report = self.check(session) if read else None
+                connect = None if read else session.connect_params()
         except Exception as exc:  # noqa: BLE001 -- nothing may reach the migration
             self.notes.append(f"could not check the database {when}: {describe(exc)}")
             return None
         self.checks += read
-        return database, report
+        return database, report, connect
 
     def check(self, connection: Any) -> Report:
         """The read-only check with the run's settings (its ``exclude_tables`` too)."""

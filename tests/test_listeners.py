@@ -110,7 +110,7 @@ def alembic_config(tmp_path: Path, db: Conn) -> Iterator[Config]:
 
 @pytest.fixture
 def watcher() -> Iterator[Watcher]:
-    watcher = Watcher(run_context=lambda: "in the test")
+    watcher = Watcher(run_context=lambda: ("in the test", None))
     listening = Listening(watcher)
     try:
         yield watcher
@@ -196,6 +196,16 @@ def test_a_failing_check_never_reaches_the_migration() -> None:
     (note,) = watcher.take_notes()
     assert note.startswith("could not check the database after migration shop.0001: ")
     assert watcher.histories == {}
+
+    def broken_context() -> Any:
+        raise RuntimeError("a bug of ours")
+
+    watcher = Watcher(run_context=broken_context)
+    watcher.run_ended(object(), "Alembic migration to 0002")
+    assert watcher.take_notes() == [
+        "could not check the database at the end of the Alembic migration to 0002: "
+        "a bug of ours"
+    ]
 
 
 def test_a_module_imported_later_is_patched_when_it_is_first_imported(

@@ -164,7 +164,8 @@ def test_dsn_database_drifted_before_the_tests_is_its_set_up(
         [
             "*ERROR at setup of test_first*",
             "pytest-seqdrift: sequence drift in the set-up of --seqdrift-dsn (database *)",
-            "(this test only received that database: the drift is reported here, once)",
+            "(found at this test's set-up, which built or first received that database: "
+            "not the test's doing, and reported here once)",
             "*public.t.id  (sequence public.t_id_seq)",
         ]
     )

@@ -83,7 +83,8 @@ SHOP_FAILURE = [
     "*_ ERROR at setup of test_the_countries_we_ship_to _*",
     "pytest-seqdrift: sequence drift in the set-up of pytest-django test database 'default' "
     "(database test_shop_*, after migrations)",
-    "(this test only received that database: the drift is reported here, once)",
+    "(found at this test's set-up, which built or first received that database: "
+    "not the test's doing, and reported here once)",
     "sequence drift in 1 column:",
     "  public.shop_country.id  (sequence public.shop_country_id_seq)",
     "    next value 1; the very next insert collides with existing id 1 (max id 5)",
@@ -99,7 +100,8 @@ SHOP_FAILURE = [
     "  public.shop_country.id: next value 1; the very next insert collides with existing "
     "id 1 (max id 5)",
     "    introduced by migration shop.0003_load_countries",
-    "1 finding in the set-up of 1 test database; 1 test failed because of pytest-seqdrift",
+    "1 finding in the set-up of 1 test database; 1 error at a test's set-up because of "
+    "pytest-seqdrift",
     "ERROR tests/test_shop.py::test_the_countries_we_ship_to - *",
 ]
 
@@ -156,6 +158,13 @@ from shop.models import Country, Order
 
 
 @pytest.mark.django_db
+def test_a_new_country_hits_the_drift():
+    # the set-up's drift bites: IntegrityError -- and the failed insert moves the
+    # sequence on, which must not make the next test look guilty
+    Country.objects.create(code="ES", name="Spain")
+
+
+@pytest.mark.django_db
 def test_an_imported_order_keeps_its_number():
     # a row with a chosen id, inside the test's own transaction (rolled back after it);
     # its foreign key is DEFERRABLE INITIALLY DEFERRED, so a check is pending
@@ -180,7 +189,10 @@ def test_django_scope_all_blames_no_test_for_the_set_up_or_its_own_rows(
     -v), and the set-up's drift is reported once, not by every test."""
     (shop.path / "tests" / "test_zz_more.py").write_text(SHOP_SCOPE_ALL)
     result = run(shop, "--seqdrift", "--seqdrift-scope=all", "-v")
-    result.assert_outcomes(passed=5, errors=1)
+    result.assert_outcomes(passed=5, failed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        ["FAILED tests/test_zz_more.py::test_a_new_country_hits_the_drift *"]
+    )
     reported_once(result, "public.shop_country.id")
     out = result.stdout.str()
     assert "pending trigger events" not in out
@@ -196,7 +208,7 @@ def test_django_scope_all_blames_no_test_for_the_set_up_or_its_own_rows(
     result.stdout.fnmatch_lines(
         [
             "1 finding in the set-up of 1 test database; 0 findings in 4 probed tests; "
-            "1 test failed because of pytest-seqdrift"
+            "1 error at a test's set-up because of pytest-seqdrift"
         ]
     )
 
@@ -439,3 +451,159 @@ def test_seed_files_excluded_tables_are_not_reported(pytester: pytest.Pytester, 
         result = own_server(pytester, "--seqdrift")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["seqdrift: * exclude=*", "seqdrift: no sequence drift (*)"])
+
+
+ENGINE_OF_ITS_OWN = """
+import pytest
+from alembic import command
+from alembic.config import Config
+from pytest_postgresql import factories
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+postgresql_proc = factories.postgresql_proc()
+
+
+@pytest.fixture(scope="session")
+def engine(postgresql_proc):
+    proc = postgresql_proc
+    with DatabaseJanitor(
+        user=proc.user, host=proc.host, port=proc.port, dbname="app_test", password=proc.password
+    ):
+        url = f"postgresql+psycopg://{proc.user}@{proc.host}:{proc.port}/app_test"
+        config = Config("alembic.ini")
+        config.set_main_option("sqlalchemy.url", url)
+        command.upgrade(config, "head")
+        engine = create_engine(url)
+        yield engine
+        engine.dispose()
+
+
+@pytest.fixture
+def session(engine):
+    connection = engine.connect()
+    outer = connection.begin()
+    session = Session(bind=connection, join_transaction_mode="create_savepoint")
+    yield session
+    session.close()
+    outer.rollback()
+    connection.close()
+"""
+
+LEGACY_IMPORT = """
+from sqlalchemy import insert, select
+
+from plans.models import Plan
+
+
+def test_import_legacy_plans(engine):
+    with engine.begin() as conn:  # committed, with its id
+        conn.execute(insert(Plan), [{"id": 5, "name": "legacy", "monthly_cents": 100}])
+
+
+def test_the_plans(session):
+    assert len(session.scalars(select(Plan)).all()) == 4
+"""
+
+
+def test_scope_all_follows_a_database_a_fixture_migrated(pytester: pytest.Pytester) -> None:
+    """A session fixture builds and migrates a database of its own (no fixture the plugin
+    knows hands it out): the tests that use that fixture use that database, and
+    --seqdrift-scope=all probes it after them."""
+    root = project(pytester, "alembic_plans")
+    shutil.copy(root / "fix" / "0003_plan_sequence.py", root / "migrations" / "versions")
+    (root / "tests" / "conftest.py").write_text(ENGINE_OF_ITS_OWN)
+    (root / "tests" / "test_plans.py").write_text(LEGACY_IMPORT)
+    args = ("--seqdrift", "--seqdrift-scope=all", "-p", "no:randomly")
+    result = own_server(pytester, *args)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_import_legacy_plans _*",
+            "pytest-seqdrift: sequence drift after this test (--seqdrift-scope=all):",
+            "*public.plan.id  (sequence public.plan_id_seq)",
+            "    next value 4; 1 insert succeeds, the 2nd collides with existing id 5 (max id 5)",
+        ]
+    )
+    assert "test_the_plans -" not in result.stdout.str()  # the next test is not blamed
+    own_server(pytester, "--seqdrift").assert_outcomes(passed=2)  # not a migration test
+
+
+OVERRIDDEN = """
+import psycopg
+import pytest
+from pytest_postgresql import factories
+
+postgresql_proc = factories.postgresql_proc()
+
+
+@pytest.fixture(scope="session")
+def database(postgresql_proc):
+    proc = postgresql_proc
+    admin = f"host={proc.host} port={proc.port} user={proc.user} dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE users_test")
+    dsn = f"host={proc.host} port={proc.port} user={proc.user} dbname=users_test"
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE users (id serial PRIMARY KEY, email text UNIQUE)")
+        conn.execute("INSERT INTO users VALUES (1, 'admin@example.com'), (2, 'ada@example.com')")
+    return dsn
+
+
+@pytest.fixture
+def conn(database):
+    with psycopg.connect(database) as conn:
+        yield conn
+        conn.rollback()
+
+
+@pytest.fixture
+def seqdrift_connection(database):
+    with psycopg.connect(database) as conn:
+        yield conn
+"""
+
+USERS = """
+def test_admin(conn):
+    assert conn.execute("SELECT email FROM users WHERE id = 1").fetchone() == ("admin@example.com",)
+
+
+def test_count(conn):
+    assert conn.execute("SELECT count(*) FROM users").fetchone() == (2,)
+"""
+
+
+def test_the_database_of_an_overridden_seqdrift_connection_is_checked_with_no_marker(
+    pytester: pytest.Pytester,
+) -> None:
+    """The tests use the fixture the override takes: their database is that one."""
+    pytester.makeconftest(OVERRIDDEN)
+    pytester.makepyfile(test_users=USERS)
+    result = own_server(pytester, "--seqdrift")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-seqdrift: sequence drift in the set-up of fixture seqdrift_connection "
+            "(from database) (database users_test)",
+            "*public.users.id  (sequence public.users_id_seq)",
+        ]
+    )
+    reported_once(result, "public.users.id")
+
+
+def test_warn_mode_warns_at_the_test_not_in_the_plugin(pytester: pytest.Pytester) -> None:
+    project(pytester, "seed_files")
+    result = own_server(pytester, "--seqdrift", "--seqdrift-fail=false", "-p", "no:randomly")
+    result.assert_outcomes(passed=3, warnings=1)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        [
+            "tests/test_prices.py::test_currencies",
+            "  *SeqdriftWarning: pytest-seqdrift: sequence drift in the set-up of fixture "
+            "postgresql *",
+            "  (details: the sequence drift summary)",
+        ]
+    )
+    assert "plugin.py" not in result.stdout.str()
+    assert result.stdout.str().count("    introduced by loading sql/seed.sql") == 1
