@@ -203,8 +203,7 @@ def test_a_failing_check_never_reaches_the_migration() -> None:
     watcher = Watcher(run_context=broken_context)
     watcher.run_ended(object(), "Alembic migration to 0002")
     assert watcher.take_notes() == [
-        "could not check the database at the end of the Alembic migration to 0002: "
-        "a bug of ours"
+        "could not check the database at the end of the Alembic migration to 0002: a bug of ours"
     ]
 
 
