@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,10 +184,16 @@ def test_a_load_into_pytest_postgresql_s_template_is_checked_and_its_connection_
     assert step == Step("load", str(seed))  # outside the working directory: as given
     assert history.current is not None
     assert [f.first_collision for f in history.current.findings] == [3]
-    (open_connections,) = db.execute(
-        "SELECT count(*) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND application_name = 'pytest-seqdrift'"
-    ).fetchone() or (None,)
+    # the backend of a closed connection leaves pg_stat_activity a moment later
+    deadline = time.monotonic() + 5
+    while True:
+        (open_connections,) = db.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'pytest-seqdrift'"
+        ).fetchone() or (None,)
+        if open_connections == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert open_connections == 0
 
 
