@@ -108,6 +108,21 @@ def _django_step(migration: Any, backwards: bool) -> Step:
     )
 
 
+def _following(method: Any, recorder: Recorder, *, backwards: bool) -> Any:
+    """``MigrationExecutor.apply_migration`` (``unapply_migration``), then the recorder
+    told of the migration -- unless it was only recorded as applied (``fake``)."""
+
+    @functools.wraps(method)
+    def follow(self: Any, state: Any, migration: Any, *args: Any, **kwargs: Any) -> Any:
+        state = method(self, state, migration, *args, **kwargs)
+        if not kwargs.get("fake", args[0] if args else False):
+            step = _django_step(migration, backwards=backwards)
+            recorder.step_applied(self.connection, step, django_may_drift(migration))
+        return state
+
+    return follow
+
+
 def _patch_django(module: ModuleType, recorder: Recorder) -> Callable[[], None]:
     executor = module.MigrationExecutor
     apply, unapply, migrate = (
@@ -116,32 +131,14 @@ def _patch_django(module: ModuleType, recorder: Recorder) -> Callable[[], None]:
         executor.migrate,
     )
 
-    @functools.wraps(apply)
-    def apply_migration(self: Any, state: Any, migration: Any, *args: Any, **kwargs: Any) -> Any:
-        state = apply(self, state, migration, *args, **kwargs)
-        fake = kwargs.get("fake", args[0] if args else False)
-        if not fake:
-            step = _django_step(migration, backwards=False)
-            recorder.step_applied(self.connection, step, django_may_drift(migration))
-        return state
-
-    @functools.wraps(unapply)
-    def unapply_migration(self: Any, state: Any, migration: Any, *args: Any, **kwargs: Any) -> Any:
-        state = unapply(self, state, migration, *args, **kwargs)
-        fake = kwargs.get("fake", args[0] if args else False)
-        if not fake:
-            step = _django_step(migration, backwards=True)
-            recorder.step_applied(self.connection, step, django_may_drift(migration))
-        return state
-
     @functools.wraps(migrate)
     def migrate_(self: Any, *args: Any, **kwargs: Any) -> Any:
         state = migrate(self, *args, **kwargs)
         recorder.run_ended(self.connection, f"Django migrate ({self.connection.alias!r})")
         return state
 
-    executor.apply_migration = apply_migration
-    executor.unapply_migration = unapply_migration
+    executor.apply_migration = _following(apply, recorder, backwards=False)
+    executor.unapply_migration = _following(unapply, recorder, backwards=True)
     executor.migrate = migrate_
 
     def undo() -> None:

@@ -60,10 +60,6 @@ class Located:
     test_database: bool  # created for the tests: the probe may write to it (and undo it)
 
 
-def is_migration_test(fixturenames: Iterable[str]) -> bool:
-    return migration_fixture(fixturenames) is not None
-
-
 def migration_fixture(fixturenames: Iterable[str]) -> str | None:
     """The migration fixture a test uses, if any."""
     names = set(fixturenames)

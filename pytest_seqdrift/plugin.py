@@ -36,7 +36,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from . import advice, compat, render
+from . import advice, compat, render, summary
 from .api import check
 from .connections import CannotCheck, DatabaseId, Session, describe, open_session, session_for
 from .fixtures import (
@@ -49,7 +49,6 @@ from .fixtures import (
 from .history import ColumnKey, column_key
 from .listeners import Listening
 from .locate import (
-    NO_DATABASE_HELP,
     Located,
     django_database_names,
     django_ready,
@@ -175,26 +174,11 @@ class _Outcome:
     reset: set[ColumnKey] = field(default_factory=set)  # drift reset_sequences made
 
 
-@dataclass
-class _Run:
-    """What the controller gathers from every test report (xdist workers included)."""
-
-    born: dict[str, dict[str, Any]] = field(default_factory=dict)  # one entry a finding
-    findings: list[dict[str, Any]] = field(default_factory=list)
-    # test -> why it failed on our account ("drift", "could not check") and in which phase
-    failed: dict[str, tuple[str, str]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    probed_tests: int = 0
-    setups: int = 0
-    steps: int = 0
-    no_database: list[str] = field(default_factory=list)
-
-
 class SeqdriftPlugin:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.settings = s = Settings.from_config(config)
-        self.run = _Run()
+        self.run = summary.Run()
         self.watcher = Watcher(
             exclude_tables=s.exclude,
             threshold=s.threshold,
@@ -543,7 +527,9 @@ class SeqdriftPlugin:
         kwargs = self._marker_kwargs(item)
         with contextlib.ExitStack() as stack:
             databases = self._located(item)
-            databases += self._fixture_databases(item, stack, _ids(databases))
+            names = set(getattr(item, "fixturenames", ()))
+            if names & set(self.fixture_databases):  # else no round trip to ask
+                databases += self._fixture_databases(item, stack, _ids(databases))
             self._probe_databases(item, why, runs, databases, kwargs, outcome)
 
     def _fixture_databases(
@@ -854,23 +840,8 @@ class SeqdriftPlugin:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for key, value in report.user_properties:
-            if key != PROPERTY or not isinstance(value, dict) or value.get("phase") != report.when:
-                continue
-            run = self.run
-            test = value["test"]
-            run.setups += value.get("setups", 0)
-            run.steps += value.get("steps", 0)
-            for f in value.get("born", ()):
-                run.born.setdefault(json.dumps(_key_of(f)), {"test": test, **f})
-            if value.get("probed"):
-                run.probed_tests += 1
-                for f in value.get("findings", ()):
-                    run.findings.append({"test": test, **f})
-            if value.get("no_database"):
-                run.no_database.append(test)
-            if value.get("failed"):
-                run.failed[test] = tuple(value["failed"])
-            run.notes += [f"{test}: {n}" for n in value.get("notes", ())]
+            if key == PROPERTY and isinstance(value, dict) and value.get("phase") == report.when:
+                self.run.gather(value)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(self.config, "workerinput"):
@@ -878,11 +849,7 @@ class SeqdriftPlugin:
         self._check_dsn_at_end(session)
         path = self.settings.report_path
         if path:
-            findings = [
-                {"test": f["test"], "set_up": f["source"], **_public(f)}
-                for f in self.run.born.values()
-            ]
-            findings += [{"test": f["test"], **_public(f)} for f in self.run.findings]
+            findings = self.run.report_findings()
             out = {"version": render.JSON_VERSION, "findings": findings}
             Path(path).write_text(json.dumps(out, indent=2) + "\n")
 
@@ -902,94 +869,18 @@ class SeqdriftPlugin:
         except (CannotCheck, psycopg.Error) as exc:
             self.run.notes.append(f"end of session: could not check --seqdrift-dsn: {exc}")
             return
-        known = {json.dumps(_key_of(f)) for f in self.run.findings} | set(self.run.born)
-        fresh = [
-            {"test": "(end of session)", **render.finding_dict(f), "what": render.what_happens(f)}
-            for f in report.findings
-        ]
-        fresh = [f for f in fresh if json.dumps(_key_of(f)) not in known]  # reported once
-        self.run.findings += fresh
+        fresh = self.run.end_of_session(report)
         if fresh and self.settings.fail and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        run, tr = self.run, terminalreporter
         verbose = self.config.getoption("verbose") > 0
-        problems = run.born or run.findings or run.no_database or run.failed
-        if not problems:
-            tr.write_line(f"seqdrift: {self._clean_line()}")
-            if verbose:
-                for note in run.notes:
-                    tr.write_line(f"note: {note}")
-            return
-        tr.write_sep("=", "sequence drift (pytest-seqdrift)")
-        if run.no_database:
-            tr.write_line(NO_DATABASE_HELP)
-            tr.write_line(f"  tests without a database: {', '.join(run.no_database)}")
-        sources: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for f in run.born.values():
-            sources.setdefault((f["source"], f["test"]), []).append(f)
-        for (source, test), found in sources.items():
-            tr.write_line(f"set-up of {source} (reported at {test}):")
-            for f in found:
-                _write_finding(tr, f, "  ")
-        for f in run.findings:
-            _write_finding(tr, f, f"{f['test']}: ")
-        if verbose:
-            for note in run.notes:
-                tr.write_line(f"note: {note}")
-        elif run.notes:
-            tr.write_line(f"({render.plural(len(run.notes), 'note')}: add -v to show them)")
-        tr.write_line(self._counts_line())
-
-    def _clean_line(self) -> str:
-        run = self.run
-        if not (run.setups or run.probed_tests or run.steps):
-            return (
-                "checked nothing: no test used a database that pytest-seqdrift can locate "
-                "(pytest-django's, pytest-postgresql's, alembic_engine, or your own "
-                "seqdrift_connection fixture) and no migration ran"
-            )
-        done = [
-            render.plural(run.setups, "test database set-up") + " checked" if run.setups else "",
-            render.plural(run.steps, "migration step") + " followed" if run.steps else "",
-            render.plural(run.probed_tests, "test") + " probed" if run.probed_tests else "",
-        ]
-        line = f"no sequence drift ({', '.join(d for d in done if d)})"
-        if self.settings.scope == "all" and not run.probed_tests:
-            line += (
-                "; with --seqdrift-scope=all no test was probed: none used a database "
-                "pytest-seqdrift can locate (override the seqdrift_connection fixture)"
-            )
-        return line
-
-    def _counts_line(self) -> str:
-        run = self.run
-        parts = []
-        if run.born:
-            sources = len({f["source"] for f in run.born.values()})
-            parts.append(
-                f"{render.plural(len(run.born), 'finding')} in the set-up of "
-                f"{render.plural(sources, 'test database')}"
-            )
-        if run.probed_tests or run.findings:
-            parts.append(
-                f"{render.plural(len(run.findings), 'finding')} in "
-                f"{render.plural(run.probed_tests, 'probed test')}"
-            )
-        errors = sum(phase == "setup" for _, phase in run.failed.values())
-        failures = len(run.failed) - errors
-        cannot = sum(why == "could not check" for why, _ in run.failed.values())
-        line = "; ".join(parts)
-        if run.failed:
-            said = [
-                render.plural(failures, "test") + " failed" if failures else "",
-                render.plural(errors, "error") + " at a test's set-up" if errors else "",
-            ]
-            line += f"; {' and '.join(x for x in said if x)} because of pytest-seqdrift"
-            if cannot:
-                line += f" ({cannot} could not be checked)"
-        return line
+        lines = self.run.lines(verbose=verbose, scope_all=self.settings.scope == "all")
+        if lines and lines[0] is summary.SECTION:
+            terminalreporter.write_sep("=", "sequence drift (pytest-seqdrift)")
+            lines = lines[1:]
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def _claims_folder(run: str) -> Path:
@@ -1027,34 +918,3 @@ def _lock_holders(located: Located) -> list[str]:
             return session_for(twin).lock_holders()
     except _driver_errors():
         return []
-
-
-_KEY_FIELDS = (
-    "kind",
-    "schema",
-    "table",
-    "column",
-    "sequence",
-    "next_value",
-    "first_collision",
-    "max_existing",
-    "values_left",
-)
-
-
-def _key_of(f: dict[str, Any]) -> list[Any]:
-    return [f.get(k) for k in _KEY_FIELDS]
-
-
-def _public(f: dict[str, Any]) -> dict[str, Any]:
-    """A finding as ``--seqdrift-report`` writes it: the CLI's fields, and where known
-    the step that introduced it."""
-    return {k: v for k, v in f.items() if k not in ("test", "source", "what")}
-
-
-def _write_finding(tr: Any, f: dict[str, Any], lead: str) -> None:
-    """A finding in the summary: the words of its failure, its origin, its fix."""
-    tr.write_line(f"{lead}{f['schema']}.{f['table']}.{f['column']}: {f['what']}")
-    if f.get("introduced_by"):
-        tr.write_line(f"    introduced by {f['introduced_by']}")
-    tr.write_line(f"    fix: {f['fix_sql'].splitlines()[0] if f['fix_sql'] else '-'}")

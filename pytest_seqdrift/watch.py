@@ -14,7 +14,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import drift
+from . import drift, render
 from .api import check
 from .connections import DatabaseId, describe, open_session
 from .history import History, Step
@@ -23,20 +23,29 @@ from .model import Finding, Report
 FindingKey = tuple[Any, ...]
 
 
+# The fields of a finding (its JSON form) that make it the same finding.
+KEY_FIELDS = (
+    "kind",
+    "schema",
+    "table",
+    "column",
+    "sequence",
+    "next_value",
+    "first_collision",
+    "max_existing",
+    "values_left",
+)
+
+
+def key_of(finding: dict[str, Any]) -> FindingKey:
+    """The key of a finding in its JSON form (as it travels from an xdist worker)."""
+    return tuple(finding.get(k) for k in KEY_FIELDS)
+
+
 def finding_key(f: Finding) -> FindingKey:
     """The same column with the same sequence state and the same ids is the same
     finding, in whichever database cloned from the same set-up it is seen."""
-    return (
-        f.kind,
-        f.column.schema,
-        f.column.table,
-        f.column.column,
-        f.sequence.qualified,
-        f.next_value,
-        f.first_collision,
-        f.max_existing,
-        f.values_left,
-    )
+    return key_of(render.finding_dict(f))
 
 
 @dataclass

@@ -1,0 +1,158 @@
+"""The run's summary, on the controller: what every test report carried (xdist
+workers' included), gathered, and the lines of the ``sequence drift`` section.
+
+No pytest here: the plugin hands over each report's ``seqdrift`` property and writes
+the lines it gets back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import render
+from .locate import NO_DATABASE_HELP
+from .model import Report
+from .watch import key_of
+
+SECTION = "\x00section"  # the first line when a section is wanted: "=== sequence drift ==="
+
+
+@dataclass
+class Run:
+    born: dict[str, dict[str, Any]] = field(default_factory=dict)  # set-up findings, by key
+    findings: list[dict[str, Any]] = field(default_factory=list)  # the tests' own
+    # test -> why it failed on our account ("drift", "could not check") and in which phase
+    failed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    probed_tests: int = 0
+    setups: int = 0
+    steps: int = 0
+    no_database: list[str] = field(default_factory=list)
+
+    def gather(self, value: dict[str, Any]) -> None:
+        """One phase's report of one test."""
+        test = value["test"]
+        self.setups += value.get("setups", 0)
+        self.steps += value.get("steps", 0)
+        for f in value.get("born", ()):
+            self.born.setdefault(json.dumps(key_of(f)), {"test": test, **f})
+        if value.get("probed"):
+            self.probed_tests += 1
+            self.findings += [{"test": test, **f} for f in value.get("findings", ())]
+        if value.get("no_database"):
+            self.no_database.append(test)
+        if value.get("failed"):
+            self.failed[test] = tuple(value["failed"])
+        self.notes += [f"{test}: {n}" for n in value.get("notes", ())]
+
+    def end_of_session(self, report: Report) -> list[dict[str, Any]]:
+        """The ``--seqdrift-dsn`` database's findings at the end, but those reported
+        already; they are added, and returned."""
+        known = {json.dumps(key_of(f)) for f in self.findings} | set(self.born)
+        fresh = [
+            {"test": "(end of session)", **render.finding_dict(f), "what": render.what_happens(f)}
+            for f in report.findings
+        ]
+        fresh = [f for f in fresh if json.dumps(key_of(f)) not in known]
+        self.findings += fresh
+        return fresh
+
+    def report_findings(self) -> list[dict[str, Any]]:
+        """``--seqdrift-report``'s findings: the CLI's fields, each with its ``test``, a
+        set-up's with ``set_up`` (where the database came from), and ``introduced_by``
+        where known."""
+        findings = [
+            {"test": f["test"], "set_up": f["source"], **_public(f)} for f in self.born.values()
+        ]
+        return findings + [{"test": f["test"], **_public(f)} for f in self.findings]
+
+    def lines(self, *, verbose: bool, scope_all: bool) -> list[str]:
+        """The summary: one line when nothing drifted, else a section (``SECTION``
+        first) with every finding in its failure's words, its origin and its fix."""
+        if not (self.born or self.findings or self.no_database or self.failed):
+            return [f"seqdrift: {self._clean_line(scope_all)}", *self._notes(verbose, False)]
+        lines = [SECTION]
+        if self.no_database:
+            lines += [
+                NO_DATABASE_HELP,
+                f"  tests without a database: {', '.join(self.no_database)}",
+            ]
+        sources: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for f in self.born.values():
+            sources.setdefault((f["source"], f["test"]), []).append(f)
+        for (source, test), found in sources.items():
+            lines.append(f"set-up of {source} (reported at {test}):")
+            for f in found:
+                lines += _finding_lines(f, "  ")
+        for f in self.findings:
+            lines += _finding_lines(f, f"{f['test']}: ")
+        return [*lines, *self._notes(verbose, True), self._counts_line()]
+
+    def _notes(self, verbose: bool, count: bool) -> list[str]:
+        if verbose:
+            return [f"note: {note}" for note in self.notes]
+        if count and self.notes:
+            return [f"({render.plural(len(self.notes), 'note')}: add -v to show them)"]
+        return []
+
+    def _clean_line(self, scope_all: bool) -> str:
+        if not (self.setups or self.probed_tests or self.steps):
+            return (
+                "checked nothing: no test used a database that pytest-seqdrift can locate "
+                "(pytest-django's, pytest-postgresql's, alembic_engine, or your own "
+                "seqdrift_connection fixture) and no migration ran"
+            )
+        done = [
+            f"{render.plural(self.setups, 'test database set-up')} checked" if self.setups else "",
+            f"{render.plural(self.steps, 'migration step')} followed" if self.steps else "",
+            f"{render.plural(self.probed_tests, 'test')} probed" if self.probed_tests else "",
+        ]
+        line = f"no sequence drift ({', '.join(d for d in done if d)})"
+        if scope_all and not self.probed_tests:
+            line += (
+                "; with --seqdrift-scope=all no test was probed: none used a database "
+                "pytest-seqdrift can locate (override the seqdrift_connection fixture)"
+            )
+        return line
+
+    def _counts_line(self) -> str:
+        parts = []
+        if self.born:
+            sources = len({f["source"] for f in self.born.values()})
+            parts.append(
+                f"{render.plural(len(self.born), 'finding')} in the set-up of "
+                f"{render.plural(sources, 'test database')}"
+            )
+        if self.probed_tests or self.findings:
+            parts.append(
+                f"{render.plural(len(self.findings), 'finding')} in "
+                f"{render.plural(self.probed_tests, 'probed test')}"
+            )
+        errors = sum(phase == "setup" for _, phase in self.failed.values())
+        failures = len(self.failed) - errors
+        cannot = sum(why == "could not check" for why, _ in self.failed.values())
+        line = "; ".join(parts)
+        if self.failed:
+            said = [
+                render.plural(failures, "test") + " failed" if failures else "",
+                render.plural(errors, "error") + " at a test's set-up" if errors else "",
+            ]
+            line += f"; {' and '.join(x for x in said if x)} because of pytest-seqdrift"
+            if cannot:
+                line += f" ({cannot} could not be checked)"
+        return line
+
+
+def _public(f: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in f.items() if k not in ("test", "source", "what")}
+
+
+def _finding_lines(f: dict[str, Any], lead: str) -> list[str]:
+    """A finding in the summary: the words of its failure, its origin, its fix."""
+    lines = [f"{lead}{f['schema']}.{f['table']}.{f['column']}: {f['what']}"]
+    if f.get("introduced_by"):
+        lines.append(f"    introduced by {f['introduced_by']}")
+    lines.append(f"    fix: {f['fix_sql'].splitlines()[0] if f['fix_sql'] else '-'}")
+    return lines
