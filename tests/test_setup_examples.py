@@ -609,3 +609,20 @@ def test_warn_mode_warns_at_the_test_not_in_the_plugin(pytester: pytest.Pytester
     )
     assert "plugin.py" not in result.stdout.str()
     assert result.stdout.str().count("    introduced by loading sql/seed.sql") == 1
+
+
+def test_django_reuse_db_says_why_no_migration_is_named(shop: pytest.Pytester) -> None:
+    """With --reuse-db the second run migrates nothing: the drift is still found, and
+    the report says how to have its migration named."""
+    run(shop, "--seqdrift", "--reuse-db").assert_outcomes(passed=3, errors=1)
+    again = run(shop, "--seqdrift", "--reuse-db")
+    again.assert_outcomes(passed=3, errors=1)
+    again.stdout.fnmatch_lines(
+        [
+            "pytest-seqdrift: sequence drift in the set-up of pytest-django test database "
+            "'default' (database test_shop_*, no migration ran in this set-up (--reuse-db, "
+            "--no-migrations): run once with --create-db and migrations to have the one that "
+            "made it named)",
+        ]
+    )
+    assert "introduced by migration" not in again.stdout.str()
