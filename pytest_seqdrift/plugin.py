@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+import weakref
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,9 @@ class SeqdriftPlugin:
         self.phase_item: str | None = None  # the test whose phases run now
         self.fixtures: list[str] = []  # the fixtures being set up, innermost last
         self.checked: set[DatabaseId] = set()  # databases whose set-up was checked
+        self.connection_ids: weakref.WeakKeyDictionary[Any, DatabaseId] = (
+            weakref.WeakKeyDictionary()
+        )
         self.templates: dict[tuple[str, str], str] = {}  # (port, database) -> its template
         self.born_keys: set[Any] = set()  # findings reported as a set-up's
         self.pending: _Outcome = _Outcome()  # set-up findings not reported yet
@@ -325,7 +329,7 @@ class SeqdriftPlugin:
         failure = None
         try:
             with open_session(located.connection) as session:
-                database = session.database_id()
+                database = self._database_of(session)
                 if database in self.checked and not again:
                     return
                 self.checked.add(database)
@@ -342,6 +346,19 @@ class SeqdriftPlugin:
             source = self._describe_setup(located, database)
             mine = Report(findings=fresh, checked=report.checked, skipped=report.skipped)
             outcome.born.append(Born(source, mine, database))
+
+    def _database_of(self, session: Session) -> DatabaseId:
+        """Which database a session's connection is on, asked once a connection: a
+        libpq connection stays on its database, and most tests are handed one they were
+        handed before (psycopg 3 connections only: psycopg2's take no weak reference,
+        and an id alone could be a new connection's)."""
+        conn = session.conn
+        if not isinstance(conn, psycopg.Connection):
+            return session.database_id()
+        found = self.connection_ids.get(conn)
+        if found is None:
+            found = self.connection_ids[conn] = session.database_id()
+        return found
 
     def _claim(
         self, fresh: list[Finding], outcome: _Outcome, database: DatabaseId
