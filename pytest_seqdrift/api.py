@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from . import catalog, drift
+from . import catalog, drift, inserts, keys
 from .connections import CannotCheck, Session, open_session
 from .model import Bounds, Checked, Column, Plan, Report, Sequence, SequenceState, Skipped
 
@@ -79,8 +79,7 @@ def check(
             share=jobs > 1,
         ) as snapshot,
     ):
-        rows = session.query_dicts(catalog.DISCOVERY, catalog.discovery_params(schemas))
-        columns, sequences = catalog.parse_discovery(rows, exclude_tables)
+        columns, sequences = discover(session, schemas, exclude_tables)
         report = Report()
         readable = [c for c in columns if c.skip_reason is None]
         for c in columns:
@@ -91,7 +90,9 @@ def check(
         judged: list[Column] = []
         for c in readable:
             seq = sequences[c.sequence_oid]
-            if not c.plain_default:
+            if c.unjudged is not None:
+                report.checked.append(Checked(c, seq, "unchecked", note=c.unjudged))
+            elif not c.plain_default:
                 report.checked.append(Checked(c, seq, "unchecked", note=_unplain(c)))
             elif c.type_range is None and c.data_type != "numeric":
                 note = f"a {c.data_type} column is not compared with a sequence"
@@ -105,7 +106,7 @@ def check(
             else:
                 judged.append(c)
         wanted = sorted({c.sequence_oid for c in judged})  # the states judging needs
-        tops = [_top_slot(c, sequences[c.sequence_oid]) for c in judged]
+        tops = [_top_slot(c, inserts.per_insert(c, sequences[c.sequence_oid])) for c in judged]
         # the maxima before the states: inside a caller's READ COMMITTED transaction each
         # read sees rows committed up to its start, so this order keeps every max older
         # than the state it is compared with (in the check's own REPEATABLE READ
@@ -133,6 +134,10 @@ def check(
             if isinstance(state, CannotCheck):
                 report.skipped.append(_skipped(c, seq, state.args[0]))
                 continue
+            if c.draws[0] > 1:  # the column sees every k-th value (inserts.py)
+                walk = inserts.per_insert(c, seq)
+                state = inserts.per_insert_state(c, seq, walk, state, drift.next_value(seq, state))
+                seq = walk
             todo.append((c, seq, state))
             if isinstance(answer, CannotCheck):
                 results.append(answer)
@@ -157,8 +162,8 @@ def check(
         # 3. row counts, only where "fewer values left than rows" could decide
         counting = [
             (i, limit)
-            for i, (c, seq, state, _) in enumerate(bounded)
-            if (limit := drift.row_count_wanted(c, seq, state, threshold)) is not None
+            for i, (c, seq, state, b) in enumerate(bounded)
+            if (limit := drift.row_count_wanted(c, seq, state, threshold, b)) is not None
         ]
         counted = session.batch(
             [catalog.row_count_query(bounded[i][0], limit) for i, limit in counting],
@@ -174,6 +179,8 @@ def check(
                 c, seq, state, bounds, threshold=threshold, rows=rows_by_index.get(i)
             )
             report.findings.extend(found)
+            if c.note:
+                verdict = replace(verdict, note=_joined(c.note, verdict.note))
             if not c.indexed:
                 verdict = replace(verdict, note=_joined(verdict.note, _scanned(c)))
             report.checked.append(verdict)
@@ -181,6 +188,40 @@ def check(
         key=lambda v: (v.column.schema, v.column.table, v.column.column, v.sequence.qualified)
     )
     return report
+
+
+def discover(
+    session: Session, schemas: Iterable[str] | None = None, exclude_tables: Seq[str] = ()
+) -> tuple[list[Column], dict[int, Sequence]]:
+    """Every sequence-backed column and its sequence, with what an insert meets."""
+    rows = session.query_dicts(catalog.DISCOVERY, catalog.discovery_params(schemas))
+    columns, sequences = catalog.parse_discovery(rows, exclude_tables)
+    return _shaped(session, columns, sequences), sequences
+
+
+def _shaped(
+    session: Session, columns: list[Column], sequences: dict[int, Sequence]
+) -> list[Column]:
+    """The columns with what an insert into their table meets: the keys that count and
+    the rows they count (keys.py), how many values it draws, and the triggers and rules
+    that may change them (inserts.py). Two catalog queries in one round trip; the texts
+    of partial and expression keys, where there are any, in one read block."""
+    if not columns:
+        return columns
+    found = session.batch([keys.keys_query(columns), inserts.triggers_query(columns)])
+    for answer in found:
+        if isinstance(answer, CannotCheck):
+            raise answer
+    key_rows, hook_rows = found
+    candidates = keys.parse_candidates(key_rows)  # type: ignore[arg-type]
+    wanted = keys.texts_wanted(columns, candidates)
+    texts: dict[keys.TextRead, tuple[str | None, ...] | str] = {}
+    if wanted:
+        answers = _read(session, [catalog.TextRead(w.statement()) for w in wanted])
+        for w, a in zip(wanted, answers, strict=True):
+            texts[w] = a.args[0] if isinstance(a, CannotCheck) else a
+    columns = keys.attach(columns, candidates, texts)
+    return inserts.attach(columns, sequences, inserts.parse_hooks(hook_rows))  # type: ignore[arg-type]
 
 
 def _chunks(items: Seq[T]) -> Iterator[Seq[T]]:

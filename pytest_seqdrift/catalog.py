@@ -8,6 +8,7 @@ read block runs); numbers are integers formatted by Python.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
@@ -17,22 +18,113 @@ from psycopg import sql
 
 from .model import Bounds, Column, Plan, Sequence, SequenceState, Window
 
-# One row per (column, sequence) pair where the column's values come from the sequence:
-# identity columns (pg_depend deptype 'i'), and any column default that depends on a
-# sequence (pg_attrdef -> pg_class, deptype 'n') -- serial columns, sequences owned by
-# nothing or by another table, and sequences shared by several tables alike.
-DISCOVERY = """
-WITH links AS (
-    SELECT d.refobjid AS table_oid, d.refobjsubid AS attnum, d.objid AS seq_oid
+# One row per (column, sequence) pair where the column's values come from the sequence,
+# with ``how``: an identity column (pg_depend deptype 'i'); a column default that depends
+# on a sequence (pg_attrdef -> pg_class, deptype 'n': serial columns, sequences owned by
+# nothing or by another table, shared ones); a sequence OWNED BY a column that has no
+# default and that no default uses (the application draws from it itself); and three
+# shapes that record no dependency on the sequence, found by its name: an old-style
+# default nextval('name'::text), a default calling a function whose body calls
+# nextval('name'), and a BEFORE INSERT row trigger whose function assigns nextval('name')
+# to NEW.column (the way ids are filled after a migration from Oracle).
+LINKS = r"""
+WITH named AS (
+    -- the shapes that name their sequence in a text: (table, column, name, where the
+    -- name is written: its schema is tried when the search path does not find it)
+    SELECT ad.adrelid AS table_oid, ad.adnum AS attnum, x.name, 'text' AS how,
+           NULL::text AS via, NULL::oid AS written_in
+    FROM pg_attrdef ad
+    CROSS JOIN LATERAL (
+        SELECT m[1] AS name
+        FROM regexp_matches(pg_get_expr(ad.adbin, 0),
+                            'nextval\(\(''((?:[^'']|'''')+)''::text\)::regclass\)', 'g') AS m
+    ) x
+    WHERE ad.adbin::text LIKE '%%:funcid 1574 %%'
+    UNION ALL
+    SELECT ad.adrelid, ad.adnum, x.name, 'function', p.oid::regprocedure::text, p.pronamespace
+    FROM pg_attrdef ad
+    JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+     AND d.refclassid = 'pg_proc'::regclass
+    JOIN pg_proc p ON p.oid = d.refobjid AND p.prosrc ~* 'nextval'
+    CROSS JOIN LATERAL (
+        SELECT m[1] AS name
+        FROM regexp_matches(p.prosrc, 'nextval\s*\(\s*''((?:[^'']|'''')+)''', 'gi') AS m
+    ) x
+    UNION ALL
+    SELECT g.tgrelid, a.attnum, x.name, 'trigger', g.tgname::text, p.pronamespace
+    FROM pg_trigger g
+    JOIN pg_proc p ON p.oid = g.tgfoid AND p.prosrc ~* 'nextval'
+    CROSS JOIN LATERAL (
+        SELECT m[2] AS name, m[1] AS target
+        FROM regexp_matches(p.prosrc,
+            'new\.(\w+|"(?:[^"]|"")+")\s*:?=\s*nextval\s*\(\s*''((?:[^'']|'''')+)''', 'gi') AS m
+        UNION ALL
+        SELECT m[1], m[2]
+        FROM regexp_matches(p.prosrc,
+            'select\s+nextval\s*\(\s*''((?:[^'']|'''')+)''[^;]*?\s+into\s+new\.(\w+|"(?:[^"]|"")+")',
+            'gi') AS m
+    ) x
+    JOIN pg_attribute a ON a.attrelid = g.tgrelid AND NOT a.attisdropped AND a.attname =
+        CASE WHEN left(x.target, 1) = '"' THEN replace(btrim(x.target, '"'), '""', '"')
+             ELSE lower(x.target) END
+    WHERE NOT g.tgisinternal AND g.tgtype::int & 7 = 7 AND g.tgenabled <> 'D'
+      AND NOT EXISTS (SELECT FROM pg_attrdef ad
+                      WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum)
+), links AS (
+    SELECT d.refobjid AS table_oid, d.refobjsubid AS attnum, d.objid AS seq_oid,
+           'identity' AS how, NULL::text AS via
     FROM pg_depend d
     WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
       AND d.deptype = 'i' AND d.refobjsubid > 0
     UNION
-    SELECT ad.adrelid, ad.adnum, d.refobjid
+    SELECT ad.adrelid, ad.adnum, d.refobjid, 'default', NULL
     FROM pg_attrdef ad
     JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
      AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'n'
-)
+    UNION
+    SELECT d.refobjid, d.refobjsubid, d.objid, 'owned', NULL
+    FROM pg_depend d
+    JOIN pg_class os ON os.oid = d.objid AND os.relkind = 'S'
+    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND d.deptype = 'a' AND d.refobjsubid > 0
+      AND NOT EXISTS (SELECT FROM pg_attrdef ad
+                      WHERE ad.adrelid = d.refobjid AND ad.adnum = d.refobjsubid)
+      AND NOT EXISTS (SELECT FROM pg_depend u
+                      WHERE u.classid = 'pg_attrdef'::regclass
+                        AND u.refclassid = 'pg_class'::regclass AND u.refobjid = d.objid)
+    UNION
+    -- a name is looked up on the search path of whoever inserts; here, on the check's,
+    -- then in the schema of the table, then in the function's
+    SELECT n.table_oid, n.attnum, r.seq_oid, n.how, n.via
+    FROM named n
+    JOIN pg_class nt ON nt.oid = n.table_oid
+    CROSS JOIN LATERAL (SELECT replace(n.name, '''''', '''') AS name) u
+    CROSS JOIN LATERAL (
+        -- only names of one or two parts, and only in schemas the role may use
+        -- (to_regclass fails on a schema it may not)
+        SELECT CASE WHEN u.name ~ '^("(?:[^"]|"")+"|[^".]+)(\.("(?:[^"]|"")+"|[^".]+))?$'
+                    THEN parse_ident(u.name) END AS parts
+    ) i
+    CROSS JOIN LATERAL (
+        SELECT CASE cardinality(i.parts)
+            WHEN 1 THEN coalesce(
+                to_regclass(u.name),
+                (SELECT to_regclass(quote_ident(ns.nspname) || '.' || u.name)
+                 FROM pg_namespace ns
+                 WHERE ns.oid IN (nt.relnamespace, n.written_in)
+                   AND has_schema_privilege(ns.oid, 'USAGE')
+                 ORDER BY ns.oid <> nt.relnamespace LIMIT 1))
+            WHEN 2 THEN (
+                SELECT to_regclass(u.name) FROM pg_namespace ns
+                WHERE ns.nspname = i.parts[1] AND has_schema_privilege(ns.oid, 'USAGE'))
+            END::oid AS seq_oid
+    ) r
+    WHERE r.seq_oid IS NOT NULL
+)"""
+
+DISCOVERY = (
+    LINKS
+    + """
 SELECT
     t.oid::int8 AS table_oid,
     tn.nspname::text AS schema,
@@ -40,13 +132,23 @@ SELECT
     quote_ident(tn.nspname) || '.' || quote_ident(t.relname) AS qualified_table,
     a.attname::text AS column_name,
     a.attnum::int AS attnum,
-    format_type(coalesce(nullif(ty.typbasetype, 0), a.atttypid), NULL) AS data_type,
+    format_type(CASE WHEN ty.typtype <> 'd' THEN a.atttypid ELSE (
+        -- a domain, perhaps over another domain: the type at the bottom
+        WITH RECURSIVE chain (typ, base) AS (
+            SELECT ty.oid, ty.typbasetype
+            UNION ALL
+            SELECT b.oid, b.typbasetype FROM chain c JOIN pg_type b ON b.oid = c.base
+        )
+        SELECT typ FROM chain WHERE base = 0
+    ) END, NULL) AS data_type,
     t.relkind = 'p' AS partitioned,
     t.relispartition AS is_partition,
     CASE WHEN t.relispartition THEN (
         SELECT array_agg(i.inhparent::int8) FROM pg_inherits i WHERE i.inhrelid = t.oid
     ) END AS parents,
     a.attidentity::text AS identity,
+    l.how,
+    l.via,
     s.oid::int8 AS seq_oid,
     sn.nspname::text AS seq_schema,
     s.relname::text AS seq_name,
@@ -58,7 +160,6 @@ SELECT
         format('nextval(%%s::regclass)', lit.seq_literal),
         format('(nextval(%%s::regclass))::%%s', lit.seq_literal, format_type(a.atttypid, a.atttypmod))
     ) AS plain_default,
-    u.key_columns,
     ix.indexed,
     CASE WHEN ix.indexed THEN NULL
          WHEN t.relkind = 'p' THEN (
@@ -67,7 +168,10 @@ SELECT
          WHEN t.reltuples >= 0 THEN t.reltuples
     END::float8 AS estimated_rows,
     has_column_privilege(t.oid, a.attnum, 'SELECT') AS can_read_column,
-    has_sequence_privilege(s.oid, 'SELECT') AS can_read_sequence
+    has_sequence_privilege(s.oid, 'SELECT') AS can_read_sequence,
+    -- row-level security filters what the role reads (a partitioned table is read
+    -- through its parent, whose policies are the ones that apply)
+    row_security_active(t.oid) AS row_security
 FROM links l
 JOIN pg_class t ON t.oid = l.table_oid AND t.relkind IN ('r', 'p')
 JOIN pg_namespace tn ON tn.oid = t.relnamespace
@@ -96,20 +200,6 @@ CROSS JOIN LATERAL (
              ELSE replace(s.oid::regclass::text, chr(92), repeat(chr(92), 2)) END,
         chr(39), repeat(chr(39), 2)) || chr(39) AS seq_literal
 ) lit
-LEFT JOIN LATERAL (
-    -- the smallest unique key (index, PK or UNIQUE constraint) that includes the column
-    SELECT array_agg(coalesce(ka.attname::text, '(expression)') ORDER BY k.ord) AS key_columns
-    FROM (
-        SELECT i.indrelid, (i.indkey::int2[])[0:i.indnkeyatts - 1] AS keys
-        FROM pg_index i
-        WHERE i.indrelid = t.oid AND i.indisunique AND i.indpred IS NULL
-          AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
-        ORDER BY i.indnkeyatts, i.indisprimary DESC, i.indexrelid
-        LIMIT 1
-    ) best
-    CROSS JOIN LATERAL unnest(best.keys) WITH ORDINALITY AS k(attnum, ord)
-    LEFT JOIN pg_attribute ka ON ka.attrelid = best.indrelid AND ka.attnum = k.attnum
-) u ON true
 CROSS JOIN LATERAL (
     -- a valid btree index that leads with the column answers max() with one probe;
     -- without one, reading the max scans the table
@@ -125,6 +215,7 @@ WHERE tn.nspname NOT IN ('pg_catalog', 'information_schema')
   AND NOT pg_is_other_temp_schema(tn.oid)
   AND (%(schemas)s::text[] IS NULL OR tn.nspname = ANY (%(schemas)s::text[]))
 """
+)
 
 
 class SequenceRef(Protocol):
@@ -149,12 +240,12 @@ def discovery_params(schemas: Iterable[str] | None) -> dict[str, Any]:
 def parse_discovery(
     rows: Iterable[dict[str, Any]], exclude_tables: Seq[str] = ()
 ) -> tuple[list[Column], dict[int, Sequence]]:
-    """Columns and their sequences from the discovery rows.
+    """Columns and their sequences from the discovery rows (their keys are added by
+    ``keys.attach``).
 
     A partition whose parent draws the same column from the same sequence is checked
-    through the parent (which reads the whole hierarchy), not on its own -- unless the
-    partition has a unique key and the parent has none (per-partition primary keys, the
-    PostgreSQL 10 way): then only the partition's own key can fail, so it is checked.
+    through the parent, which reads the whole hierarchy and counts the keys of every
+    leaf partition (an insert is routed to one of them), not on its own.
     """
     # sorted here, not by the server: the rows are wide, and names sort the same way
     # (type name compares bytes; Python compares code points, which is UTF-8's order)
@@ -166,24 +257,24 @@ def parse_discovery(
             r["attnum"],
             r["seq_schema"],
             r["seq_name"],
+            _HOWS.index(r["how"]),
         ),
     )
-    linked = {}
+    linked = set()
     if any(r["is_partition"] for r in rows):
-        linked = {(r["table_oid"], r["column_name"], r["seq_oid"]): r for r in rows}
+        linked = {(r["table_oid"], r["column_name"], r["seq_oid"]) for r in rows}
     columns: list[Column] = []
     sequences: dict[int, Sequence] = {}
+    seen: set[tuple[int, int, int]] = set()
     for r in rows:
-        if r["is_partition"]:
-            parents = [
-                linked[link]
-                for parent in r["parents"] or ()
-                if (link := (parent, r["column_name"], r["seq_oid"])) in linked
-            ]
-            if parents and (
-                r["key_columns"] is None or any(p["key_columns"] is not None for p in parents)
-            ):
-                continue
+        pair = (r["table_oid"], r["attnum"], r["seq_oid"])
+        if pair in seen:  # found two ways (an identity's sequence is also OWNED BY it)
+            continue
+        seen.add(pair)
+        if r["is_partition"] and any(
+            (parent, r["column_name"], r["seq_oid"]) in linked for parent in r["parents"] or ()
+        ):
+            continue
         if exclude_tables and _excluded(r["schema"], r["table_name"], exclude_tables):
             continue
         seq = sequences.get(r["seq_oid"])
@@ -200,12 +291,18 @@ def parse_discovery(
                 max_value=r["seqmax"],
                 cycle=r["seqcycle"],
             )
-        source = _SOURCES.get(r["identity"], "default")
+        source, plain, note, unjudged = _drawn(r, seq)
         skip = None
         if not r["can_read_column"]:
             skip = f"permission denied: cannot SELECT column {r['column_name']}"
         elif not r["can_read_sequence"]:
             skip = f"permission denied: cannot SELECT from sequence {seq.qualified}"
+        elif r["row_security"]:
+            skip = (
+                "row-level security is active on the table for this role: the ids it "
+                "hides cannot be read (check as the table's owner, a superuser or a role "
+                "with BYPASSRLS)"
+            )
         columns.append(
             Column(
                 table_oid=r["table_oid"],
@@ -215,17 +312,57 @@ def parse_discovery(
                 qualified_table=r["qualified_table"],
                 data_type=r["data_type"],
                 partitioned=r["partitioned"],
-                source=source,  # type: ignore[arg-type]
+                source=source,
                 sequence_oid=seq.oid,
-                plain_default=source != "default" or bool(r["plain_default"]),
+                plain_default=plain,
                 default_expr=r["default_expr"],
-                key_columns=tuple(r["key_columns"]) if r["key_columns"] is not None else None,
+                key_columns=None,
                 indexed=r["indexed"],
                 estimated_rows=(None if r["estimated_rows"] is None else int(r["estimated_rows"])),
                 skip_reason=skip,
+                attnum=r["attnum"],
+                note=note,
+                unjudged=unjudged,
             )
         )
     return columns, sequences
+
+
+# the ways discovery finds a column's sequence, the surest first
+_HOWS = ("identity", "default", "text", "function", "trigger", "owned")
+
+# nextval('name'::text), alone or cast to the column's type: the name is looked up at
+# each call, and the value is the sequence's next one
+_TEXT_NEXTVAL = re.compile(r"\(?nextval\(\('(?:[^']|'')+'::text\)::regclass\)(?:\)::[\w ]+)?")
+
+
+def _drawn(r: dict[str, Any], seq: Sequence) -> tuple[Any, bool, str | None, str | None]:
+    """How the column's values are drawn: (source, plain, note, unjudged)."""
+    how = r["how"]
+    if how == "identity":
+        return _SOURCES.get(r["identity"], "default"), True, None, None
+    if how == "owned":
+        note = (
+            f"no default: the application draws the values itself, from {seq.qualified}, "
+            "which the column owns"
+        )
+        return "owned", True, note, None
+    if how == "trigger":
+        unjudged = (
+            f"no default: trigger {r['via']} fills it from {seq.qualified} before each "
+            "insert, and the arithmetic cannot judge what a trigger stores (the --seqdrift "
+            "probe can)"
+        )
+        return "trigger", False, None, unjudged
+    expr = r["default_expr"]
+    if how == "text":
+        plain = _TEXT_NEXTVAL.fullmatch(expr or "") is not None
+        note = (
+            f"default {expr} names its sequence as text: it is looked up by name, on the "
+            "inserting session's search_path, at each insert"
+        )
+        return "default", plain, note, None
+    return "default", bool(r["plain_default"]), None, None
 
 
 def _excluded(schema: str, table: str, patterns: Seq[str]) -> bool:
@@ -332,7 +469,15 @@ class ColumnRead:
     slots: tuple[Slot, ...]
 
 
-Read = StateRead | ColumnRead
+@dataclass(frozen=True)
+class TextRead:
+    """A statement of its own that answers with up to four texts (keys.py's reads of
+    predicates and expressions)."""
+
+    text: str
+
+
+Read = StateRead | ColumnRead | TextRead
 # A read's answer: four texts (None for SQL NULL).
 Answer = tuple[str | None, ...]
 
@@ -364,6 +509,8 @@ def _int8(value: int) -> str:
 
 def read_text(read: Read) -> str:
     """The statement that answers one read with four texts."""
+    if isinstance(read, TextRead):
+        return read.text
     if isinstance(read, StateRead):
         seq = read.seq
         return (
@@ -374,10 +521,13 @@ def read_text(read: Read) -> str:
     col = _ident(c.column)
     rel = ("" if c.partitioned else "ONLY ") + f"{_ident(c.schema)}.{_ident(c.table)}"
     slots = read.slots
+    # only the rows the column's keys can collide with (keys.py)
+    only = f" WHERE ({c.row_filter})" if c.row_filter else ""
+    also = f" AND ({c.row_filter})" if c.row_filter else ""
     if sum(s is not None for s in slots) == 1 and isinstance(slots[2], Extreme):
         # the first read of a column: its max (min), without a subquery
         agg = "min" if slots[2].ascending else "max"
-        return f"SELECT NULL, NULL, {agg}({col})::text, NULL FROM {rel}"
+        return f"SELECT NULL, NULL, {agg}({col})::text, NULL FROM {rel}{only}"
     parts = []
     for w in slots:
         if w is None:
@@ -385,9 +535,9 @@ def read_text(read: Read) -> str:
             continue
         agg = "min" if w.ascending else "max"
         if isinstance(w, Extreme):
-            parts.append(f"(SELECT {agg}({col}) FROM {rel})::text")
+            parts.append(f"(SELECT {agg}({col}) FROM {rel}{only})::text")
             continue
-        where = f"{col} BETWEEN {_int8(w.lo)} AND {_int8(w.hi)}"
+        where = f"{col} BETWEEN {_int8(w.lo)} AND {_int8(w.hi)}{also}"
         if w.step != 1:
             # numeric, so that the difference cannot overflow bigint
             where += (

@@ -246,12 +246,26 @@ def _capacity(s: _Stream, nv: int | None) -> Capacity:
 
 
 def row_count_wanted(
-    column: Column, seq: Sequence, state: SequenceState, threshold: float
+    column: Column,
+    seq: Sequence,
+    state: SequenceState,
+    threshold: float,
+    bounds: Bounds | None = None,
 ) -> int | None:
     """When the verdict hangs on how many rows the table holds, return the number of
-    rows worth counting up to (values left + 1); None when the count cannot matter."""
+    rows worth counting up to (values left + 1); None when the count cannot matter.
+    A CYCLE sequence that wraps onto existing ids is judged like capacity (``assess``):
+    its count matters too."""
     cap = capacity(column, seq, state)
-    if not cap.ends or cap.values_left == 0 or cap.used_fraction >= threshold:
+    wraps_onto_rows = (
+        bounds is not None
+        and column.unique
+        and (hit := first_collision(column, seq, state, bounds)) is not None
+        and hit.after_wrap
+    )
+    if cap.values_left == 0 or cap.used_fraction >= threshold:
+        return None
+    if not cap.ends and not wraps_onto_rows:
         return None
     if cap.values_left > ROW_COUNT_LIMIT:
         return None
@@ -271,7 +285,19 @@ def assess(
     nv = next_value(seq, state)
     findings: list[Finding] = []
     note: str | None = None
+    duplicates = False
     hit = first_collision(column, seq, state, bounds)
+    cap = capacity(column, seq, state)
+    if hit is not None and column.unique and hit.after_wrap:
+        # a wrap a million inserts away is a capacity matter: judged like exhaustion
+        crowded = rows is not None and cap.values_left < rows
+        if not (cap.used_fraction >= threshold or crowded):
+            note = (
+                f"CYCLE: after {cap.values_left:,} more values {seq.qualified} wraps and "
+                f"hands out {hit.value}, which the column already holds "
+                f"({cap.used_fraction:.1%} used; a finding from {threshold:.0%} on)"
+            )
+            hit = None
     if hit is not None and column.unique:
         findings.append(
             Finding(
@@ -284,14 +310,15 @@ def assess(
                 max_existing=bounds.top,
                 after_wrap=hit.after_wrap,
                 fix_sql=fixsql.for_collision(column, seq, state, bounds, after_wrap=hit.after_wrap),
+                note=_key_note(column),
             )
         )
-    elif hit is not None:
+    elif hit is not None and not column.unique:
+        duplicates = True
         note = (
             f"no unique index: after {hit.inserts_until} inserts the sequence hands out "
             f"{hit.value}, which the column already holds (a duplicate, not an error)"
         )
-    cap = capacity(column, seq, state)
     crowded = rows is not None and cap.values_left < rows
     if cap.ends and (cap.values_left == 0 or cap.used_fraction >= threshold or crowded):
         findings.append(
@@ -306,6 +333,25 @@ def assess(
                 fix_sql=fixsql.for_capacity(column, seq, cap.kind),
             )
         )
-    status: Status = "finding" if findings else ("duplicates" if note else "ok")
+    status: Status = "finding" if findings else ("duplicates" if duplicates else "ok")
     checked = Checked(column, seq, status, next_value=nv, max_existing=bounds.top, note=note)
     return findings, checked
+
+
+def _key_note(column: Column) -> str | None:
+    """What a collision's numbers assume of the row inserted: the keys that count only
+    some rows, and the draws of one insert."""
+    notes = []
+    for key in column.keys:
+        if key.predicate:
+            notes.append(
+                f"{key.kind} {key.name} is partial (WHERE {key.predicate}): only rows it "
+                "admits count, and a new row collides if it satisfies the predicate too"
+            )
+    partitions = sorted({k.relation for k in column.keys if k.relation is not None})
+    if partitions and column.partitioned:
+        owned = ", ".join(partitions)
+        notes.append(f"the keys are the partitions' own ({owned}): an insert fails there")
+    if column.note:
+        notes.append(column.note)
+    return "; ".join(notes) or None

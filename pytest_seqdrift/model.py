@@ -48,6 +48,20 @@ class SequenceState:
 
 
 @dataclass(frozen=True)
+class Key:
+    """A unique or exclusion key that PostgreSQL enforces when a row is inserted."""
+
+    name: str  # the constraint's name, or the unique index's
+    relation_oid: int  # the table, or the leaf partition the key is on
+    columns: tuple[str, ...]  # as written: names, or the expression
+    kind: Literal["primary key", "unique", "unique index", "exclusion"]
+    relation: str | None = None  # the partition's name, for a partition's own key
+    deferrable: bool = False
+    predicate: str | None = None  # a partial key's WHERE
+    row_filter: str | None = None  # the existing rows it can collide with; None: all
+
+
+@dataclass(frozen=True)
 class Column:
     """A column whose values are drawn from a sequence."""
 
@@ -58,7 +72,10 @@ class Column:
     qualified_table: str
     data_type: str  # smallint | integer | bigint | numeric | anything else
     partitioned: bool  # the table is a partitioned parent: read it with its partitions
-    source: Literal["identity always", "identity by default", "default"]
+    # how the values are drawn: an identity, a column default, the application itself
+    # (the sequence is OWNED BY the column, which has no default), or a BEFORE INSERT
+    # trigger that fills the column
+    source: Literal["identity always", "identity by default", "default", "owned", "trigger"]
     sequence_oid: int
     plain_default: bool  # the value is the sequence's next value itself
     default_expr: str | None
@@ -66,6 +83,15 @@ class Column:
     skip_reason: str | None = None  # set when the role cannot read what the check needs
     indexed: bool = True  # a btree index leads with the column: its max is one probe
     estimated_rows: int | None = None  # the planner's estimate, for unindexed columns
+    attnum: int = 0
+    # the unique and exclusion keys an INSERT meets on the column (keys.py): the table's
+    # own, or a partitioned table's leaf partitions'; ``row_filter`` the rows they can
+    # collide with, as an SQL condition (None: every row)
+    keys: tuple[Key, ...] = ()
+    row_filter: str | None = None
+    note: str | None = None  # what the verdict must say of the column's shape
+    unjudged: str | None = None  # why the arithmetic cannot judge the column
+    draws: tuple[int, int] = (1, 0)  # values each insert draws from the sequence; this one's
 
     @functools.cached_property
     def type_range(self) -> tuple[int, int] | None:
@@ -131,6 +157,7 @@ class Finding:
     values_left: int | None = None
     used_fraction: float | None = None
     fix_sql: str = ""
+    note: str | None = None  # what the numbers assume (a partial key, two draws per insert)
 
 
 @dataclass(frozen=True)

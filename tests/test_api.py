@@ -88,8 +88,8 @@ def test_statements_do_not_grow_with_the_number_of_tables(db: psycopg.Connection
         assert len(report.findings) == (n if drifted else 0)
         return session.statements, session.round_trips
 
-    assert sent(2, drifted=False) == sent(60, drifted=False) == (9, 4)
-    assert sent(2, drifted=True) == sent(60, drifted=True) == (14, 5)
+    assert sent(2, drifted=False) == sent(60, drifted=False) == (13, 5)
+    assert sent(2, drifted=True) == sent(60, drifted=True) == (18, 6)
 
 
 def test_one_statement_reads_agree_with_the_per_table_reads(db: psycopg.Connection[Any]) -> None:
@@ -122,8 +122,7 @@ def test_one_statement_reads_agree_with_the_per_table_reads(db: psycopg.Connecti
     )
     session = PsycopgSession(db)
     with session.read_only(lock_timeout_ms=1000):
-        rows = session.query_dicts(catalog.DISCOVERY, catalog.discovery_params(None))
-        columns, sequences = catalog.parse_discovery(rows)
+        columns, sequences = api.discover(session)
         states = api.read_sequence_states(session, list(sequences.values()))
         reads: list[catalog.Read] = [catalog.StateRead(s) for s in sequences.values()]
         for c in columns:
@@ -179,15 +178,14 @@ def test_the_first_read_agrees_with_reading_every_window(db: psycopg.Connection[
     """check() reads each column's max (min) first, over all rows, and the rest of its
     plan only where needed; reading every window of every plan must judge alike,
     including where the max lies past the sequence's range."""
-    from pytest_seqdrift import api, catalog, drift
+    from pytest_seqdrift import api, drift
     from pytest_seqdrift.model import SequenceState
 
     db.execute(ODD_IDS)
     report = check(db)
     session = PsycopgSession(db)
     with session.read_only(lock_timeout_ms=1000):
-        rows = session.query_dicts(catalog.DISCOVERY, catalog.discovery_params(None))
-        columns, sequences = catalog.parse_discovery(rows)
+        columns, sequences = api.discover(session)
         states = api.read_sequence_states(session, list(sequences.values()))
         plans = []
         for c in columns:

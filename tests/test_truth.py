@@ -103,16 +103,31 @@ STORIES = [
         2,
     ),
     Story(
-        "partition-own-pk",  # no key on the parent: m_us's own primary key fails
+        # no key on the parent: the partitions' own primary keys fail, m_eu's first;
+        # reported on the parent, which the application inserts into
+        "partition-own-pk",
         """CREATE TABLE m (id bigserial, region text) PARTITION BY LIST (region);
            CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu');
            CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');
            ALTER TABLE m_eu ADD PRIMARY KEY (id);
            ALTER TABLE m_us ADD PRIMARY KEY (id);
            INSERT INTO m (id, region) VALUES (3, 'eu'), (5, 'us'), (7, 'us');""",
-        "m_us",
+        "m",
+        "INSERT INTO m (region) VALUES ('eu')",
+        2,
+    ),
+    Story(
+        # partitions made on their own, with a key and no default, then attached
+        "partition-attached-pk",
+        """CREATE TABLE m (id bigserial, region text) PARTITION BY LIST (region);
+           CREATE TABLE m_eu (id bigint PRIMARY KEY, region text);
+           CREATE TABLE m_us (region text, id bigint NOT NULL, UNIQUE (id));
+           ALTER TABLE m ATTACH PARTITION m_eu FOR VALUES IN ('eu');
+           ALTER TABLE m ATTACH PARTITION m_us FOR VALUES IN ('us');
+           INSERT INTO m (id, region) VALUES (6, 'eu'), (4, 'us'), (9, 'us');""",
+        "m",
         "INSERT INTO m (region) VALUES ('us')",
-        4,
+        3,
     ),
     Story(
         "cycle-wrap",  # 9, 10, then 1 after the wrap; 2 fails
