@@ -319,7 +319,9 @@ SCENARIOS = [
         (collision("m", 1, 3, 2, 250),),
     ),
     Scenario(
-        "partitions-with-own-primary-keys",  # the PostgreSQL 10 way: no key on the parent
+        # the PostgreSQL 10 way: no key on the parent, the partitions' own keys fail (on
+        # the parent, which the application inserts into); m_asia has none: its 2 is free
+        "partitions-with-own-primary-keys",
         """CREATE TABLE m (id bigserial, region text) PARTITION BY LIST (region);
            CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu');
            CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');
@@ -327,8 +329,7 @@ SCENARIOS = [
            ALTER TABLE m_eu ADD PRIMARY KEY (id);
            ALTER TABLE m_us ADD PRIMARY KEY (id);
            INSERT INTO m (id, region) VALUES (3, 'eu'), (5, 'us'), (7, 'us'), (2, 'asia');""",
-        (collision("m_eu", 1, 3, 2, 3), collision("m_us", 1, 5, 4, 7)),
-        duplicates=("m",),
+        (collision("m", 1, 3, 2, 7),),
     ),
     Scenario(
         "partitioned-range-identity",
