@@ -420,7 +420,14 @@ ORDER BY a.xact_start
 
 def _timeouts(lock_timeout_ms: int, statement_timeout_ms: int | None) -> list[Statement]:
     setting = "SELECT set_config(%s, %s, true)"
-    out: list[Statement] = [(setting, ["lock_timeout", f"{int(lock_timeout_ms)}ms"])]
+    # and no JIT: the catalog queries over thousands of tables have costs that make the
+    # server compile them, which takes a second to save a few milliseconds
+    out: list[Statement] = [
+        (
+            "SELECT set_config('lock_timeout', %s, true), set_config('jit', 'off', true)",
+            [f"{int(lock_timeout_ms)}ms"],
+        )
+    ]
     if statement_timeout_ms is not None:
         out.append((setting, ["statement_timeout", f"{int(statement_timeout_ms)}ms"]))
     return out

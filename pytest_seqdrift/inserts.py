@@ -38,6 +38,14 @@ WITH tables AS (
     SELECT t.table_oid, p.relid
     FROM tables t JOIN pg_class c ON c.oid = t.table_oid AND c.relkind = 'p'
     CROSS JOIN LATERAL pg_partition_tree(t.table_oid) p
+), own_functions AS MATERIALIZED (
+    -- the functions a trigger's source may call: SQL and PL/pgSQL ones outside the
+    -- system schemas (a function of an extension, in C, draws from no sequence of ours)
+    SELECT f.oid, f.proname::text AS name
+    FROM pg_proc f
+    JOIN pg_namespace n ON n.oid = f.pronamespace
+    JOIN pg_language fl ON fl.oid = f.prolang AND fl.lanname IN ('sql', 'plpgsql')
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 )
 SELECT r.table_oid::int8, 'trigger' AS kind, g.tgname::text AS name,
        CASE WHEN g.tgtype::int & 2 = 2 THEN 'BEFORE' ELSE 'AFTER' END
@@ -46,11 +54,9 @@ SELECT r.table_oid::int8, 'trigger' AS kind, g.tgname::text AS name,
        p.proname::text AS function, l.lanname::text AS language, p.prosrc,
        encode(g.tgargs, 'escape') AS args,
        ARRAY(
-           SELECT DISTINCT f.proname::text FROM pg_proc f
-           JOIN pg_namespace n ON n.oid = f.pronamespace
-           JOIN pg_language fl ON fl.oid = f.prolang AND fl.lanname IN ('sql', 'plpgsql')
-           WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND f.oid <> p.oid
-             AND p.prosrc ~* ('\m' || regexp_replace(f.proname, '(\W)', '\\\1', 'g') || '\s*\(')
+           SELECT DISTINCT f.name FROM own_functions f
+           WHERE f.oid <> p.oid AND strpos(lower(p.prosrc), lower(f.name)) > 0
+             AND p.prosrc ~* ('\m' || regexp_replace(f.name, '(\W)', '\\\1', 'g') || '\s*\(')
        ) AS calls
 FROM relations r
 JOIN pg_trigger g ON g.tgrelid = r.rel AND NOT g.tgisinternal AND g.tgtype::int & 4 = 4

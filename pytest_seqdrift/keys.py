@@ -26,6 +26,7 @@ migration holds is reported like any table that cannot be read).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -53,7 +54,8 @@ WITH tables AS (
     CROSS JOIN LATERAL pg_partition_tree(t.table_oid) p
     WHERE p.isleaf
 )
-SELECT r.table_oid::int8, r.rel::int8 AS rel, r.rel::regclass::text AS rel_name,
+SELECT r.table_oid::int8, r.rel::int8 AS rel,
+       CASE WHEN r.rel <> r.table_oid THEN r.rel::regclass::text END AS rel_name,
        i.indexrelid::int8 AS index_oid,
        coalesce(con.conname, ic.relname)::text AS name,
        CASE con.contype WHEN 'p' THEN 'primary key' WHEN 'u' THEN 'unique'
@@ -65,25 +67,30 @@ SELECT r.table_oid::int8, r.rel::int8 AS rel, r.rel::regclass::text AS rel_name,
        coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false) AS nulls_not_distinct,
        (SELECT json_agg(json_build_object(
             'name', a.attname, 'not_null', a.attnotnull, 'generated', a.attgenerated <> '',
-            'reads', (SELECT json_agg(ra.attname) FROM pg_attrdef gd
+            'reads', CASE WHEN a.attgenerated <> '' THEN (
+                     SELECT json_agg(ra.attname) FROM pg_attrdef gd
                       JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass
                        AND d.objid = gd.oid AND d.refobjid = gd.adrelid AND d.refobjsubid > 0
                        AND d.refobjsubid <> gd.adnum
                       JOIN pg_attribute ra ON ra.attrelid = gd.adrelid
                        AND ra.attnum = d.refobjsubid
-                      WHERE a.attgenerated <> '' AND gd.adrelid = a.attrelid
-                        AND gd.adnum = a.attnum),
-            'operator', (SELECT o.oprname FROM pg_operator o
-                         WHERE o.oid = con.conexclop[k.ord])
+                      WHERE gd.adrelid = a.attrelid AND gd.adnum = a.attnum) END,
+            'operator', CASE WHEN con.contype = 'x' THEN (
+                SELECT o.oprname FROM pg_operator o WHERE o.oid = con.conexclop[k.ord]) END
         ) ORDER BY k.ord)
         FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, ord)
-        LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                                AND k.attnum > 0)::text AS positions,
-       (SELECT json_agg(DISTINCT ra.attname) FROM pg_depend d
-        JOIN pg_attribute ra ON ra.attrelid = d.refobjid AND ra.attnum = d.refobjsubid
-        WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
-          AND d.refclassid = 'pg_class'::regclass AND d.refobjid = i.indrelid
-          AND d.refobjsubid > 0)::text AS reads
+        LEFT JOIN LATERAL (
+            SELECT * FROM pg_attribute a
+            WHERE a.attrelid = i.indrelid AND a.attnum = k.attnum AND k.attnum > 0
+            OFFSET 0  -- an index probe per key column, not a hash of the table's columns
+        ) a ON true)::text AS positions,
+       CASE WHEN i.indexprs IS NOT NULL OR i.indpred IS NOT NULL THEN (
+           SELECT json_agg(DISTINCT ra.attname) FROM pg_depend d
+           JOIN pg_attribute ra ON ra.attrelid = d.refobjid AND ra.attnum = d.refobjsubid
+           WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+             AND d.refclassid = 'pg_class'::regclass AND d.refobjid = i.indrelid
+             AND d.refobjsubid > 0)::text
+       END AS reads
 FROM relations r
 LEFT JOIN (
     pg_index i
@@ -114,7 +121,7 @@ class Candidate:
 
     table_oid: int
     rel: int
-    rel_name: str
+    rel_name: str | None
     index_oid: int
     name: str
     kind: str
@@ -164,16 +171,7 @@ def parse_candidates(rows: Iterable[Seq[Any]]) -> Candidates:
         out.relations.setdefault(table_oid, set()).add(rel)
         if index_oid is None:
             continue
-        parsed = tuple(
-            _Position(
-                p["name"],
-                bool(p["not_null"]),
-                bool(p["generated"]),
-                tuple(p["reads"] or ()),
-                p["operator"],
-            )
-            for p in json.loads(positions or "[]")
-        )
+        parsed = _positions(positions or "[]")
         out.by_table.setdefault(table_oid, []).append(
             Candidate(
                 table_oid,
@@ -192,6 +190,20 @@ def parse_candidates(rows: Iterable[Seq[Any]]) -> Candidates:
             )
         )
     return out
+
+
+@functools.lru_cache(maxsize=1024)  # a thousand tables have a handful of key shapes
+def _positions(text: str) -> tuple[_Position, ...]:
+    return tuple(
+        _Position(
+            p["name"],
+            bool(p["not_null"]),
+            bool(p["generated"]),
+            tuple(p["reads"] or ()),
+            p["operator"],
+        )
+        for p in json.loads(text)
+    )
 
 
 # --- the texts: read in the check's read block, where a locked table fails on its own --
