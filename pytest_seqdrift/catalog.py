@@ -32,7 +32,7 @@ WITH named AS (
     -- the shapes that name their sequence in a text: (table, column, name, where the
     -- name is written: its schema is tried when the search path does not find it)
     SELECT ad.adrelid AS table_oid, ad.adnum AS attnum, x.name, 'text' AS how,
-           NULL::text AS via, NULL::oid AS written_in
+           NULL::text AS via, NULL::oid AS written_in, NULL::text AS of_column
     FROM pg_attrdef ad
     CROSS JOIN LATERAL (
         SELECT m[1] AS name
@@ -41,7 +41,19 @@ WITH named AS (
     ) x
     WHERE ad.adbin::text LIKE '%%:funcid 1574 %%'
     UNION ALL
-    SELECT ad.adrelid, ad.adnum, x.name, 'function', p.oid::regprocedure::text, p.pronamespace
+    -- nextval(pg_get_serial_sequence('table', 'column')): the name is the table's
+    SELECT ad.adrelid, ad.adnum, x.name, 'text', NULL, NULL, x.of_column
+    FROM pg_attrdef ad
+    CROSS JOIN LATERAL (
+        SELECT m[1] AS name, replace(m[2], '''''', '''') AS of_column
+        FROM regexp_matches(pg_get_expr(ad.adbin, 0),
+            'nextval\(\(?pg_get_serial_sequence\(''((?:[^'']|'''')+)''::text, ''((?:[^'']|'''')+)''::text\)',
+            'g') AS m
+    ) x
+    WHERE ad.adbin::text LIKE '%%:funcid 1574 %%'
+    UNION ALL
+    SELECT ad.adrelid, ad.adnum, x.name, 'function', p.oid::regprocedure::text, p.pronamespace,
+           NULL
     FROM pg_attrdef ad
     JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
      AND d.refclassid = 'pg_proc'::regclass
@@ -51,7 +63,7 @@ WITH named AS (
         FROM regexp_matches(p.prosrc, 'nextval\s*\(\s*''((?:[^'']|'''')+)''', 'gi') AS m
     ) x
     UNION ALL
-    SELECT g.tgrelid, a.attnum, x.name, 'trigger', g.tgname::text, p.pronamespace
+    SELECT g.tgrelid, a.attnum, x.name, 'trigger', g.tgname::text, p.pronamespace, NULL
     FROM pg_trigger g
     JOIN pg_proc p ON p.oid = g.tgfoid AND p.prosrc ~* 'nextval'
     CROSS JOIN LATERAL (
@@ -93,9 +105,20 @@ WITH named AS (
                       WHERE u.classid = 'pg_attrdef'::regclass
                         AND u.refclassid = 'pg_class'::regclass AND u.refobjid = d.objid)
     UNION
+    -- a default calling a function whose body is SQL-standard (BEGIN ATOMIC): its body
+    -- records what it uses, the sequence among them
+    SELECT ad.adrelid, ad.adnum, fd.refobjid, 'function', p.oid::regprocedure::text
+    FROM pg_attrdef ad
+    JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+     AND d.refclassid = 'pg_proc'::regclass
+    JOIN pg_proc p ON p.oid = d.refobjid
+    JOIN pg_depend fd ON fd.classid = 'pg_proc'::regclass AND fd.objid = p.oid
+     AND fd.refclassid = 'pg_class'::regclass
+    JOIN pg_class fs ON fs.oid = fd.refobjid AND fs.relkind = 'S'
+    UNION
     -- a name is looked up on the search path of whoever inserts; here, on the check's,
     -- then in the schema of the table, then in the function's
-    SELECT n.table_oid, n.attnum, r.seq_oid, n.how, n.via
+    SELECT n.table_oid, n.attnum, coalesce(owned.seq_oid, r.seq_oid), n.how, n.via
     FROM named n
     JOIN pg_class nt ON nt.oid = n.table_oid
     CROSS JOIN LATERAL (SELECT replace(n.name, '''''', '''') AS name) u
@@ -119,7 +142,18 @@ WITH named AS (
                 WHERE ns.nspname = i.parts[1] AND has_schema_privilege(ns.oid, 'USAGE'))
             END::oid AS seq_oid
     ) r
-    WHERE r.seq_oid IS NOT NULL
+    LEFT JOIN LATERAL (
+        -- pg_get_serial_sequence's answer: the sequence the column owns, or its identity's
+        SELECT sd.objid AS seq_oid
+        FROM pg_attribute sa
+        JOIN pg_depend sd ON sd.refclassid = 'pg_class'::regclass AND sd.refobjid = sa.attrelid
+         AND sd.refobjsubid = sa.attnum AND sd.classid = 'pg_class'::regclass
+         AND sd.deptype IN ('a', 'i')
+        JOIN pg_class sc ON sc.oid = sd.objid AND sc.relkind = 'S'
+        WHERE n.of_column IS NOT NULL AND sa.attrelid = r.seq_oid AND sa.attname = n.of_column
+        LIMIT 1
+    ) owned ON true
+    WHERE r.seq_oid IS NOT NULL AND (n.of_column IS NULL OR owned.seq_oid IS NOT NULL)
 )"""
 
 DISCOVERY = (
