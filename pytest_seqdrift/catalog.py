@@ -37,7 +37,7 @@ WITH named AS (
     CROSS JOIN LATERAL (
         SELECT m[1] AS name
         FROM regexp_matches(pg_get_expr(ad.adbin, 0),
-                            'nextval\(\(''((?:[^'']|'''')+)''::text\)::regclass\)', 'g') AS m
+                            E'nextval\\(\\(''((?:[^'']|'''')+)''::text\\)::regclass\\)', 'g') AS m
     ) x
     WHERE ad.adbin::text LIKE '%%:funcid 1574 %%'
     UNION ALL
@@ -47,7 +47,7 @@ WITH named AS (
     CROSS JOIN LATERAL (
         SELECT m[1] AS name, replace(m[2], '''''', '''') AS of_column
         FROM regexp_matches(pg_get_expr(ad.adbin, 0),
-            'nextval\(\(?pg_get_serial_sequence\(''((?:[^'']|'''')+)''::text, ''((?:[^'']|'''')+)''::text\)',
+            E'nextval\\(\\(?pg_get_serial_sequence\\(''((?:[^'']|'''')+)''::text, ''((?:[^'']|'''')+)''::text\\)',
             'g') AS m
     ) x
     WHERE ad.adbin::text LIKE '%%:funcid 1574 %%'
@@ -60,7 +60,7 @@ WITH named AS (
     JOIN pg_proc p ON p.oid = d.refobjid AND p.prosrc ~* 'nextval'
     CROSS JOIN LATERAL (
         SELECT m[1] AS name
-        FROM regexp_matches(p.prosrc, 'nextval\s*\(\s*''((?:[^'']|'''')+)''', 'gi') AS m
+        FROM regexp_matches(p.prosrc, E'nextval\\s*\\(\\s*''((?:[^'']|'''')+)''', 'gi') AS m
     ) x
     UNION ALL
     SELECT g.tgrelid, a.attnum, x.name, 'trigger', g.tgname::text, p.pronamespace, NULL
@@ -69,11 +69,11 @@ WITH named AS (
     CROSS JOIN LATERAL (
         SELECT m[2] AS name, m[1] AS target
         FROM regexp_matches(p.prosrc,
-            'new\.(\w+|"(?:[^"]|"")+")\s*:?=\s*nextval\s*\(\s*''((?:[^'']|'''')+)''', 'gi') AS m
+            E'new\\.(\\w+|"(?:[^"]|"")+")\\s*:?=\\s*nextval\\s*\\(\\s*''((?:[^'']|'''')+)''', 'gi') AS m
         UNION ALL
         SELECT m[1], m[2]
         FROM regexp_matches(p.prosrc,
-            'select\s+nextval\s*\(\s*''((?:[^'']|'''')+)''[^;]*?\s+into\s+new\.(\w+|"(?:[^"]|"")+")',
+            E'select\\s+nextval\\s*\\(\\s*''((?:[^'']|'''')+)''[^;]*?\\s+into\\s+new\\.(\\w+|"(?:[^"]|"")+")',
             'gi') AS m
     ) x
     JOIN pg_attribute a ON a.attrelid = g.tgrelid AND NOT a.attisdropped AND a.attname =
@@ -125,7 +125,7 @@ WITH named AS (
     CROSS JOIN LATERAL (
         -- only names of one or two parts, and only in schemas the role may use
         -- (to_regclass fails on a schema it may not)
-        SELECT CASE WHEN u.name ~ '^("(?:[^"]|"")+"|[^".]+)(\.("(?:[^"]|"")+"|[^".]+))?$'
+        SELECT CASE WHEN u.name ~ E'^("(?:[^"]|"")+"|[^".]+)(\\.("(?:[^"]|"")+"|[^".]+))?$'
                     THEN parse_ident(u.name) END AS parts
     ) i
     CROSS JOIN LATERAL (

@@ -56,7 +56,7 @@ SELECT r.table_oid::int8, 'trigger' AS kind, g.tgname::text AS name,
        ARRAY(
            SELECT DISTINCT f.name FROM own_functions f
            WHERE f.oid <> p.oid AND strpos(lower(p.prosrc), lower(f.name)) > 0
-             AND p.prosrc ~* ('\m' || regexp_replace(f.name, '(\W)', '\\\1', 'g') || '\s*\(')
+             AND p.prosrc ~* (E'\\m' || regexp_replace(f.name, E'(\\W)', E'\\\\\\1', 'g') || E'\\s*\\(')
        ) AS calls
 FROM relations r
 JOIN pg_trigger g ON g.tgrelid = r.rel AND NOT g.tgisinternal AND g.tgtype::int & 4 = 4
