@@ -178,6 +178,10 @@ def check(
             found, verdict = drift.assess(
                 c, seq, state, bounds, threshold=threshold, rows=rows_by_index.get(i)
             )
+            if c.draws[0] > 1:  # judged on the column's walk; reported on the sequence
+                real = sequences[c.sequence_oid]
+                found = [replace(f, sequence=real) for f in found]
+                verdict = replace(verdict, sequence=real)
             report.findings.extend(found)
             if c.note:
                 verdict = replace(verdict, note=_joined(c.note, verdict.note))
