@@ -9,8 +9,8 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from cli_support import dsn, seqdrift
+
 from pytest_seqdrift import check
 
 Conn = psycopg.Connection[Any]
