@@ -471,12 +471,18 @@ def main(argv: Seq[str] | None = None) -> int:
     try:
         return run(args)
     except Stop as exc:
-        print(f"seqdrift: {exc}", file=sys.stderr)
+        _say_why(str(exc))
     except fix.CannotFix as exc:
-        print(f"seqdrift: cannot fix: {exc}", file=sys.stderr)
+        _say_why(f"cannot fix: {exc}")
     except (SeqdriftError, psycopg.Error) as exc:
-        print(f"seqdrift: cannot check: {describe(exc)}", file=sys.stderr)
+        _say_why(f"cannot check: {describe(exc)}")
     return EXIT_CANNOT_CHECK
+
+
+def _say_why(reason: str) -> None:
+    """The one line on stderr of exit code 2. The server's messages and ours quote
+    names, and a name may hold a line break or an escape sequence: made printable."""
+    print(printable(f"seqdrift: {reason}"), file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,13 @@
 """Reports for people (text), for tools (JSON) and for GitHub Actions (workflow
 commands). One renderer serves the assertion message, the pytest summary and the CLI;
-the CLI's text adds a table and colour around the same finding blocks."""
+the CLI's text adds a table and colour around the same finding blocks.
+
+Names come from the database, and PostgreSQL allows any character in a quoted one: a
+line break, a carriage return, an escape sequence that clears the terminal. Every line
+for people leaves this module through ``Paint`` (made printable, then coloured), so no
+name -- nor a reason or note that quotes one -- reaches a terminal or a log raw. The
+JSON keeps the true names.
+"""
 
 from __future__ import annotations
 
@@ -63,35 +70,39 @@ Annotate = Callable[[Finding], tuple[list[str], list[str]]]
 
 def text(report: Report, *, verbose: bool = False, annotate: Annotate | None = None) -> str:
     """The findings, each with its fix; the checked columns too when ``verbose``."""
-    lines = finding_blocks(report, annotate=annotate)
+    say = Paint(False)
+    lines = finding_blocks(report, say, annotate)
     for s in report.skipped:
-        lines.append(f"skipped {s.schema}.{s.table}.{s.column} (sequence {s.sequence}): {s.reason}")
+        lines.append(say(f"skipped {skipped_label(s)} (sequence {s.sequence}): {s.reason}"))
     for c in report.checked:
         if c.status in ("duplicates", "unchecked") or (verbose and c.status == "ok"):
             note = f": {c.note}" if c.note else ""
-            lines.append(f"{c.status} {c.column.label} (sequence {c.sequence.qualified}){note}")
-    lines.append(summary(report))
+            lines.append(
+                say(f"{c.status} {c.column.label} (sequence {c.sequence.qualified}){note}")
+            )
+    lines.append(say(summary(report)))
     return "\n".join(lines)
 
 
 def finding_blocks(
     report: Report, paint: Paint | None = None, annotate: Annotate | None = None
 ) -> list[str]:
-    """``sequence drift in N columns:`` and, per finding, what happens and its fix."""
-    paint = paint or Paint(False)
+    """``sequence drift in N columns:`` and, per finding, what happens and its fix;
+    each line printable (``Paint``)."""
+    say = paint or Paint(False)
     lines: list[str] = []
     if report.findings:
         columns = {(f.column.table_oid, f.column.column) for f in report.findings}
-        lines.append(paint(f"sequence drift in {plural(len(columns), 'column')}:", "bold"))
+        lines.append(say(f"sequence drift in {plural(len(columns), 'column')}:", "bold"))
         for f in report.findings:
             before, after = annotate(f) if annotate is not None else ([], [])
-            lines.append(f"  {paint(f.column.label, 'bold')}  (sequence {f.sequence.qualified})")
-            lines.append(f"    {what_happens(f)}")
-            lines.extend(f"    {line}" for line in before)
+            sequence = say(f"(sequence {f.sequence.qualified})")
+            lines.append(f"  {say(f.column.label, 'bold')}  {sequence}")
+            lines.append(say(f"    {what_happens(f)}"))
+            lines.extend(say(f"    {line}") for line in before)
             fix = f.fix_sql.splitlines() or [""]
-            lines.append(f"    fix: {fix[0]}")
-            lines.extend(f"         {line}" for line in fix[1:])
-            lines.extend(f"         {line}" for line in after)
+            lines.append(say(f"    fix: {fix[0]}"))
+            lines.extend(say(f"         {line}") for line in (*fix[1:], *after))
     return lines
 
 
@@ -140,15 +151,22 @@ _STATUS_STYLE = {
 
 
 class Paint:
-    """ANSI colour when ``enabled`` (a terminal, no ``NO_COLOR``), plain text otherwise."""
+    """A line (or a piece of one) for people: made printable -- a name may hold a line
+    break or an escape sequence, and neither may reach the terminal -- then in ANSI
+    colour when ``enabled`` (a terminal, no ``NO_COLOR``) and a ``style`` is given."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
 
-    def __call__(self, text: str, style: str) -> str:
-        if not self.enabled or not text:
+    def __call__(self, text: str, style: str | None = None) -> str:
+        text = printable(text)
+        if style is None or not self.enabled or not text:
             return text
         return f"\x1b[{_SGR[style]}m{text}\x1b[0m"
+
+
+def skipped_label(s: Skipped) -> str:
+    return f"{s.schema}.{s.table}.{s.column}"
 
 
 def short_finding(f: Finding) -> str:
@@ -173,10 +191,7 @@ def table_rows(report: Report, *, verbose: bool = False) -> list[tuple[str, str,
     rows: list[tuple[str, str, str, str]] = [
         (f.kind, f.column.label, f.sequence.qualified, short_finding(f)) for f in report.findings
     ]
-    rows += [
-        ("skipped", f"{s.schema}.{s.table}.{s.column}", s.sequence, s.reason)
-        for s in report.skipped
-    ]
+    rows += [("skipped", skipped_label(s), s.sequence, s.reason) for s in report.skipped]
     for c in report.checked:
         if c.status in ("duplicates", "unchecked") or (verbose and c.status == "ok"):
             detail = c.note or ""
@@ -191,14 +206,13 @@ def table(rows: list[tuple[str, str, str, str]], paint: Paint) -> list[str]:
     """Aligned columns; the last one (the detail) runs on. Padding is measured before
     colour is added, so the columns line up on a terminal too."""
     header = ("STATUS", "COLUMN", "SEQUENCE", "DETAIL")
-    rows = [(r[0], printable(r[1]), printable(r[2]), r[3]) for r in rows]
+    rows = [(r[0], printable(r[1]), printable(r[2]), printable(r[3])) for r in rows]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(3)]
 
     def line(cells: tuple[str, str, str, str], style: str | None) -> str:
         padded = [cell.ljust(width) for cell, width in zip(cells, widths, strict=False)]
-        detail = printable(cells[3])
-        status = padded[0] if style is None else paint(padded[0], style)
-        return f"{status}  {padded[1]}  {padded[2]}  {detail}".rstrip()
+        status = paint(padded[0], style)
+        return f"{status}  {padded[1]}  {padded[2]}  {cells[3]}".rstrip()
 
     lines = [paint(line(header, None), "bold")]
     order = {"collision": 0, "overflow": 1, "exhaustion": 1, "skipped": 2}
@@ -218,8 +232,7 @@ def for_terminal(report: Report, *, colour: bool = False, verbose: bool = False)
     blocks = finding_blocks(report, paint)
     if blocks:
         lines += [*blocks, ""]
-    line = summary(report)
-    lines.append(paint(line, "red" if report.findings else "green"))
+    lines.append(paint(summary(report), "red" if report.findings else "green"))
     return "\n".join(lines)
 
 
@@ -234,8 +247,13 @@ def _gh_property(text: str) -> str:
     return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def _gh_command(command: str, title: str, message: str) -> str:
-    return f"::{command} title={_gh_property(title)}::{_gh_data(message)}"
+def _gh_command(command: str, title: str, *message: str) -> str:
+    """A workflow command; the title and each line of the message made printable
+    first (``Paint``), then escaped by GitHub's rules (a line break of the message's own
+    becomes ``%0A``; one in a name was made ``\\n`` before)."""
+    say = Paint(False)
+    data = "\n".join(say(line) for line in message)
+    return f"::{command} title={_gh_property(say(title))}::{_gh_data(data)}"
 
 
 def github(report: Report) -> str:
@@ -245,19 +263,21 @@ def github(report: Report) -> str:
     lines: list[str] = []
     for f in report.findings:
         command = "error" if f.kind == "collision" else "warning"
-        message = (
-            f"{f.column.label} (sequence {f.sequence.qualified}): {what_happens(f)}"
-            f"\nfix: {f.fix_sql}"
-        )
-        lines.append(_gh_command(command, f"sequence {f.kind}: {f.column.label}", message))
+        fix = f.fix_sql.splitlines() or [""]
+        message = [
+            f"{f.column.label} (sequence {f.sequence.qualified}): {what_happens(f)}",
+            f"fix: {fix[0]}",
+            *fix[1:],
+        ]
+        lines.append(_gh_command(command, f"sequence {f.kind}: {f.column.label}", *message))
     for s in report.skipped:
-        label = f"{s.schema}.{s.table}.{s.column}"
-        message = f"{label} (sequence {s.sequence}) was not checked: {s.reason}"
-        lines.append(_gh_command("notice", f"seqdrift skipped {label}", message))
+        label = skipped_label(s)
+        message_line = f"{label} (sequence {s.sequence}) was not checked: {s.reason}"
+        lines.append(_gh_command("notice", f"seqdrift skipped {label}", message_line))
     for c in report.checked:
         if c.status in ("duplicates", "unchecked"):
-            message = f"{c.column.label} (sequence {c.sequence.qualified}): {c.note or c.status}"
-            lines.append(_gh_command("notice", f"seqdrift {c.status}: {c.column.label}", message))
+            note = f"{c.column.label} (sequence {c.sequence.qualified}): {c.note or c.status}"
+            lines.append(_gh_command("notice", f"seqdrift {c.status}: {c.column.label}", note))
     lines.append(summary(report))
     return "\n".join(lines)
 

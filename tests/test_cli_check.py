@@ -204,10 +204,11 @@ def test_github_annotations_one_per_finding_escaped(db: Conn) -> None:
         m = GH_LINE.fullmatch(line)
         assert m is not None, line
         parsed.append((m[1], unescape(m[2]), unescape(m[3])))
+    shown = odd.replace("\n", "\\n")  # the name's line break, as people are shown it
     assert [(c, t) for c, t, _ in parsed] == [
         ("warning", "sequence exhaustion: public.counter.id"),
         ("warning", "sequence overflow: public.legacy.id"),
-        ("error", f"sequence collision: public.{odd}.id"),
+        ("error", f"sequence collision: public.{shown}.id"),
         ("error", "sequence collision: public.profile_billingaddress.id"),
         ("notice", "seqdrift duplicates: public.log.id"),
     ]
@@ -217,11 +218,13 @@ def test_github_annotations_one_per_finding_escaped(db: Conn) -> None:
         "next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 16)\n"
         f"fix: {SEED_FIX}"
     )
-    # the odd name: escaped in the title (property rules) and the message (data rules)
+    # the odd name: escaped in the title (property rules) and the message (data rules);
+    # its line break is shown as \n, not made one of the annotation (%0A)
     odd_line = annotations[2]
-    assert "title=sequence collision%3A public.odd%2C name%3A 100%25%0Anext.id::" in odd_line
-    assert "::public.odd, name: 100%25%0Anext.id (sequence " in odd_line
+    assert "title=sequence collision%3A public.odd%2C name%3A 100%25\\nnext.id::" in odd_line
+    assert "::public.odd, name: 100%25\\nnext.id (sequence " in odd_line
     assert "%0Afix: SELECT setval(" in odd_line
+    assert odd_line.count("%0A") == 1  # the message's own: before its fix
 
 
 def run_on_a_terminal(*args: str, env: dict[str, str]) -> str:
