@@ -359,6 +359,51 @@ def test_fix_apply_fixes_all_and_drops_nothing(hostile: Conn) -> None:
     _fixed(hostile, contents, before)
 
 
+def test_advice_on_hostile_names_is_commented_and_runs_once_uncommented(
+    db: Conn, tmp_path: Path
+) -> None:
+    """Exhaustion is not fixed by setval: the ALTERs to consider are printed commented
+    out. Their comments carry no name raw, yet uncommented they name the right objects
+    (escaped as the setval statements are) and run."""
+    psql = psql_path()
+    if psql is None:
+        pytest.skip("needs psql to run the script as a person would")
+    c = CASES[-1]
+    assert c.sequence is not None
+    seq = sql.Identifier(c.schema, c.sequence)
+    db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(c.schema)))
+    db.execute(sql.SQL("CREATE SEQUENCE {} AS smallint").format(seq))
+    db.execute(
+        sql.SQL("CREATE TABLE {} ({} smallint PRIMARY KEY DEFAULT nextval({}))").format(
+            sql.Identifier(c.schema, c.table),
+            sql.Identifier(c.column),
+            sql.Literal(seq.as_string(db)),
+        )
+    )
+    db.execute("SELECT setval(%s::regclass, 32700)", [seq.as_string(db)])
+    (finding,) = check(db).findings
+    assert finding.kind == "exhaustion"
+
+    result = seqdrift("fix", dsn(db))
+    assert result.returncode == 0, result.stderr
+    assert_shown_clean(result.stdout + result.stderr)
+    advice = [
+        line.removeprefix("-- ")
+        for line in result.stdout.splitlines()
+        if line.startswith("-- ALTER ")
+    ]
+    assert [a.split(" U&")[0] for a in advice] == ["ALTER TABLE", "ALTER SEQUENCE"]
+    script = tmp_path / "fix.sql"
+    script.write_text(result.stdout)  # as printed: nothing in it runs
+    assert run_psql_file(psql, str(script), db).returncode == 0
+    assert check(db).findings == [finding]
+    uncommented = tmp_path / "widen.sql"
+    uncommented.write_text("\n".join(advice) + "\n")
+    ran = run_psql_file(psql, str(uncommented), db)
+    assert ran.returncode == 0, ran.stderr
+    assert check(db).findings == []
+
+
 def _fixed(db: Conn, contents: dict[str, str], before: dict[str, tuple[int, int, bool]]) -> None:
     __tracebackhide__ = True
     report = check(db)
