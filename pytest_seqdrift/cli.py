@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-v",
         "--verbose",
         action="store_true",
-        help="text: list the columns that are fine too",
+        help="text: list the columns that are fine too, and every skipped column "
+        f"(without it, more than {render.SKIPPED_LISTED} are counted by reason)",
     )
     chk.set_defaults(run=_run_check)
 

@@ -169,6 +169,30 @@ def skipped_label(s: Skipped) -> str:
     return f"{s.schema}.{s.table}.{s.column}"
 
 
+SKIPPED_LISTED = 10  # more skipped columns than this: the text says how many, and why
+
+
+def _reason_kind(s: Skipped) -> str:
+    """The reason without the name of the column or sequence it is about (``permission
+    denied: cannot SELECT from sequence``), so that the reasons of many columns add up;
+    a name many share (a schema's) stays."""
+    for name in (s.sequence, f"{s.schema}.{s.table}", s.table, s.column):
+        if name and s.reason.endswith(f" {name}"):
+            return s.reason[: -len(name) - 1]
+    return s.reason
+
+
+def skipped_reasons(skipped: list[Skipped]) -> str:
+    """``permission denied: cannot SELECT from sequence (180), permission denied for
+    schema private (6)``: the reasons, most frequent first."""
+    counts: dict[str, int] = {}
+    for s in skipped:
+        kind = _reason_kind(s)
+        counts[kind] = counts.get(kind, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kc: -kc[1])  # stable: first seen first
+    return ", ".join(f"{kind} ({n})" for kind, n in ranked)
+
+
 def short_finding(f: Finding) -> str:
     """A finding in a few words, for the table (the block below says it in full)."""
     col = f.column.column
@@ -185,13 +209,21 @@ def short_finding(f: Finding) -> str:
     return f"{plural(f.values_left, 'value')} left ({f.used_fraction:.1%} used)"
 
 
+def lists_skipped(report: Report, *, verbose: bool = False) -> bool:
+    """Does the text list each skipped column (few of them, or ``verbose``), or only
+    how many were skipped and why?"""
+    return verbose or len(report.skipped) <= SKIPPED_LISTED
+
+
 def table_rows(report: Report, *, verbose: bool = False) -> list[tuple[str, str, str, str]]:
     """(status, column, sequence, detail) for every column worth a look, findings
-    first; with ``verbose`` the columns that are fine too."""
+    first; the skipped ones when few (``lists_skipped``); with ``verbose`` every skipped
+    column and the columns that are fine too."""
     rows: list[tuple[str, str, str, str]] = [
         (f.kind, f.column.label, f.sequence.qualified, short_finding(f)) for f in report.findings
     ]
-    rows += [("skipped", skipped_label(s), s.sequence, s.reason) for s in report.skipped]
+    if lists_skipped(report, verbose=verbose):
+        rows += [("skipped", skipped_label(s), s.sequence, s.reason) for s in report.skipped]
     for c in report.checked:
         if c.status in ("duplicates", "unchecked") or (verbose and c.status == "ok"):
             detail = c.note or ""
@@ -223,12 +255,23 @@ def table(rows: list[tuple[str, str, str, str]], paint: Paint) -> list[str]:
 
 def for_terminal(report: Report, *, colour: bool = False, verbose: bool = False) -> str:
     """``seqdrift check``'s text: a table of every column worth a look (findings first),
-    then each finding with its fix, then the counts. A clean database gets one line."""
+    then each finding with its fix, then the counts. A clean database gets one line.
+    Many skipped columns are counted by reason, not listed (``verbose`` lists them)."""
     paint = Paint(colour)
     lines: list[str] = []
     rows = table_rows(report, verbose=verbose)
     if rows:
-        lines += [*table(rows, paint), ""]
+        lines += table(rows, paint)
+    if not lists_skipped(report, verbose=verbose):
+        n = len(report.skipped)
+        lines.append(
+            paint(
+                f"{n} columns skipped: {skipped_reasons(report.skipped)}; --verbose lists them",
+                "magenta",
+            )
+        )
+    if lines:
+        lines.append("")
     blocks = finding_blocks(report, paint)
     if blocks:
         lines += [*blocks, ""]

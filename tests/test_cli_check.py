@@ -496,6 +496,54 @@ def test_partial_privileges_skip_with_the_reason_in_every_format(db: Conn) -> No
         assert "permission denied" in line
 
 
+def test_many_skipped_columns_are_counted_by_reason(db: Conn) -> None:
+    """More than ten skipped columns: the text says how many, and why, in one line;
+    --verbose lists them, the JSON always does. Ten or fewer are listed."""
+    db.execute(
+        "CREATE TABLE open_t (id serial PRIMARY KEY); INSERT INTO open_t (id) VALUES (7);"
+        "CREATE SCHEMA private;"
+    )
+    for i in range(1, 13):
+        db.execute(f"CREATE TABLE p{i} (id serial PRIMARY KEY)")
+    for i in range(1, 4):
+        db.execute(f"CREATE TABLE private.q{i} (id serial PRIMARY KEY)")
+    with login_role(db) as role:
+        # every column readable; of the sequences only open_t's; private not enterable
+        grant(db, "GRANT SELECT ON ALL TABLES IN SCHEMA public, private TO {role}", role)
+        grant(db, "GRANT SELECT ON open_t_id_seq TO {role}", role)
+        grant(db, "GRANT SELECT ON ALL SEQUENCES IN SCHEMA private TO {role}", role)
+        target = dsn(db, user=role)
+
+        text = seqdrift("check", target)
+        assert text.returncode == 1, text.stderr
+        assert text.stderr == ""
+        lines = text.stdout.splitlines()
+        assert not any(line.startswith("skipped") for line in lines)
+        assert lines[:3] == [
+            lines[0],  # the table's header
+            "collision  public.open_t.id  public.open_t_id_seq  "
+            "the 7th insert fails on existing id 7 (max 7)",
+            "15 columns skipped: permission denied: cannot SELECT from sequence (12), "
+            "permission denied for schema private (3); --verbose lists them",
+        ]
+        assert lines[-1] == "checked 1 column in 1 table: 1 collision; 15 skipped"
+
+        verbose = seqdrift("check", target, "-v")
+        rows = [line.split()[1] for line in verbose.stdout.splitlines() if line.startswith("skip")]
+        assert sorted(rows) == sorted(
+            [f"public.p{i}.id" for i in range(1, 13)] + [f"private.q{i}.id" for i in range(1, 4)]
+        )
+        assert "--verbose lists them" not in verbose.stdout
+
+        as_json = json.loads(seqdrift("check", target, "--format", "json").stdout)
+        assert len(as_json["skipped"]) == 15
+
+        ten = seqdrift("check", target, "--schema", "public", "--exclude-table", "p1[12]")
+        rows = [line.split()[1] for line in ten.stdout.splitlines() if line.startswith("skip")]
+        assert sorted(rows) == sorted(f"public.p{i}.id" for i in range(1, 11))
+        assert "columns skipped:" not in ten.stdout
+
+
 def test_locked_table_is_skipped_after_the_lock_timeout(db: Conn) -> None:
     db.execute(
         """CREATE TABLE busy (id serial PRIMARY KEY); CREATE TABLE idle (id serial PRIMARY KEY);
@@ -603,6 +651,7 @@ def test_help_with_examples_and_version() -> None:
         "--statement-timeout MS",
     ):
         assert text in chk.stdout, text
+    assert "and every skipped column" in " ".join(chk.stdout.split())
     fx = seqdrift("fix", "--help")
     assert fx.returncode == 0
     for text in ("--apply", "--margin N", "SHARE ROW EXCLUSIVE", "psql -v ON_ERROR_STOP=1 -f"):
