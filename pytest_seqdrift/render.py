@@ -122,7 +122,10 @@ _KIND_WORDS = {
 
 
 def summary(report: Report) -> str:
-    """``checked 212 columns in 48 tables: 2 collisions, 1 near exhaustion; 1 skipped``"""
+    """``checked 212 columns in 48 tables: 2 collisions, 1 near exhaustion; 1 skipped``;
+    never "no drift" of a database of which not one column could be read."""
+    if report.skipped and not report.checked:
+        return f"nothing checked: {plural(len(report.skipped), 'sequence-backed column')} skipped"
     tables = {(c.column.schema, c.column.table) for c in report.checked}
     counts = {k: sum(f.kind == k for f in report.findings) for k in _KIND_ORDER}
     kinds = ", ".join(
@@ -191,6 +194,23 @@ def skipped_reasons(skipped: list[Skipped]) -> str:
         counts[kind] = counts.get(kind, 0) + 1
     ranked = sorted(counts.items(), key=lambda kc: -kc[1])  # stable: first seen first
     return ", ".join(f"{kind} ({n})" for kind, n in ranked)
+
+
+def cannot_check(report: Report) -> str | None:
+    """Why nothing could be checked, in one line, when not one column could be read
+    (every one was skipped); None when something was checked, or nothing was there."""
+    if not report.skipped or report.checked:
+        return None
+    if len(report.skipped) == 1:
+        (s,) = report.skipped
+        return (
+            "cannot check: the only sequence-backed column could not be read: "
+            f"{skipped_label(s)}: {s.reason}"
+        )
+    return (
+        f"cannot check: none of the {len(report.skipped)} sequence-backed columns could be "
+        f"read: {skipped_reasons(report.skipped)}"
+    )
 
 
 def short_finding(f: Finding) -> str:
@@ -275,7 +295,8 @@ def for_terminal(report: Report, *, colour: bool = False, verbose: bool = False)
     blocks = finding_blocks(report, paint)
     if blocks:
         lines += [*blocks, ""]
-    lines.append(paint(summary(report), "red" if report.findings else "green"))
+    style = "red" if report.findings else "green" if cannot_check(report) is None else "magenta"
+    lines.append(paint(summary(report), style))
     return "\n".join(lines)
 
 
@@ -302,7 +323,11 @@ def _gh_command(command: str, title: str, *message: str) -> str:
 def github(report: Report) -> str:
     """One workflow command per finding: ``::error`` for a collision (an insert will
     fail), ``::warning`` for overflow and exhaustion; ``::notice`` for each column that
-    was skipped or could not be judged; then the counts as a plain line."""
+    was skipped or could not be judged; then the counts as a plain line. When not one
+    column could be read, one ``::error`` that says so, and nothing else."""
+    cannot = cannot_check(report)
+    if cannot is not None:
+        return _gh_command("error", "seqdrift could not check", cannot)
     lines: list[str] = []
     for f in report.findings:
         command = "error" if f.kind == "collision" else "warning"

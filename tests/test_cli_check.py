@@ -485,15 +485,66 @@ def test_partial_privileges_skip_with_the_reason_in_every_format(db: Conn) -> No
             "cannot SELECT column id"
         ) in github.stdout.splitlines()
 
+
+def test_nothing_readable_says_one_thing_in_every_format(db: Conn) -> None:
+    """Not one column readable: exit 2 and one line on stderr, whatever the format; no
+    output that says "no drift". The JSON still lists every skipped column, and the
+    text does with --verbose."""
+    db.execute(PARTIAL)
+    cannot = (
+        "seqdrift: cannot check: none of the 4 sequence-backed columns could be read: "
+        "permission denied: cannot SELECT column (4)"
+    )
     with login_role(db) as nobody:  # may connect, may read nothing
-        result = seqdrift("check", dsn(db, user=nobody), "--format", "json")
-        assert result.returncode == 2
-        assert len(json.loads(result.stdout)["skipped"]) == 4
-        line = one_line(result.stderr)
-        assert line.startswith(
-            "seqdrift: cannot check: none of the 4 sequence-backed columns could be read (first: "
+        target = dsn(db, user=nobody)
+
+        text = seqdrift("check", target)
+        assert (text.returncode, text.stdout) == (2, "")
+        assert one_line(text.stderr) == f"{cannot} (--verbose lists them)"
+
+        verbose = seqdrift("check", target, "--verbose")
+        assert verbose.returncode == 2
+        assert one_line(verbose.stderr) == cannot
+        lines = verbose.stdout.splitlines()
+        assert [line.split()[:2] for line in lines[1:5]] == [
+            ["skipped", "private.t.id"],
+            ["skipped", "public.hidden_seq.id"],
+            ["skipped", "public.open_t.id"],
+            ["skipped", "public.secret.id"],
+        ]
+        assert lines[-1] == "nothing checked: 4 sequence-backed columns skipped"
+        assert "no drift" not in verbose.stdout
+
+        github = seqdrift("check", target, "--format", "github")
+        assert github.returncode == 2
+        assert github.stdout.splitlines() == [
+            "::error title=seqdrift could not check::" + cannot.removeprefix("seqdrift: ")
+        ]
+        assert one_line(github.stderr) == cannot
+
+        as_json = seqdrift("check", target, "--format", "json")
+        assert as_json.returncode == 2
+        out = json.loads(as_json.stdout)
+        assert (out["findings"], out["checked"]) == ([], [])
+        assert sorted(where(s) for s in out["skipped"]) == [
+            ("private", "t", "id"),
+            ("public", "hidden_seq", "id"),
+            ("public", "open_t", "id"),
+            ("public", "secret", "id"),
+        ]
+        assert one_line(as_json.stderr) == cannot
+
+        for args in (("fix", target), ("fix", target, "--apply")):
+            fixed = seqdrift(*args)  # no script, no "nothing to fix"
+            assert (fixed.returncode, fixed.stdout) == (2, ""), args
+            assert one_line(fixed.stderr) == cannot
+
+        one = seqdrift("check", target, "--schema", "private")
+        assert (one.returncode, one.stdout) == (2, "")
+        assert one_line(one.stderr) == (
+            "seqdrift: cannot check: the only sequence-backed column could not be read: "
+            "private.t.id: permission denied: cannot SELECT column id"
         )
-        assert "permission denied" in line
 
 
 def test_many_skipped_columns_are_counted_by_reason(db: Conn) -> None:
