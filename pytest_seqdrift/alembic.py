@@ -21,7 +21,7 @@ from typing import Any
 
 from . import render
 from .api import check
-from .model import Report
+from .model import Report, printable
 
 
 class RevisionDriftError(AssertionError):
@@ -77,7 +77,8 @@ def assert_revisions_consistent(
         for revision, report in reports:
             if report.findings:
                 raise RevisionDriftError(
-                    f"revision {revision} leaves sequence drift behind:\n{render.text(report)}",
+                    f"revision {printable(str(revision))} leaves sequence drift behind:\n"
+                    + render.text(report),  # every line of it printable, names too
                     reports,
                 )
         return reports
@@ -98,8 +99,9 @@ def assert_revisions_consistent(
         columns = {c for c, r in origin.items() if r == revision}
         if columns:
             parts.append(
-                f"revision {revision} introduced sequence drift that is still there at the "
-                f"head ({head_revision}):\n{render.text(_subset(head, columns))}"
+                f"revision {printable(str(revision))} introduced sequence drift that is still "
+                f"there at the head ({printable(str(head_revision))}):\n"
+                + render.text(_subset(head, columns))
             )
     raise RevisionDriftError("\n".join(parts), reports)
 

@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-v",
         "--verbose",
         action="store_true",
-        help="text: list the columns that are fine too",
+        help="text: list the columns that are fine too, and every skipped column "
+        f"(without it, more than {render.SKIPPED_LISTED} are counted by reason)",
     )
     chk.set_defaults(run=_run_check)
 
@@ -374,13 +375,11 @@ def emit(text: str) -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
-def _exit_code(report: Report, fail_on: frozenset[str]) -> int:
-    if report.skipped and not report.checked:
-        first = report.skipped[0]
-        raise Stop(
-            f"cannot check: none of the {len(report.skipped)} sequence-backed columns could "
-            f"be read (first: {first.schema}.{first.table}.{first.column}: {first.reason})"
-        )
+def _exit_code(report: Report, fail_on: frozenset[str], *, hint: str = "") -> int:
+    """0 or 1 by the findings; ``Stop`` (exit 2) when not one column could be read."""
+    cannot = render.cannot_check(report)
+    if cannot is not None:
+        raise Stop(cannot + hint)
     return EXIT_FINDINGS if any(f.kind in fail_on for f in report.findings) else EXIT_OK
 
 
@@ -402,13 +401,19 @@ def _run_check(args: argparse.Namespace) -> int:
     with connect(args.dsn, read_only=True) as conn:
         _known_schemas(conn, args.schemas)
         report = check(conn, **_options(args), jobs=args.jobs)
+    # not one column readable: the line on stderr says so (exit 2), and nothing says
+    # "no drift"; the JSON still lists every skipped column, the text with --verbose
+    readable = render.cannot_check(report) is None
+    hint = ""
     if args.format == "json":
         emit(render.as_json(report))
     elif args.format == "github":
-        emit(render.github(report))
-    else:
+        emit(render.github(report))  # one ::error when nothing could be read
+    elif readable or args.verbose:
         emit(render.for_terminal(report, colour=_colour(), verbose=args.verbose))
-    return _exit_code(report, args.fail_on)
+    elif len(report.skipped) > 1:
+        hint = " (--verbose lists them)"
+    return _exit_code(report, args.fail_on, hint=hint)
 
 
 def _source(conn: psycopg.Connection[Any]) -> str:
@@ -422,12 +427,14 @@ def _run_fix(args: argparse.Namespace) -> int:
             _known_schemas(conn, args.schemas)
             fix_plan = fix.review(conn, margin=args.margin, **_options(args))
             source = _source(conn)
+        _exit_code(fix_plan.report, args.fail_on)  # exit 2, and no script, when nothing was read
         emit(fix.script(fix_plan, source=source, margin=args.margin))
-        _exit_code(fix_plan.report, args.fail_on)  # exit 2 when nothing could be read
         return EXIT_OK
     with connect(args.dsn, read_only=False) as conn:
         _known_schemas(conn, args.schemas)
         applied = fix.apply(conn, margin=args.margin, **_options(args))
+    if not applied.changes:
+        _exit_code(applied.after, args.fail_on)  # not one column read: stop, print nothing
     emit(_applied(applied))
     emit(render.for_terminal(applied.after, colour=_colour()))
     return _exit_code(applied.after, args.fail_on)
@@ -471,12 +478,18 @@ def main(argv: Seq[str] | None = None) -> int:
     try:
         return run(args)
     except Stop as exc:
-        print(f"seqdrift: {exc}", file=sys.stderr)
+        _say_why(str(exc))
     except fix.CannotFix as exc:
-        print(f"seqdrift: cannot fix: {exc}", file=sys.stderr)
+        _say_why(f"cannot fix: {exc}")
     except (SeqdriftError, psycopg.Error) as exc:
-        print(f"seqdrift: cannot check: {describe(exc)}", file=sys.stderr)
+        _say_why(f"cannot check: {describe(exc)}")
     return EXIT_CANNOT_CHECK
+
+
+def _say_why(reason: str) -> None:
+    """The one line on stderr of exit code 2. The server's messages and ours quote
+    names, and a name may hold a line break or an escape sequence: made printable."""
+    print(printable(f"seqdrift: {reason}"), file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

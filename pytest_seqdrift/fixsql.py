@@ -166,16 +166,19 @@ def for_collision(
 
 def comment(*lines: str) -> str:
     """SQL comment lines. A quoted name may hold a line break (PostgreSQL allows it):
-    each line is made printable first, so no name can end the comment and run as SQL."""
+    each line is made printable first, so no name can end the comment and run as SQL,
+    nor reach the terminal of whoever reads the script."""
     return "\n".join("-- " + printable(line) for line in lines)
 
 
 def _widen(seq: Sequence) -> sql.Composed:
+    """Commented-out advice: its names escaped as in the statements that run
+    (``_name``), so that it names the right sequence once uncommented."""
     lo, hi = INT_RANGES["bigint"]
     bound = sql.SQL("MAXVALUE {}").format(sql.SQL(str(hi)))
     if seq.increment < 0:
         bound = sql.SQL("MINVALUE {}").format(sql.SQL(str(lo)))
-    return sql.SQL("ALTER SEQUENCE {} AS bigint {};").format(seq_ident(seq), bound)
+    return sql.SQL("ALTER SEQUENCE {} AS bigint {};").format(_name(seq.schema, seq.name), bound)
 
 
 def for_capacity(column: Column, seq: Sequence, kind: FindingKind) -> str:
@@ -184,7 +187,7 @@ def for_capacity(column: Column, seq: Sequence, kind: FindingKind) -> str:
     if kind == "overflow" or column.data_type in ("smallint", "integer"):
         steps.append(
             sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE bigint;").format(
-                table_ident(column), sql.Identifier(column.column)
+                _name(column.schema, column.table), _name(column.column)
             )
         )
     if kind == "exhaustion" or seq.data_type != "bigint":

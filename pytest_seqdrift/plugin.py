@@ -60,7 +60,7 @@ from .locate import (
     uses_database,
     wrap,
 )
-from .model import Finding, Report
+from .model import Finding, Report, printable
 from .options import (
     DSN_OPTION,
     ENABLE,
@@ -685,7 +685,9 @@ class SeqdriftPlugin:
         if fresh:
             mine = Report(findings=fresh, checked=found.checked, skipped=found.skipped)
             annotate = self._annotate(database, reset)
-            outcome.probed_text.append(prefix + render.text(mine, annotate=annotate))
+            # render.text makes every line of the report printable; the prefix names
+            # the database: made printable too
+            outcome.probed_text.append(printable(prefix) + render.text(mine, annotate=annotate))
 
     def _judge(
         self, session: Session, located: Located, kwargs: dict[str, Any] | None = None
@@ -794,9 +796,10 @@ class SeqdriftPlugin:
                 f"{HEADER} sequence drift after this test ({outcome.why}):\n"
                 + "\n".join(outcome.probed_text)
             )
-        trouble = [f"{HEADER} {p}" for p in outcome.problems]
+        # one line each, that quotes the server's message (which may quote a name)
+        trouble = [printable(f"{HEADER} {p}") for p in outcome.problems]
         if outcome.cannot:
-            trouble.append(outcome.cannot)
+            trouble.append(printable(outcome.cannot))
         steps, self.steps_sent = self.watcher.steps - self.steps_sent, self.watcher.steps
         value: dict[str, Any] = {"phase": phase, "test": item.nodeid}
         if steps:
@@ -831,7 +834,7 @@ class SeqdriftPlugin:
 
     def _born_text(self, born: Born) -> str:
         return (
-            f"{HEADER} sequence drift in the set-up of {born.source}\n"
+            f"{HEADER} sequence drift in the set-up of {printable(born.source)}\n"
             "(found at this test's set-up, which built or first received that database: "
             "not the test's doing, and reported here once)\n"
             + render.text(born.report, annotate=self._annotate(born.database, set(), setup=True))

@@ -1,6 +1,13 @@
 """Reports for people (text), for tools (JSON) and for GitHub Actions (workflow
 commands). One renderer serves the assertion message, the pytest summary and the CLI;
-the CLI's text adds a table and colour around the same finding blocks."""
+the CLI's text adds a table and colour around the same finding blocks.
+
+Names come from the database, and PostgreSQL allows any character in a quoted one: a
+line break, a carriage return, an escape sequence that clears the terminal. Every line
+for people leaves this module through ``Paint`` (made printable, then coloured), so no
+name -- nor a reason or note that quotes one -- reaches a terminal or a log raw. The
+JSON keeps the true names.
+"""
 
 from __future__ import annotations
 
@@ -63,35 +70,39 @@ Annotate = Callable[[Finding], tuple[list[str], list[str]]]
 
 def text(report: Report, *, verbose: bool = False, annotate: Annotate | None = None) -> str:
     """The findings, each with its fix; the checked columns too when ``verbose``."""
-    lines = finding_blocks(report, annotate=annotate)
+    say = Paint(False)
+    lines = finding_blocks(report, say, annotate)
     for s in report.skipped:
-        lines.append(f"skipped {s.schema}.{s.table}.{s.column} (sequence {s.sequence}): {s.reason}")
+        lines.append(say(f"skipped {skipped_label(s)} (sequence {s.sequence}): {s.reason}"))
     for c in report.checked:
         if c.status in ("duplicates", "unchecked") or (verbose and c.status == "ok"):
             note = f": {c.note}" if c.note else ""
-            lines.append(f"{c.status} {c.column.label} (sequence {c.sequence.qualified}){note}")
-    lines.append(summary(report))
+            lines.append(
+                say(f"{c.status} {c.column.label} (sequence {c.sequence.qualified}){note}")
+            )
+    lines.append(say(summary(report)))
     return "\n".join(lines)
 
 
 def finding_blocks(
     report: Report, paint: Paint | None = None, annotate: Annotate | None = None
 ) -> list[str]:
-    """``sequence drift in N columns:`` and, per finding, what happens and its fix."""
-    paint = paint or Paint(False)
+    """``sequence drift in N columns:`` and, per finding, what happens and its fix;
+    each line printable (``Paint``)."""
+    say = paint or Paint(False)
     lines: list[str] = []
     if report.findings:
         columns = {(f.column.table_oid, f.column.column) for f in report.findings}
-        lines.append(paint(f"sequence drift in {plural(len(columns), 'column')}:", "bold"))
+        lines.append(say(f"sequence drift in {plural(len(columns), 'column')}:", "bold"))
         for f in report.findings:
             before, after = annotate(f) if annotate is not None else ([], [])
-            lines.append(f"  {paint(f.column.label, 'bold')}  (sequence {f.sequence.qualified})")
-            lines.append(f"    {what_happens(f)}")
-            lines.extend(f"    {line}" for line in before)
+            sequence = say(f"(sequence {f.sequence.qualified})")
+            lines.append(f"  {say(f.column.label, 'bold')}  {sequence}")
+            lines.append(say(f"    {what_happens(f)}"))
+            lines.extend(say(f"    {line}") for line in before)
             fix = f.fix_sql.splitlines() or [""]
-            lines.append(f"    fix: {fix[0]}")
-            lines.extend(f"         {line}" for line in fix[1:])
-            lines.extend(f"         {line}" for line in after)
+            lines.append(say(f"    fix: {fix[0]}"))
+            lines.extend(say(f"         {line}") for line in (*fix[1:], *after))
     return lines
 
 
@@ -111,7 +122,10 @@ _KIND_WORDS = {
 
 
 def summary(report: Report) -> str:
-    """``checked 212 columns in 48 tables: 2 collisions, 1 near exhaustion; 1 skipped``"""
+    """``checked 212 columns in 48 tables: 2 collisions, 1 near exhaustion; 1 skipped``;
+    never "no drift" of a database of which not one column could be read."""
+    if report.skipped and not report.checked:
+        return f"nothing checked: {plural(len(report.skipped), 'sequence-backed column')} skipped"
     tables = {(c.column.schema, c.column.table) for c in report.checked}
     counts = {k: sum(f.kind == k for f in report.findings) for k in _KIND_ORDER}
     kinds = ", ".join(
@@ -140,15 +154,63 @@ _STATUS_STYLE = {
 
 
 class Paint:
-    """ANSI colour when ``enabled`` (a terminal, no ``NO_COLOR``), plain text otherwise."""
+    """A line (or a piece of one) for people: made printable -- a name may hold a line
+    break or an escape sequence, and neither may reach the terminal -- then in ANSI
+    colour when ``enabled`` (a terminal, no ``NO_COLOR``) and a ``style`` is given."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
 
-    def __call__(self, text: str, style: str) -> str:
-        if not self.enabled or not text:
+    def __call__(self, text: str, style: str | None = None) -> str:
+        text = printable(text)
+        if style is None or not self.enabled or not text:
             return text
         return f"\x1b[{_SGR[style]}m{text}\x1b[0m"
+
+
+def skipped_label(s: Skipped) -> str:
+    return f"{s.schema}.{s.table}.{s.column}"
+
+
+SKIPPED_LISTED = 10  # more skipped columns than this: the text says how many, and why
+
+
+def _reason_kind(s: Skipped) -> str:
+    """The reason without the name of the column or sequence it is about (``permission
+    denied: cannot SELECT from sequence``), so that the reasons of many columns add up;
+    a name many share (a schema's) stays."""
+    for name in (s.sequence, f"{s.schema}.{s.table}", s.table, s.column):
+        if name and s.reason.endswith(f" {name}"):
+            return s.reason[: -len(name) - 1]
+    return s.reason
+
+
+def skipped_reasons(skipped: list[Skipped]) -> str:
+    """``permission denied: cannot SELECT from sequence (180), permission denied for
+    schema private (6)``: the reasons, most frequent first."""
+    counts: dict[str, int] = {}
+    for s in skipped:
+        kind = _reason_kind(s)
+        counts[kind] = counts.get(kind, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kc: -kc[1])  # stable: first seen first
+    return ", ".join(f"{kind} ({n})" for kind, n in ranked)
+
+
+def cannot_check(report: Report) -> str | None:
+    """Why nothing could be checked, in one line, when not one column could be read
+    (every one was skipped); None when something was checked, or nothing was there."""
+    if not report.skipped or report.checked:
+        return None
+    if len(report.skipped) == 1:
+        (s,) = report.skipped
+        return (
+            "cannot check: the only sequence-backed column could not be read: "
+            f"{skipped_label(s)}: {s.reason}"
+        )
+    return (
+        f"cannot check: none of the {len(report.skipped)} sequence-backed columns could be "
+        f"read: {skipped_reasons(report.skipped)}"
+    )
 
 
 def short_finding(f: Finding) -> str:
@@ -167,16 +229,21 @@ def short_finding(f: Finding) -> str:
     return f"{plural(f.values_left, 'value')} left ({f.used_fraction:.1%} used)"
 
 
+def lists_skipped(report: Report, *, verbose: bool = False) -> bool:
+    """Does the text list each skipped column (few of them, or ``verbose``), or only
+    how many were skipped and why?"""
+    return verbose or len(report.skipped) <= SKIPPED_LISTED
+
+
 def table_rows(report: Report, *, verbose: bool = False) -> list[tuple[str, str, str, str]]:
     """(status, column, sequence, detail) for every column worth a look, findings
-    first; with ``verbose`` the columns that are fine too."""
+    first; the skipped ones when few (``lists_skipped``); with ``verbose`` every skipped
+    column and the columns that are fine too."""
     rows: list[tuple[str, str, str, str]] = [
         (f.kind, f.column.label, f.sequence.qualified, short_finding(f)) for f in report.findings
     ]
-    rows += [
-        ("skipped", f"{s.schema}.{s.table}.{s.column}", s.sequence, s.reason)
-        for s in report.skipped
-    ]
+    if lists_skipped(report, verbose=verbose):
+        rows += [("skipped", skipped_label(s), s.sequence, s.reason) for s in report.skipped]
     for c in report.checked:
         if c.status in ("duplicates", "unchecked") or (verbose and c.status == "ok"):
             detail = c.note or ""
@@ -191,14 +258,13 @@ def table(rows: list[tuple[str, str, str, str]], paint: Paint) -> list[str]:
     """Aligned columns; the last one (the detail) runs on. Padding is measured before
     colour is added, so the columns line up on a terminal too."""
     header = ("STATUS", "COLUMN", "SEQUENCE", "DETAIL")
-    rows = [(r[0], printable(r[1]), printable(r[2]), r[3]) for r in rows]
+    rows = [(r[0], printable(r[1]), printable(r[2]), printable(r[3])) for r in rows]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(3)]
 
     def line(cells: tuple[str, str, str, str], style: str | None) -> str:
         padded = [cell.ljust(width) for cell, width in zip(cells, widths, strict=False)]
-        detail = printable(cells[3])
-        status = padded[0] if style is None else paint(padded[0], style)
-        return f"{status}  {padded[1]}  {padded[2]}  {detail}".rstrip()
+        status = paint(padded[0], style)
+        return f"{status}  {padded[1]}  {padded[2]}  {cells[3]}".rstrip()
 
     lines = [paint(line(header, None), "bold")]
     order = {"collision": 0, "overflow": 1, "exhaustion": 1, "skipped": 2}
@@ -209,17 +275,28 @@ def table(rows: list[tuple[str, str, str, str]], paint: Paint) -> list[str]:
 
 def for_terminal(report: Report, *, colour: bool = False, verbose: bool = False) -> str:
     """``seqdrift check``'s text: a table of every column worth a look (findings first),
-    then each finding with its fix, then the counts. A clean database gets one line."""
+    then each finding with its fix, then the counts. A clean database gets one line.
+    Many skipped columns are counted by reason, not listed (``verbose`` lists them)."""
     paint = Paint(colour)
     lines: list[str] = []
     rows = table_rows(report, verbose=verbose)
     if rows:
-        lines += [*table(rows, paint), ""]
+        lines += table(rows, paint)
+    if not lists_skipped(report, verbose=verbose):
+        n = len(report.skipped)
+        lines.append(
+            paint(
+                f"{n} columns skipped: {skipped_reasons(report.skipped)}; --verbose lists them",
+                "magenta",
+            )
+        )
+    if lines:
+        lines.append("")
     blocks = finding_blocks(report, paint)
     if blocks:
         lines += [*blocks, ""]
-    line = summary(report)
-    lines.append(paint(line, "red" if report.findings else "green"))
+    style = "red" if report.findings else "green" if cannot_check(report) is None else "magenta"
+    lines.append(paint(summary(report), style))
     return "\n".join(lines)
 
 
@@ -234,30 +311,41 @@ def _gh_property(text: str) -> str:
     return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def _gh_command(command: str, title: str, message: str) -> str:
-    return f"::{command} title={_gh_property(title)}::{_gh_data(message)}"
+def _gh_command(command: str, title: str, *message: str) -> str:
+    """A workflow command; the title and each line of the message made printable
+    first (``Paint``), then escaped by GitHub's rules (a line break of the message's own
+    becomes ``%0A``; one in a name was made ``\\n`` before)."""
+    say = Paint(False)
+    data = "\n".join(say(line) for line in message)
+    return f"::{command} title={_gh_property(say(title))}::{_gh_data(data)}"
 
 
 def github(report: Report) -> str:
     """One workflow command per finding: ``::error`` for a collision (an insert will
     fail), ``::warning`` for overflow and exhaustion; ``::notice`` for each column that
-    was skipped or could not be judged; then the counts as a plain line."""
+    was skipped or could not be judged; then the counts as a plain line. When not one
+    column could be read, one ``::error`` that says so, and nothing else."""
+    cannot = cannot_check(report)
+    if cannot is not None:
+        return _gh_command("error", "seqdrift could not check", cannot)
     lines: list[str] = []
     for f in report.findings:
         command = "error" if f.kind == "collision" else "warning"
-        message = (
-            f"{f.column.label} (sequence {f.sequence.qualified}): {what_happens(f)}"
-            f"\nfix: {f.fix_sql}"
-        )
-        lines.append(_gh_command(command, f"sequence {f.kind}: {f.column.label}", message))
+        fix = f.fix_sql.splitlines() or [""]
+        message = [
+            f"{f.column.label} (sequence {f.sequence.qualified}): {what_happens(f)}",
+            f"fix: {fix[0]}",
+            *fix[1:],
+        ]
+        lines.append(_gh_command(command, f"sequence {f.kind}: {f.column.label}", *message))
     for s in report.skipped:
-        label = f"{s.schema}.{s.table}.{s.column}"
-        message = f"{label} (sequence {s.sequence}) was not checked: {s.reason}"
-        lines.append(_gh_command("notice", f"seqdrift skipped {label}", message))
+        label = skipped_label(s)
+        message_line = f"{label} (sequence {s.sequence}) was not checked: {s.reason}"
+        lines.append(_gh_command("notice", f"seqdrift skipped {label}", message_line))
     for c in report.checked:
         if c.status in ("duplicates", "unchecked"):
-            message = f"{c.column.label} (sequence {c.sequence.qualified}): {c.note or c.status}"
-            lines.append(_gh_command("notice", f"seqdrift {c.status}: {c.column.label}", message))
+            note = f"{c.column.label} (sequence {c.sequence.qualified}): {c.note or c.status}"
+            lines.append(_gh_command("notice", f"seqdrift {c.status}: {c.column.label}", note))
     lines.append(summary(report))
     return "\n".join(lines)
 

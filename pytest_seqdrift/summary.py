@@ -13,7 +13,7 @@ from typing import Any
 
 from . import render
 from .locate import NO_DATABASE_HELP
-from .model import Report
+from .model import Report, printable
 from .watch import key_of
 
 SECTION = "\x00section"  # the first line when a section is wanted: "=== sequence drift ==="
@@ -70,10 +70,17 @@ class Run:
 
     def lines(self, *, verbose: bool, scope_all: bool) -> list[str]:
         """The summary: one line when nothing drifted, else a section (``SECTION``
-        first) with every finding in its failure's words, its origin and its fix."""
+        first) with every finding in its failure's words, its origin and its fix.
+
+        The findings travel with their true names; here each line is made printable (a
+        name may hold a line break or an escape sequence), as ``render`` does."""
         if not (self.born or self.findings or self.no_database or self.failed):
-            return [f"seqdrift: {self._clean_line(scope_all)}", *self._notes(verbose, False)]
-        lines = [SECTION]
+            lines = [f"seqdrift: {self._clean_line(scope_all)}", *self._notes(verbose, False)]
+            return [printable(line) for line in lines]
+        return [SECTION, *(printable(line) for line in self._section(verbose))]
+
+    def _section(self, verbose: bool) -> list[str]:
+        lines: list[str] = []
         if self.no_database:
             lines += [
                 NO_DATABASE_HELP,

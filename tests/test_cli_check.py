@@ -204,10 +204,11 @@ def test_github_annotations_one_per_finding_escaped(db: Conn) -> None:
         m = GH_LINE.fullmatch(line)
         assert m is not None, line
         parsed.append((m[1], unescape(m[2]), unescape(m[3])))
+    shown = odd.replace("\n", "\\n")  # the name's line break, as people are shown it
     assert [(c, t) for c, t, _ in parsed] == [
         ("warning", "sequence exhaustion: public.counter.id"),
         ("warning", "sequence overflow: public.legacy.id"),
-        ("error", f"sequence collision: public.{odd}.id"),
+        ("error", f"sequence collision: public.{shown}.id"),
         ("error", "sequence collision: public.profile_billingaddress.id"),
         ("notice", "seqdrift duplicates: public.log.id"),
     ]
@@ -217,11 +218,13 @@ def test_github_annotations_one_per_finding_escaped(db: Conn) -> None:
         "next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 16)\n"
         f"fix: {SEED_FIX}"
     )
-    # the odd name: escaped in the title (property rules) and the message (data rules)
+    # the odd name: escaped in the title (property rules) and the message (data rules);
+    # its line break is shown as \n, not made one of the annotation (%0A)
     odd_line = annotations[2]
-    assert "title=sequence collision%3A public.odd%2C name%3A 100%25%0Anext.id::" in odd_line
-    assert "::public.odd, name: 100%25%0Anext.id (sequence " in odd_line
+    assert "title=sequence collision%3A public.odd%2C name%3A 100%25\\nnext.id::" in odd_line
+    assert "::public.odd, name: 100%25\\nnext.id (sequence " in odd_line
     assert "%0Afix: SELECT setval(" in odd_line
+    assert odd_line.count("%0A") == 1  # the message's own: before its fix
 
 
 def run_on_a_terminal(*args: str, env: dict[str, str]) -> str:
@@ -482,15 +485,114 @@ def test_partial_privileges_skip_with_the_reason_in_every_format(db: Conn) -> No
             "cannot SELECT column id"
         ) in github.stdout.splitlines()
 
+
+def test_nothing_readable_says_one_thing_in_every_format(db: Conn) -> None:
+    """Not one column readable: exit 2 and one line on stderr, whatever the format; no
+    output that says "no drift". The JSON still lists every skipped column, and the
+    text does with --verbose."""
+    db.execute(PARTIAL)
+    cannot = (
+        "seqdrift: cannot check: none of the 4 sequence-backed columns could be read: "
+        "permission denied: cannot SELECT column (4)"
+    )
     with login_role(db) as nobody:  # may connect, may read nothing
-        result = seqdrift("check", dsn(db, user=nobody), "--format", "json")
-        assert result.returncode == 2
-        assert len(json.loads(result.stdout)["skipped"]) == 4
-        line = one_line(result.stderr)
-        assert line.startswith(
-            "seqdrift: cannot check: none of the 4 sequence-backed columns could be read (first: "
+        target = dsn(db, user=nobody)
+
+        text = seqdrift("check", target)
+        assert (text.returncode, text.stdout) == (2, "")
+        assert one_line(text.stderr) == f"{cannot} (--verbose lists them)"
+
+        verbose = seqdrift("check", target, "--verbose")
+        assert verbose.returncode == 2
+        assert one_line(verbose.stderr) == cannot
+        lines = verbose.stdout.splitlines()
+        assert [line.split()[:2] for line in lines[1:5]] == [
+            ["skipped", "private.t.id"],
+            ["skipped", "public.hidden_seq.id"],
+            ["skipped", "public.open_t.id"],
+            ["skipped", "public.secret.id"],
+        ]
+        assert lines[-1] == "nothing checked: 4 sequence-backed columns skipped"
+        assert "no drift" not in verbose.stdout
+
+        github = seqdrift("check", target, "--format", "github")
+        assert github.returncode == 2
+        assert github.stdout.splitlines() == [
+            "::error title=seqdrift could not check::" + cannot.removeprefix("seqdrift: ")
+        ]
+        assert one_line(github.stderr) == cannot
+
+        as_json = seqdrift("check", target, "--format", "json")
+        assert as_json.returncode == 2
+        out = json.loads(as_json.stdout)
+        assert (out["findings"], out["checked"]) == ([], [])
+        assert sorted(where(s) for s in out["skipped"]) == [
+            ("private", "t", "id"),
+            ("public", "hidden_seq", "id"),
+            ("public", "open_t", "id"),
+            ("public", "secret", "id"),
+        ]
+        assert one_line(as_json.stderr) == cannot
+
+        for args in (("fix", target), ("fix", target, "--apply")):
+            fixed = seqdrift(*args)  # no script, no "nothing to fix"
+            assert (fixed.returncode, fixed.stdout) == (2, ""), args
+            assert one_line(fixed.stderr) == cannot
+
+        one = seqdrift("check", target, "--schema", "private")
+        assert (one.returncode, one.stdout) == (2, "")
+        assert one_line(one.stderr) == (
+            "seqdrift: cannot check: the only sequence-backed column could not be read: "
+            "private.t.id: permission denied: cannot SELECT column id"
         )
-        assert "permission denied" in line
+
+
+def test_many_skipped_columns_are_counted_by_reason(db: Conn) -> None:
+    """More than ten skipped columns: the text says how many, and why, in one line;
+    --verbose lists them, the JSON always does. Ten or fewer are listed."""
+    db.execute(
+        "CREATE TABLE open_t (id serial PRIMARY KEY); INSERT INTO open_t (id) VALUES (7);"
+        "CREATE SCHEMA private;"
+    )
+    for i in range(1, 13):
+        db.execute(f"CREATE TABLE p{i} (id serial PRIMARY KEY)")
+    for i in range(1, 4):
+        db.execute(f"CREATE TABLE private.q{i} (id serial PRIMARY KEY)")
+    with login_role(db) as role:
+        # every column readable; of the sequences only open_t's; private not enterable
+        grant(db, "GRANT SELECT ON ALL TABLES IN SCHEMA public, private TO {role}", role)
+        grant(db, "GRANT SELECT ON open_t_id_seq TO {role}", role)
+        grant(db, "GRANT SELECT ON ALL SEQUENCES IN SCHEMA private TO {role}", role)
+        target = dsn(db, user=role)
+
+        text = seqdrift("check", target)
+        assert text.returncode == 1, text.stderr
+        assert text.stderr == ""
+        lines = text.stdout.splitlines()
+        assert not any(line.startswith("skipped") for line in lines)
+        assert lines[:3] == [
+            lines[0],  # the table's header
+            "collision  public.open_t.id  public.open_t_id_seq  "
+            "the 7th insert fails on existing id 7 (max 7)",
+            "15 columns skipped: permission denied: cannot SELECT from sequence (12), "
+            "permission denied for schema private (3); --verbose lists them",
+        ]
+        assert lines[-1] == "checked 1 column in 1 table: 1 collision; 15 skipped"
+
+        verbose = seqdrift("check", target, "-v")
+        rows = [line.split()[1] for line in verbose.stdout.splitlines() if line.startswith("skip")]
+        assert sorted(rows) == sorted(
+            [f"public.p{i}.id" for i in range(1, 13)] + [f"private.q{i}.id" for i in range(1, 4)]
+        )
+        assert "--verbose lists them" not in verbose.stdout
+
+        as_json = json.loads(seqdrift("check", target, "--format", "json").stdout)
+        assert len(as_json["skipped"]) == 15
+
+        ten = seqdrift("check", target, "--schema", "public", "--exclude-table", "p1[12]")
+        rows = [line.split()[1] for line in ten.stdout.splitlines() if line.startswith("skip")]
+        assert sorted(rows) == sorted(f"public.p{i}.id" for i in range(1, 11))
+        assert "columns skipped:" not in ten.stdout
 
 
 def test_locked_table_is_skipped_after_the_lock_timeout(db: Conn) -> None:
@@ -600,6 +702,7 @@ def test_help_with_examples_and_version() -> None:
         "--statement-timeout MS",
     ):
         assert text in chk.stdout, text
+    assert "and every skipped column" in " ".join(chk.stdout.split())
     fx = seqdrift("fix", "--help")
     assert fx.returncode == 0
     for text in ("--apply", "--margin N", "SHARE ROW EXCLUSIVE", "psql -v ON_ERROR_STOP=1 -f"):

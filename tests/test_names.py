@@ -3,11 +3,13 @@
 Schemas, tables, columns and sequences named with double quotes, spaces, capitals,
 unicode, reserved words, ``%``, ``%s``, ``{}`` and ``{0}`` (format-string traps), names of
 63 bytes (NAMEDATALEN - 1) and one PostgreSQL truncated, a sequence whose name does not
-follow ``<table>_<col>_seq``, a table named ``x"; DROP TABLE y; --`` and one with a line
-break in its name. Every one is drifted; every one must be found with its exact name
-and numbers, in every output format; the fix script run by ``psql -f`` and
-``fix --apply`` must fix every one and drop nothing; the probe and the snapshots must
-put every sequence back exactly.
+follow ``<table>_<col>_seq``, a table named ``x"; DROP TABLE y; --``, one with a line
+break in its name, and a schema, table, column and sequence whose names would clear the
+terminal (ESC ``[2J``), return the carriage, break the line and ring the bell. Every one
+is drifted; every one must be found with its exact name and numbers, in every output
+format; no output for people may carry a name's control characters raw (the JSON keeps
+the true names); the fix script run by ``psql -f`` and ``fix --apply`` must fix every
+one and drop nothing; the probe and the snapshots must put every sequence back exactly.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from cli_support import (
 )
 from psycopg import sql
 
-from pytest_seqdrift import check, snapshot
+from pytest_seqdrift import check, render, snapshot
+from pytest_seqdrift.alembic import assert_revisions_consistent
 from pytest_seqdrift.model import printable
 from pytest_seqdrift.probe import Mode, probe
 
@@ -42,6 +45,8 @@ LONG_UNICODE = "ü" * 31 + "a"  # 63 bytes in UTF-8: the longest name PostgreSQL
 assert len(LONG_UNICODE.encode()) == 63
 TOO_LONG = "long_" + "x" * 70  # PostgreSQL truncates it to 63 bytes
 TRUNCATED = TOO_LONG[:63]
+# clears the screen, returns the carriage, breaks the line, rings the bell
+TERMINAL = "\x1b[2J\r\n\x07"
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,31 @@ CASES = [
     Case("public", 'x"; DROP TABLE y; --', "id", "serial"),
     Case("public", "new\nline", "id\r\n", "identity"),
     Case("public", "tab\tand 'quote' \\ back", "id", "default", sequence="Seq {0} 100%"),
+    Case(f"sch{TERMINAL}ema", f"tab{TERMINAL}le", f"co{TERMINAL}l", "default", f"se{TERMINAL}q"),
 ]
+# every name that holds a character no terminal or log may get raw
+UNPRINTABLE = sorted(
+    {
+        name
+        for c in CASES
+        for name in (c.schema, c.table, c.column, c.sequence or "")
+        if name != printable(name)
+    }
+)
+assert len(UNPRINTABLE) == 7
+
+
+def assert_shown_clean(out: str, *, colour: bool = False) -> None:
+    """No name reached ``out`` raw: no ESC (but our own colour), CR or BEL anywhere,
+    and no name that holds a line break or a tab but as ``printable`` shows it."""
+    __tracebackhide__ = True
+    if colour:
+        assert "\x1b[" in out
+        out = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    for char in ("\x1b", "\r", "\x07"):
+        assert char not in out, (char, out)
+    for name in UNPRINTABLE:
+        assert name not in out, (name, out)
 
 
 def ids(i: int) -> tuple[int, int, int]:
@@ -194,6 +223,11 @@ def test_every_output_format_names_them_right(hostile: Conn) -> None:
         for f in out["findings"]
     }
     assert got == expected()
+    # the true names, JSON-escaped: nothing raw in the JSON text either
+    assert_shown_clean(as_json.stdout)
+    assert {f["sequence"] for f in out["findings"]} == {
+        f.sequence.qualified for f in check(hostile).findings
+    }
 
     text = seqdrift("check", dsn(hostile))
     assert text.returncode == 1, text.stderr
@@ -207,9 +241,15 @@ def test_every_output_format_names_them_right(hostile: Conn) -> None:
     assert (
         lines[-1] == f"checked {len(CASES)} columns in {len(CASES)} tables: {len(CASES)} collisions"
     )
+    assert_shown_clean(text.stdout + text.stderr)
+    # each finding's block names it on its own line, as the table does
+    for c in CASES:
+        label = printable(f"{c.schema}.{c.table}.{c.column}")
+        assert sum(line.startswith(f"  {label}  (sequence ") for line in lines) == 1, label
 
     github = seqdrift("check", dsn(hostile), "--format", "github")
     assert github.returncode == 1, github.stderr
+    assert_shown_clean(github.stdout + github.stderr)
     *annotations, last = github.stdout.splitlines()
     assert last == lines[-1]
     titles = []
@@ -217,9 +257,77 @@ def test_every_output_format_names_them_right(hostile: Conn) -> None:
         m = GH_LINE.fullmatch(line)
         assert m is not None, line
         titles.append((m[1], unescape(m[2])))
+        message = unescape(m[3])
+        # a line break of the message's own (before the fix), none from a name
+        assert message.count("\n") == 1, message
+        assert "\r" not in message
     assert sorted(titles) == sorted(
-        ("error", f"sequence collision: {c.schema}.{c.table}.{c.column}") for c in CASES
+        ("error", printable(f"sequence collision: {c.schema}.{c.table}.{c.column}")) for c in CASES
     )
+
+
+def test_colour_is_added_to_names_made_printable(hostile: Conn) -> None:
+    out = render.for_terminal(check(hostile), colour=True)
+    assert_shown_clean(out, colour=True)
+    label = printable(f"{CASES[-1].schema}.{CASES[-1].table}.{CASES[-1].column}")
+    assert f"  \x1b[1m{label}\x1b[0m  (sequence " in out
+
+
+def test_the_assertion_message_shows_the_names_printable(
+    hostile: Conn, assert_sequences_consistent: Any
+) -> None:
+    with pytest.raises(AssertionError) as raised:
+        assert_sequences_consistent(hostile)
+    message = str(raised.value)
+    assert_shown_clean(message)
+    assert message.startswith(f"sequence drift in {len(CASES)} columns:\n")
+    for c in CASES:
+        assert f"  {printable(f'{c.schema}.{c.table}.{c.column}')}  (sequence " in message
+
+
+class Revisions:
+    """pytest-alembic's runner as ``assert_revisions_consistent`` drives it: each call
+    applies one revision (here: SQL run on the real database) and returns its id."""
+
+    def __init__(self, db: Conn, revisions: list[tuple[str, str]]) -> None:
+        self.db, self.todo = db, list(revisions)
+
+    def migrate_up_one(self) -> str | None:
+        if not self.todo:
+            return None
+        revision, statements = self.todo.pop(0)
+        self.db.execute(statements)
+        return revision
+
+
+@pytest.mark.parametrize("every_revision", [False, True])
+def test_the_alembic_helper_shows_names_and_revisions_printable(
+    db: Conn, every_revision: bool
+) -> None:
+    c = CASES[-1]  # every name of it would clear the terminal
+    table = sql.Identifier(c.schema, c.table)
+    drift = sql.SQL(
+        "CREATE SCHEMA {schema}; CREATE TABLE {table} ({column} serial PRIMARY KEY);"
+        "INSERT INTO {table} VALUES (3)"
+    ).format(schema=sql.Identifier(c.schema), table=table, column=sql.Identifier(c.column))
+    revision = f"0002{TERMINAL}"  # an id is any string Alembic was given
+    runner = Revisions(
+        db,
+        [("0001", "CREATE TABLE plain (id serial PRIMARY KEY)"), (revision, drift.as_string(db))],
+    )
+    with pytest.raises(AssertionError) as raised:
+        assert_revisions_consistent(runner, db, every_revision=every_revision)
+    message = str(raised.value)
+    assert_shown_clean(message)
+    assert printable(revision) in message
+    assert f"  {printable(f'{c.schema}.{c.table}.{c.column}')}  (sequence " in message
+    if every_revision:
+        assert message.startswith(f"revision {printable(revision)} leaves sequence drift")
+    else:
+        assert message.startswith(
+            f"revision {printable(revision)} introduced sequence drift that is still there "
+            f"at the head ({printable(revision)}):"
+        )
 
 
 def test_the_fix_script_through_psql_fixes_all_and_drops_nothing(
@@ -233,6 +341,7 @@ def test_the_fix_script_through_psql_fixes_all_and_drops_nothing(
     result = seqdrift("fix", dsn(hostile))
     assert result.returncode == 0, result.stderr
     assert sequence_states(hostile) == before  # printing the fix wrote nothing
+    assert_shown_clean(result.stdout + result.stderr)
     path = tmp_path / "fix.sql"
     path.write_text(result.stdout)
     ran = run_psql_file(psql, str(path), hostile)
@@ -246,7 +355,53 @@ def test_fix_apply_fixes_all_and_drops_nothing(hostile: Conn) -> None:
     result = seqdrift("fix", dsn(hostile), "--apply")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"moved {len(CASES)} sequences forward, in one transaction:" in result.stdout
+    assert_shown_clean(result.stdout + result.stderr)
     _fixed(hostile, contents, before)
+
+
+def test_advice_on_hostile_names_is_commented_and_runs_once_uncommented(
+    db: Conn, tmp_path: Path
+) -> None:
+    """Exhaustion is not fixed by setval: the ALTERs to consider are printed commented
+    out. Their comments carry no name raw, yet uncommented they name the right objects
+    (escaped as the setval statements are) and run."""
+    psql = psql_path()
+    if psql is None:
+        pytest.skip("needs psql to run the script as a person would")
+    c = CASES[-1]
+    assert c.sequence is not None
+    seq = sql.Identifier(c.schema, c.sequence)
+    db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(c.schema)))
+    db.execute(sql.SQL("CREATE SEQUENCE {} AS smallint").format(seq))
+    db.execute(
+        sql.SQL("CREATE TABLE {} ({} smallint PRIMARY KEY DEFAULT nextval({}))").format(
+            sql.Identifier(c.schema, c.table),
+            sql.Identifier(c.column),
+            sql.Literal(seq.as_string(db)),
+        )
+    )
+    db.execute("SELECT setval(%s::regclass, 32700)", [seq.as_string(db)])
+    (finding,) = check(db).findings
+    assert finding.kind == "exhaustion"
+
+    result = seqdrift("fix", dsn(db))
+    assert result.returncode == 0, result.stderr
+    assert_shown_clean(result.stdout + result.stderr)
+    advice = [
+        line.removeprefix("-- ")
+        for line in result.stdout.splitlines()
+        if line.startswith("-- ALTER ")
+    ]
+    assert [a.split(" U&")[0] for a in advice] == ["ALTER TABLE", "ALTER SEQUENCE"]
+    script = tmp_path / "fix.sql"
+    script.write_text(result.stdout)  # as printed: nothing in it runs
+    assert run_psql_file(psql, str(script), db).returncode == 0
+    assert check(db).findings == [finding]
+    uncommented = tmp_path / "widen.sql"
+    uncommented.write_text("\n".join(advice) + "\n")
+    ran = run_psql_file(psql, str(uncommented), db)
+    assert ran.returncode == 0, ran.stderr
+    assert check(db).findings == []
 
 
 def _fixed(db: Conn, contents: dict[str, str], before: dict[str, tuple[int, int, bool]]) -> None:
@@ -320,3 +475,80 @@ def test_snapshots_put_every_sequence_back_exactly(hostile: Conn) -> None:
     assert len(moved) == len(CASES)
     assert snapshot.restore(hostile, recorded) == len(CASES)
     assert sequence_states(hostile) == before_states
+
+
+PLUGIN_PROJECT = '''
+import pytest
+from psycopg import sql
+
+SCHEMA, TABLE, COLUMN = {names!r}
+
+
+def drift(conn, at):
+    """A table drifted to collide at id ``at``, committed: every name of it would
+    clear the terminal."""
+    conn.execute(sql.SQL("CREATE SCHEMA {{}}").format(sql.Identifier(SCHEMA)))
+    table = sql.Identifier(SCHEMA, TABLE)
+    column = sql.Identifier(COLUMN)
+    conn.execute(sql.SQL("CREATE TABLE {{}} ({{}} serial PRIMARY KEY)").format(table, column))
+    conn.execute(sql.SQL("INSERT INTO {{}} VALUES ({{}})").format(table, at))
+    conn.commit()
+
+
+@pytest.fixture
+def seeded(postgresql):
+    drift(postgresql, 4)
+    return postgresql
+
+
+@pytest.mark.seqdrift
+def test_migration(postgresql):
+    drift(postgresql, 3)
+
+
+def test_set_up_drifted(seeded):
+    pass
+
+
+def test_asserts(postgresql, assert_sequences_consistent):
+    drift(postgresql, 5)
+    assert_sequences_consistent()
+'''
+
+
+def test_the_plugin_shows_the_names_printable(pytester: pytest.Pytester) -> None:
+    """The failure of a migration test, the error at a drifted set-up, the assertion
+    message and the summary (also at -v): every name printable; the report file keeps
+    the true names."""
+    c = CASES[-1]
+    pytester.copy_example("seed_story/conftest.py")
+    pytester.makepyfile(PLUGIN_PROJECT.format(names=(c.schema, c.table, c.column)))
+    result = pytester.runpytest(
+        "-W", "ignore::pytest.PytestAssertRewriteWarning", "--color=no", "-v",
+        "--seqdrift", "--seqdrift-report=drift.json",
+    )  # fmt: skip
+    result.assert_outcomes(failed=2, errors=1)
+    out = result.stdout.str() + result.stderr.str()
+    assert_shown_clean(out)
+    label = printable(f"{c.schema}.{c.table}.{c.column}")
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_set_up_drifted*",
+            "pytest-seqdrift: sequence drift in the set-up of fixture postgresql *",
+            f"  {label}  (sequence *",
+            "*_ test_migration _*",
+            f"  {label}  (sequence *",
+            "*_ test_asserts _*",
+            f"E  *  {label}  (sequence *",
+            "*= sequence drift (pytest-seqdrift) =*",
+            "set-up of fixture postgresql *",
+            f"  {label}: next value 1; 3 inserts succeed, the 4th collides with existing "
+            f"{printable(c.column)} 4*",
+            f"test_the_plugin_shows_the_names_printable.py::test_migration: {label}: *",
+            f"note: *: {label}: *",
+        ]
+    )
+    report = json.loads((pytester.path / "drift.json").read_text())
+    assert [(f["schema"], f["table"], f["column"]) for f in report["findings"]] == [
+        (c.schema, c.table, c.column)
+    ] * 2
