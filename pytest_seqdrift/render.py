@@ -46,6 +46,8 @@ def describe_finding(f: Finding) -> str:
         key = f.column.key_columns
         if key is not None and len(key) > 1:
             text += f"; unique key ({', '.join(key)}): it fails where the rest of the key matches"
+        if f.note:
+            text += f"; {f.note}"
         return text
     assert f.values_left is not None
     assert f.used_fraction is not None
@@ -367,6 +369,8 @@ def finding_dict(f: Finding) -> dict[str, Any]:
         d["values_left"] = f.values_left
         d["used_fraction"] = f.used_fraction
     d["fix_sql"] = f.fix_sql
+    if f.note:
+        d["note"] = f.note
     return d
 
 
