@@ -632,6 +632,10 @@ def _multi_row_collides(
 
 def _why(run: _Run, target: _Target, table: _Table) -> str:
     """What makes the inserts store what they stored, as far as the probe can tell."""
+    if table.replaced_by and run.until is None:
+        return (
+            f"{_listed(table.replaced_by)} does another INSERT instead (DO INSTEAD): none collided"
+        )
     decided = _decided(run.first, target)
     if decided and table.deciders:
         return (
@@ -791,7 +795,7 @@ def _insert(
     while sizes:
         n = sizes.pop(0)
         if one_row:
-            values, failure = _one_by_one(session, target, insert, n)
+            values, failure = _one_by_one(session, target, table, insert, n)
             if failure is not None:
                 state, constraint, detail, message = failure
                 if first is None and values:
@@ -871,16 +875,19 @@ def _prepared(
     if not session.run(sql.SQL("SELECT EXISTS ({})").format(pick))[0][0]:
         raise _CannotCopy("the table has no row to copy")
 
+    # an INSTEAD rule refuses RETURNING: the value an insert stores is not known there
+    returning = sql.SQL("") if table.replaced_by else sql.SQL(" RETURNING {}").format(col)
+
     def insert(copies: int) -> sql.Composed:
         return sql.SQL(
             "INSERT INTO {table} ({cols}) SELECT {cols} FROM ({pick}) AS r "
-            "CROSS JOIN generate_series(1, {copies}) RETURNING {col}"
+            "CROSS JOIN generate_series(1, {copies}){returning}"
         ).format(
             table=sql.Identifier(column.schema, column.table),
             cols=cols,
             pick=pick,
             copies=sql.Literal(copies),
-            col=col,
+            returning=returning,
         )
 
     return table, insert
@@ -895,7 +902,8 @@ def _prepared(
 # rolled back with its block (the probe ends there).
 _ONE_BY_ONE_WORK = (
     "SELECT set_config('seqdrift.insert', %s, true), set_config('seqdrift.count', %s, true), "
-    "set_config('seqdrift.top', %s, true), set_config('seqdrift.up', %s, true)"
+    "set_config('seqdrift.top', %s, true), set_config('seqdrift.up', %s, true), "
+    "set_config('seqdrift.returning', %s, true)"
 )
 _ONE_BY_ONE = r"""
 DO $seqdrift$
@@ -904,6 +912,7 @@ DECLARE
     n int := current_setting('seqdrift.count')::int;
     top numeric := current_setting('seqdrift.top')::numeric;
     up boolean := current_setting('seqdrift.up')::boolean;
+    has_returning boolean := current_setting('seqdrift.returning')::boolean;
     v text;
     stored text[] := '{}';
     failure text[];
@@ -912,7 +921,11 @@ DECLARE
 BEGIN
     BEGIN
         FOR i IN 1 .. n LOOP
-            EXECUTE statement INTO v;
+            IF has_returning THEN
+                EXECUTE statement INTO v;
+            ELSE
+                EXECUTE statement;
+            END IF;
             stored := stored || v;
             EXIT WHEN v ~ '^[-+]?[0-9]+$' AND CASE WHEN up THEN v::numeric > top
                                                    ELSE v::numeric < top END;
@@ -933,12 +946,18 @@ _ONE_BY_ONE_ANSWER = (
 
 
 def _one_by_one(
-    session: Session, target: _Target, insert: Callable[[int], sql.Composed], n: int
+    session: Session,
+    target: _Target,
+    table: _Table,
+    insert: Callable[[int], sql.Composed],
+    n: int,
 ) -> tuple[list[Any], list[str | None] | None]:
-    """Up to ``n`` one-row INSERTs: the values they stored (text), and the error that
-    stopped them, if any: (SQLSTATE, constraint, detail, message)."""
+    """Up to ``n`` one-row INSERTs: the values they stored (text; NULL where not known),
+    and the error that stopped them, if any: (SQLSTATE, constraint, detail, message)."""
     up = "on" if target.sequence.increment > 0 else "off"
-    session.run(_ONE_BY_ONE_WORK, [insert(1).as_string(None), str(n), str(target.top), up])
+    returning = "off" if table.replaced_by else "on"
+    work = [insert(1).as_string(None), str(n), str(target.top), up, returning]
+    session.run(_ONE_BY_ONE_WORK, work)
     try:
         session.run(_ONE_BY_ONE)
     except session.Error as exc:
@@ -1094,13 +1113,14 @@ ORDER BY a.attnum
 # of the user's (not the internal ones of foreign keys), and rules. ``decides``: a
 # BEFORE ROW trigger or a rule, which may change the value stored; every other one (and
 # every rule) runs statements of its own, after the row or once per statement.
+# ``instead``: a DO INSTEAD rule of the table itself, which does another INSERT.
 _HOOKS = """
 WITH RECURSIVE tree (relid) AS (
     SELECT %(table)s::oid
     UNION
     SELECT h.inhrelid FROM tree t JOIN pg_inherits h ON h.inhparent = t.relid
 )
-SELECT g.tgtype::int & 67 = 3 AS decides, g.tgtype::int & 67 <> 3 AS hooks,
+SELECT g.tgtype::int & 67 = 3 AS decides, g.tgtype::int & 67 <> 3 AS hooks, false AS instead,
        format('trigger %%I on %%I.%%I (%%s INSERT%%s)', g.tgname, n.nspname, c.relname,
               CASE WHEN g.tgtype::int & 2 = 2 THEN 'BEFORE' ELSE 'AFTER' END,
               CASE WHEN g.tgtype::int & 1 = 1 THEN '' ELSE ', per statement' END) AS name
@@ -1108,10 +1128,11 @@ FROM tree t JOIN pg_trigger g ON g.tgrelid = t.relid
 JOIN pg_class c ON c.oid = g.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE NOT g.tgisinternal AND g.tgtype::int & 4 = 4 AND g.tgenabled <> 'D'
 UNION ALL
-SELECT true, true, format('rule %%I on %%I.%%I', r.rulename, n.nspname, c.relname)
+SELECT true, true, r.is_instead AND r.ev_class = %(table)s::oid,
+       format('rule %%I on %%I.%%I', r.rulename, n.nspname, c.relname)
 FROM tree t JOIN pg_rewrite r ON r.ev_class = t.relid AND r.ev_type = '3' AND r.ev_enabled <> 'D'
 JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace
-ORDER BY 3
+ORDER BY 4
 """
 
 
@@ -1124,6 +1145,7 @@ class _Table:
     deferrable: str | None = None  # the key's constraint, where it is deferrable
     deciders: tuple[str, ...] = ()  # BEFORE INSERT row triggers and rules: may change the value
     hooks: tuple[str, ...] = ()  # AFTER and statement triggers, and rules: run statements
+    replaced_by: tuple[str, ...] = ()  # DO INSTEAD rules: the INSERT is another one
 
 
 def _prepare_table(session: Session, column: Column) -> _Table:
@@ -1164,8 +1186,9 @@ def _prepare_table(session: Session, column: Column) -> _Table:
         frozenset(key),
         tuple(copyable),
         deferrable,
-        tuple(printable(name) for decides, _, name in hooks if decides),
-        tuple(printable(name) for _, runs, name in hooks if runs),
+        tuple(printable(name) for decides, _, _, name in hooks if decides),
+        tuple(printable(name) for _, runs, _, name in hooks if runs),
+        tuple(printable(name) for _, _, instead, name in hooks if instead),
     )
 
 

@@ -289,7 +289,7 @@ def test_a_multi_row_collision_the_replay_cannot_find_falls_back_to_one_row_inse
     per INSERT, from the same sequence states."""
     shape = DRAWING[0]
     db.execute(shape.sql)
-    blind = "SELECT true, true, 'none'::text WHERE %(table)s::oid IS NULL"
+    blind = "SELECT true, true, false, 'none'::text WHERE %(table)s::oid IS NULL"
     monkeypatch.setattr(probe_module, "_HOOKS", blind)
     result = expect_probe_to_tell_the_truth(db, shape)
     p = probed_for(result, "t")
@@ -299,6 +299,46 @@ def test_a_multi_row_collision_the_replay_cannot_find_falls_back_to_one_row_inse
         "rule draws values in another order): probed one row per INSERT; the probe and the "
         "arithmetic disagree: "
     )
+
+
+INSTEAD = (
+    SEEDED
+    + """CREATE TABLE log (t_id int);
+         CREATE RULE instead_t AS ON INSERT TO t DO INSTEAD INSERT INTO log VALUES (NEW.id);"""
+)
+
+
+def test_a_rule_that_inserts_instead(db: Conn) -> None:
+    """DO INSTEAD: an INSERT into t stores nothing in t (and takes no RETURNING), so none
+    ever collides, whatever its sequence says. The probe inserts without RETURNING, sees
+    no collision, and overrules the arithmetic."""
+    db.execute(INSTEAD)
+    assert numbers(collision_for(check(db), "t")) == (1, 7, 6, 16)
+    with rolled_back(db):
+        for _ in range(20):
+            db.execute("INSERT INTO t (v) VALUES (0)")
+        assert db.execute("SELECT count(*) FROM t").fetchone() == (5,)
+    with unchanged(db):
+        result = probe(db)
+    assert result.report.findings == []
+    p = probed_for(result, "t")
+    assert (p.mode, p.overrules, saw(p)) == ("insert", True, (None, None))
+    assert p.note is not None
+    assert p.note.endswith(
+        "the probe is right: rule instead_t on public.t does another INSERT instead "
+        "(DO INSTEAD): none collided"
+    )
+
+
+def test_a_conditional_rule_that_leaves_the_copies_to_the_table(db: Conn) -> None:
+    """A DO INSTEAD rule whose condition the copied rows do not meet: they go into t,
+    and collide where the arithmetic says (RETURNING is refused all the same)."""
+    db.execute(INSTEAD.replace("DO INSTEAD", "WHERE NEW.v < 0 DO INSTEAD"))
+    with unchanged(db):
+        result = probe(db)
+    p = probed_for(result, "t")
+    assert (p.mode, p.note, p.first_value, saw(p)) == ("insert", None, 1, (6, 7))
+    assert numbers(collision_for(result.report, "t")) == (1, 7, 6, 16)
 
 
 # -- errors in one column's probe: a note, never the end of the probe ------------------
