@@ -823,9 +823,7 @@ def _insert(
                 hint = None
                 if expected is not None and expected.inserts_until_collision is not None:
                     hint = expected.inserts_until_collision - drawn
-                until, value, collided, located = _locate(
-                    session, target, start, insert, n, hint, table=table
-                )
+                until, value, collided, located = _locate(session, target, start, insert, n, hint)
                 first = located if first is None else first
                 if not collided:  # the sequence ran out after ``until`` values: none is left
                     return _Run(None, None, drawn + until, True, first), table
@@ -1021,8 +1019,6 @@ def _locate(
     insert: Callable[[int], sql.Composed],
     n: int,
     hint: int | None = None,
-    *,
-    table: _Table,
 ) -> tuple[int, int | None, bool, int | None]:
     """A batch of ``n`` copies collided, or its sequence ran out: replay it from the same
     sequence state, to find which insert collides and with what value (``collided``), or
