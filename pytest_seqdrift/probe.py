@@ -7,9 +7,14 @@ Two modes:
     Inside a savepoint that is rolled back, copy an existing row with the
     sequence-backed column left to its default, as many times as it takes to pass the
     highest existing value. The table's *other* unique and exclusion constraints are
-    dropped inside the same savepoint, so only the key under test can collide. Triggers,
-    defaults and constraints take part exactly as in production. A table with no row to
-    copy, or whose rows cannot be copied, falls back to ``default`` for that table.
+    dropped inside the same savepoint, so only the key under test can collide; a
+    deferrable key is made ``IMMEDIATE`` there, or it would never fire. Triggers,
+    defaults and constraints take part exactly as in production. A table with INSERT
+    triggers or rules gets one row per INSERT statement, as an application inserts
+    (a multi-row INSERT runs AFTER triggers, statement triggers and rules once all its
+    rows are in, and draws values in another order); every other table gets multi-row
+    INSERTs. A table with no row to copy, or whose rows cannot be copied, falls back to
+    ``default`` for that table.
 ``default``
     Evaluate the column's real default expression (or the identity sequence) the same
     number of times and look each value up in the column.
@@ -27,6 +32,11 @@ That is every column of a database without drift: its probe costs the check and 
 catalog query, whatever the number of tables, and reads and restores no sequence (no
 ``nextval`` runs). Columns with a finding, expressions the arithmetic cannot judge
 (``unchecked``), and tables with triggers or rules get the real probe.
+
+The probe never fails on a shape: where one column cannot be probed (an error that is
+not a lost connection), that column gets a note saying why, and the rest is probed.
+Where the insert probe and the arithmetic disagree, the probe finds out which is right
+-- one row per INSERT is what an application does -- and says so (``_settle``).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any, Literal
 
 from psycopg import sql
@@ -54,7 +65,17 @@ from .connections import (
     open_session,
     sqlstate,
 )
-from .model import Checked, Column, Finding, Report, Sequence, SequenceState
+from .model import (
+    Bounds,
+    Checked,
+    Column,
+    Finding,
+    Report,
+    Sequence,
+    SequenceState,
+    Status,
+    printable,
+)
 
 Mode = Literal["insert", "default"]
 DEFAULT_LIMIT = 10_000
@@ -72,9 +93,18 @@ class Probed:
     inserts_until_collision: int | None  # None: no collision among the values drawn
     value: int | None  # the colliding value, where known
     passed_max: bool  # False: stopped at the limit before passing the highest existing value
-    note: str | None = None  # a fallback, or a disagreement with the arithmetic
-    first_value: int | None = None  # the first value the column's default yields
+    note: str | None = None  # a fallback, a disagreement with the arithmetic, or why not probed
+    # the first value an insert stores (insert mode: what it stored, RETURNING, or tried
+    # to store where it collided), or the default's first value (default mode)
+    first_value: int | None = None
     top: int | None = None  # the highest existing value (lowest, for negative increments)
+    # BEFORE INSERT row triggers (and INSERT rules) that decide the value an insert
+    # stores, where it is not the default's: "name on schema.table"
+    decided_by: tuple[str, ...] = ()
+    drew_from: tuple[str, ...] = ()  # where ``decided_by``: the sequences its probe moved
+    # the probe's answer stands instead of the arithmetic's (it disagreed, and inserting
+    # one row per INSERT showed the probe right): ``ProbeReport.report`` says so
+    overrules: bool = False
 
 
 @dataclass
@@ -142,12 +172,21 @@ def _probe(
                     result.probed.append(settled[i])
                     continue
                 once = i in rewriting
-                result.probed.append(_probe_column(session, verdict, report, mode, limit, once))
+                try:
+                    probed = _probe_column(session, verdict, report, mode, limit, once, before)
+                except (session.Error, CannotCheck, _NotProbed) as exc:
+                    if session.broken:  # a lost connection ends the probe
+                        raise
+                    probed = _unprobed(verdict, mode, exc)
                 # every column is probed from the states the arithmetic judged: a
                 # sequence shared with (or drawn by a trigger of) a column probed
                 # before must not start where that probe left it
                 if _may_draw(verdict) or i in rewriting:
-                    result.restored += _put_back(session, before)
+                    moved = _put_back(session, before)
+                    result.restored += len(moved)
+                    if probed.decided_by:
+                        probed = replace(probed, drew_from=_drew_from(probed, moved))
+                result.probed.append(probed)
     finally:
         if not session.broken:  # a lost connection: its error is the one to raise
             result.restored += _restore(session, before, lock_timeout_ms)
@@ -155,12 +194,43 @@ def _probe(
     return result
 
 
+def _unprobed(verdict: Checked, mode: Mode, exc: Exception) -> Probed:
+    """A column whose probe failed: it says why; the arithmetic's verdict stands."""
+    return Probed(
+        verdict.column,
+        verdict.sequence,
+        mode,
+        0,
+        None,
+        None,
+        passed_max=True,  # not stopped by the limit: not probed at all
+        note=f"could not be probed: {describe(exc)}; the arithmetic's verdict stands",
+        first_value=verdict.next_value,
+        top=verdict.max_existing,
+    )
+
+
+def _drew_from(p: Probed, moved: Seq[snapshot.SequenceKey]) -> tuple[str, ...]:
+    """The sequences that moved while ``p``'s column was probed, the default's last."""
+    others = [printable(k.label) for k in moved if k.oid != p.sequence.oid]
+    mine = [printable(k.label) for k in moved if k.oid == p.sequence.oid]
+    return (*others, *mine)
+
+
+def _judged(verdict: Checked) -> bool:
+    """The arithmetic judged the column: a plain default (the value is the sequence's
+    next value) of a type it compares, so that the verdict's next value and max are
+    facts. A plain default it did not judge (a text column, a domain over a domain:
+    ``unchecked``, with no max) is probed like an expression."""
+    return verdict.column.plain_default and verdict.status != "unchecked"
+
+
 def _clean(verdict: Checked, report: Report) -> bool:
     """The probe of this column would insert nothing and draw nothing: its default is
     the sequence's next value itself, the arithmetic found no collision, and that next
     value is already past the highest existing value (``_Target.batches`` is empty)."""
     return (
-        verdict.column.plain_default
+        _judged(verdict)
         and verdict.max_existing is not None
         and _distance(verdict, verdict.sequence) == 0
         and _finding_for(report, verdict) is None
@@ -281,7 +351,7 @@ def _restore(
         session.run("SAVEPOINT seqdrift_restore")
         try:
             session.run("SELECT set_config('lock_timeout', %s, true)", timeout)
-            return _put_back(session, states)
+            return len(_put_back(session, states))
         finally:
             if not session.broken:
                 session.run("ROLLBACK TO SAVEPOINT seqdrift_restore")
@@ -296,7 +366,7 @@ def _restore(
         # the probe goes back to a state read during the probe, or to the record
         # itself). A lost restore leaves a sequence ahead: gaps, never a collision.
         session.run("SELECT set_config('synchronous_commit', 'off', true)")
-        return _put_back(session, states)
+        return len(_put_back(session, states))
 
 
 # Put back every sequence of ``states`` that moved, in one statement: the names travel
@@ -308,19 +378,21 @@ FROM unnest(%s::text[], %s::text[], %s::int8[], %s::bool[]) AS u(nsp, name, lv, 
 """
 
 
-def _put_back(session: Session, states: Mapping[snapshot.SequenceKey, SequenceState]) -> int:
+def _put_back(
+    session: Session, states: Mapping[snapshot.SequenceKey, SequenceState]
+) -> list[snapshot.SequenceKey]:
     """``snapshot.restore`` in two round trips: every recorded sequence is read (the
     check's read block: no XML, its locks let go) and those that moved are put back
-    exactly; returns how many. Sequences dropped since, or no longer readable, are left
+    exactly; returns them. Sequences dropped since, or no longer readable, are left
     alone, as ``snapshot.restore`` leaves them. Where the setval fails (a sequence the
     role cannot ``setval``), ``snapshot.restore`` does it again and says which one."""
     if not states:
-        return 0
+        return []
     keys = list(states)
     now = read_sequence_states(session, keys)
     moved = [k for k in keys if not isinstance(now[k.oid], CannotCheck) and now[k.oid] != states[k]]
     if not moved:
-        return 0
+        return []
     params = [
         [k.schema for k in moved],
         [k.name for k in moved],
@@ -329,15 +401,15 @@ def _put_back(session: Session, states: Mapping[snapshot.SequenceKey, SequenceSt
     ]
     (rows,) = session.batch([(_SETVAL_ALL, params)])
     if isinstance(rows, CannotCheck):
-        return snapshot.restore(session, states)
-    return len(rows)
+        snapshot.restore(session, states)
+    return moved
 
 
 def _may_draw(verdict: Checked) -> bool:
     """False where probing the column runs no ``nextval`` at all, so that no sequence
     can have moved: a plain default already past the highest value (nothing to insert,
     nothing to draw, unless its table rewrites inserts), or an empty table."""
-    if not verdict.column.plain_default:
+    if not _judged(verdict):
         return True  # its default is evaluated once (_peek) whatever the distance
     return verdict.max_existing is not None and _distance(verdict, verdict.sequence) != 0
 
@@ -356,59 +428,265 @@ def _probe_column(
     mode: Mode,
     limit: int,
     at_least_once: bool = False,
+    states: Mapping[snapshot.SequenceKey, SequenceState] | None = None,
+) -> Probed:
+    """Probe one column inside a savepoint of its own, rolled back at the end: whatever
+    fails in there leaves the probe's transaction as it was. ``states``: every
+    sequence's state before the probe, to start over from (a trigger may draw from
+    another sequence than the default's)."""
+    session.run("SAVEPOINT seqdrift_column")
+    try:
+        return _probe_here(session, verdict, report, mode, limit, at_least_once, states or {})
+    finally:
+        if not session.broken:
+            session.run("ROLLBACK TO SAVEPOINT seqdrift_column")
+            session.run("RELEASE SAVEPOINT seqdrift_column")
+
+
+def _probe_here(
+    session: Session,
+    verdict: Checked,
+    report: Report,
+    mode: Mode,
+    limit: int,
+    at_least_once: bool,
+    states: Mapping[snapshot.SequenceKey, SequenceState],
 ) -> Probed:
     column, seq = verdict.column, verdict.sequence
+    judged = _judged(verdict)
     expected = _finding_for(report, verdict)
-    top = verdict.max_existing if column.plain_default else _top(session, column, seq)
+    top = verdict.max_existing if judged else _top(session, column, seq)
     if top is None:
         return Probed(
             column, seq, mode, 0, None, None, passed_max=True, note="empty: nothing to probe"
         )
     target = _Target(column, seq, top, _distance(verdict, seq), limit, at_least_once)
-    first_value = verdict.next_value if column.plain_default else _peek(session, target)
+    target = replace(target, first=verdict.next_value if judged else _peek(session, target))
     start = _state(session, seq)
+
+    def start_over() -> None:
+        """Back to where this column's probe began: its savepoint, every sequence."""
+        session.run("ROLLBACK TO SAVEPOINT seqdrift_column")
+        _put_back(session, states)
+        _setval(session, seq, start)
+
+    if mode == "default":
+        run = _draw(session, target)
+        return _probed(verdict, mode, run, target, _disagreement(run, expected, judged))
     note = None
-    used: Mode = mode
-    session.run("SAVEPOINT seqdrift_column")
     try:
-        if mode == "insert":
-            try:
-                probed = _insert(session, target, expected)
-            except _CannotCopy as exc:
-                session.run("ROLLBACK TO SAVEPOINT seqdrift_column")
-                _setval(session, seq, start)  # a rejected batch drew values: draw them again
-                used, note = "default", f"fell back to the default probe: {exc}"
-                if isinstance(exc.__cause__, session.Error) and sqlstate(exc.__cause__) == (
-                    LOCK_NOT_AVAILABLE
-                ):
-                    holders = session.lock_holders()
-                    note += f" ({'; '.join(holders)})" if holders else ""
-                probed = _draw(session, target)
-        else:
-            probed = _draw(session, target)
-    finally:
-        if not session.broken:
-            session.run("ROLLBACK TO SAVEPOINT seqdrift_column")
-            session.run("RELEASE SAVEPOINT seqdrift_column")
-    until, value, drawn, passed = probed
-    if column.plain_default:
-        arith = expected.inserts_until_collision if expected else None
-        in_reach = arith is not None and arith < drawn
-        if (until is not None or in_reach) and until != arith:
-            said = "no collision" if arith is None else f"a collision after {arith} inserts"
-            saw = "none" if until is None else f"one after {until}"
-            note = (note + "; " if note else "") + (
-                f"the probe and the arithmetic disagree: the arithmetic says {said}, "
-                f"the probe saw {saw} (a trigger or rule changes the inserted value?)"
+        try:
+            run, table = _insert(session, target, expected)
+        except _Unreproducible as exc:
+            start_over()
+            note = f"{exc}: probed one row per INSERT"
+            run, table = _insert(session, target, expected, one_row=True)
+    except _CannotCopy as exc:
+        start_over()  # a rejected batch drew values: draw them again
+        fallback = f"fell back to the default probe: {exc}"
+        if isinstance(exc.__cause__, session.Error) and sqlstate(exc.__cause__) == (
+            LOCK_NOT_AVAILABLE
+        ):
+            holders = session.lock_holders()
+            fallback += f" ({'; '.join(holders)})" if holders else ""
+        run = _draw(session, target)
+        return _probed(
+            verdict,
+            "default",
+            run,
+            target,
+            _joined(note, fallback, _disagreement(run, expected, judged)),
+        )
+    said = _disagreement(run, expected, judged)
+    overrules = False
+    if said is not None:
+        run, settled, overrules = _settle(session, target, expected, run, table, start_over)
+        said += f"; {settled}"
+    decided_by = table.deciders if _decided(run.first, target) else ()
+    return _probed(verdict, "insert", run, target, _joined(note, said), decided_by, overrules)
+
+
+def _probed(
+    verdict: Checked,
+    mode: Mode,
+    run: _Run,
+    target: _Target,
+    note: str | None,
+    decided_by: tuple[str, ...] = (),
+    overrules: bool = False,
+) -> Probed:
+    return Probed(
+        verdict.column,
+        verdict.sequence,
+        mode,
+        run.drawn,
+        run.until,
+        run.value,
+        run.passed,
+        note,
+        target.first if run.first is None else run.first,
+        target.top,
+        decided_by,
+        (),
+        overrules,
+    )
+
+
+def _joined(*notes: str | None) -> str | None:
+    return "; ".join(n for n in notes if n) or None
+
+
+def _decided(first: int | None, target: _Target) -> bool:
+    """The first insert stored (``first``) another value than the default's: something
+    else decides what an insert stores."""
+    return first is not None and target.first is not None and first != target.first
+
+
+def _agrees(run: _Run, expected: Finding | None) -> bool:
+    """The run saw what the arithmetic says, as far as it went."""
+    arith = expected.inserts_until_collision if expected else None
+    if run.until is not None:
+        return run.until == arith
+    if expected is None or arith is None:
+        return True
+    if arith < run.drawn:
+        return False  # within its reach, and it saw none
+    # the inserts stored values past the max before the arithmetic's collision: none can
+    # follow, unless the sequence wraps first (a CYCLE: the probe stops past the max)
+    return not run.passed or expected.after_wrap
+
+
+def _disagreement(run: _Run, expected: Finding | None, judged: bool) -> str | None:
+    if not judged or _agrees(run, expected):
+        return None  # (not judged: the arithmetic has no answer of its own to compare with)
+    arith = expected.inserts_until_collision if expected else None
+    said = "no collision" if arith is None else f"a collision after {arith} inserts"
+    saw = "none" if run.until is None else f"one after {run.until}"
+    return f"the probe and the arithmetic disagree: the arithmetic says {said}, the probe saw {saw}"
+
+
+def _settle(
+    session: Session,
+    target: _Target,
+    expected: Finding | None,
+    run: _Run,
+    table: _Table,
+    start_over: Callable[[], None],
+) -> tuple[_Run, str, bool]:
+    """The insert probe and the arithmetic disagree: find out which is right. The
+    measure is one row per INSERT statement, as an application inserts (re-probed so
+    where ``run`` was multi-row). Returns the run to report, which was right and why,
+    and whether the probe's answer replaces the arithmetic's."""
+    arith = expected.inserts_until_collision if expected else None
+    try:
+        if not run.one_row:
+            start_over()
+            run = _insert(session, target, expected, one_row=True)[0]
+        if _agrees(run, expected):
+            how = "collide" if arith is not None else "pass the max"
+            return (
+                run,
+                f"the arithmetic is right: one row per INSERT, as an application inserts, the "
+                f"inserts {how} where it says (a multi-row INSERT draws in another order)",
+                False,
             )
-    return Probed(column, seq, used, drawn, until, value, passed, note, first_value, top)
+        if (
+            run.until is None
+            and arith is not None
+            and _multi_row_collides(session, target, expected, arith, start_over)
+        ):
+            return (
+                run,
+                f"the arithmetic is right for a multi-row INSERT: {arith + 1} rows in one "
+                f"statement collide; one row per INSERT passes the max without a collision "
+                f"({_why(run, target, table)})",
+                False,
+            )
+    except _CannotCopy as exc:
+        return run, f"re-probing to find out which is right failed: {exc}", False
+    return run, f"the probe is right: {_why(run, target, table)}", True
+
+
+def _multi_row_collides(
+    session: Session,
+    target: _Target,
+    expected: Finding | None,
+    arith: int,
+    start_over: Callable[[], None],
+) -> bool:
+    """Does one multi-row INSERT of ``arith + 1`` copies collide on the key under test?"""
+    start_over()
+    table, insert = _prepared(session, target, expected)
+    _immediate(session, target.column, table.deferrable)
+    session.run("SAVEPOINT seqdrift_batch_insert")
+    try:
+        session.run(insert(arith + 1))
+    except session.Error as exc:
+        if session.broken:
+            raise
+        session.run("ROLLBACK TO SAVEPOINT seqdrift_batch_insert")
+        return sqlstate(exc) == UNIQUE_VIOLATION and constraint_name(exc) in table.key
+    session.run("RELEASE SAVEPOINT seqdrift_batch_insert")
+    return False
+
+
+def _why(run: _Run, target: _Target, table: _Table) -> str:
+    """What makes the inserts store what they stored, as far as the probe can tell."""
+    if table.replaced_by and run.until is None:
+        return (
+            f"{_listed(table.replaced_by)} does another INSERT instead (DO INSTEAD): none collided"
+        )
+    decided = _decided(run.first, target)
+    if decided and table.deciders:
+        return (
+            f"{_listed(table.deciders)} decides the value an insert stores: the first stores "
+            f"{run.first}, the default yields {target.first}"
+        )
+    stored = ", ".join("NULL" if v is None else str(v) for v in run.stored)
+    base, step = target.first, target.sequence.increment
+    skips = base is not None and any(
+        v is not None and v != base + i * step for i, v in enumerate(run.stored)
+    )
+    if table.hooks and skips:
+        return (
+            f"one row per INSERT, {_listed(table.hooks)} draws from "
+            f"{target.sequence.qualified} too: the inserts store {stored} ..."
+        )
+    if decided:
+        return (
+            f"the inserts store other values than the default's: the first stores {run.first}, "
+            f"the default yields {target.first}"
+        )
+    return "this is what PostgreSQL did, one row per INSERT; nothing the probe saw explains it"
+
+
+def _listed(names: Seq[str]) -> str:
+    return ", ".join(names)
 
 
 class _CannotCopy(Exception):
     pass
 
 
-_Outcome = tuple[int | None, int | None, int, bool]  # until, value, drawn, passed_max
+class _Unreproducible(_CannotCopy):
+    pass
+
+
+class _NotProbed(Exception):
+    """The column cannot be probed at all: the note says why."""
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one pass of the probe over a column saw."""
+
+    until: int | None  # inserts that went in before the one that collided; None: no collision
+    value: int | None  # the colliding value, where known
+    drawn: int  # values drawn from the default (inserts made or tried)
+    passed: bool  # False: stopped at the limit before passing the highest existing value
+    first: int | None = None  # the value the first insert stored (or tried to store)
+    stored: tuple[int | None, ...] = ()  # the first few values the inserts stored
+    one_row: bool = False  # one row per INSERT statement
 
 
 @dataclass(frozen=True)
@@ -419,16 +697,21 @@ class _Target:
     distance: int | None  # plain defaults: values it takes to pass ``top``; else unknown
     limit: int
     at_least_one: bool = False  # insert at least once, even with nothing left to pass
+    first: int | None = None  # the default's first value
 
-    def passes(self, value: int) -> bool:
-        return value > self.top if self.sequence.increment > 0 else value < self.top
+    def passes(self, value: Any) -> bool:
+        number = _as_int(value)
+        if number is None:
+            return False
+        return number > self.top if self.sequence.increment > 0 else number < self.top
 
-    def batches(self) -> list[int]:
-        """One batch of exactly the distance when it is known; else growing batches."""
+    def batches(self, done: int = 0) -> list[int]:
+        """One batch of exactly the distance when it is known; else growing batches,
+        ``done`` values drawn already."""
         if self.distance is not None:
             n = max(self.distance, 1 if self.at_least_one else 0)
             return [min(n, self.limit)] if n > 0 else []
-        sizes, size, done = [], _FIRST_BATCH, 0
+        sizes, size = [], _FIRST_BATCH
         while done < self.limit:
             sizes.append(min(size, self.limit - done))
             done += sizes[-1]
@@ -439,9 +722,32 @@ class _Target:
         return self.distance is not None and drawn >= self.distance
 
 
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+
+
+def _as_int(value: Any) -> int | None:
+    """A value of the column as an integer: None where it is not one (NULL, a text that
+    is no integer)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Decimal):
+        return int(value) if value.is_finite() and value == value.to_integral_value() else None
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        return int(value)
+    return None
+
+
+def _numeric(column: Column) -> bool:
+    """The column holds numbers (else text, or a type the catalog does not resolve, such
+    as a domain over a domain: its values are compared as text)."""
+    return column.type_range is not None or column.data_type == "numeric"
+
+
 def _distance(verdict: Checked, seq: Sequence) -> int | None:
     """For a plain default: how many values it takes to pass the highest existing one."""
-    if not verdict.column.plain_default or verdict.max_existing is None:
+    if not _judged(verdict) or verdict.max_existing is None:
         return None
     if verdict.next_value is None:
         return 0
@@ -449,21 +755,111 @@ def _distance(verdict: Checked, seq: Sequence) -> int | None:
 
 
 def _top(session: Session, column: Column, seq: Sequence) -> int | None:
+    """The highest existing value (lowest, for a negative increment); for a column that
+    holds no numbers (text, say), the highest of its values that are integers. None: no
+    value at all."""
     agg = sql.SQL("max" if seq.increment > 0 else "min")
-    ((top,),) = session.run(
-        sql.SQL("SELECT {}({}) FROM {}").format(
-            agg, sql.Identifier(column.column), catalog.relation(column)
+    col = sql.Identifier(column.column)
+    if _numeric(column):
+        ((top,),) = session.run(
+            sql.SQL("SELECT {}({}) FROM {}").format(agg, col, catalog.relation(column))
         )
+        return None if top is None else int(top)
+    ((top, values),) = session.run(
+        sql.SQL(
+            "SELECT {agg}(v::numeric) FILTER (WHERE v ~ '^[-+]?[0-9]+$'), count(v) "
+            "FROM (SELECT {col}::text AS v FROM {rel}) AS r"
+        ).format(agg=agg, col=col, rel=catalog.relation(column))
     )
+    if top is None and values:
+        raise _NotProbed(
+            f"none of its {values} values is an integer: the probe cannot tell when the "
+            "default has passed them"
+        )
     return None if top is None else int(top)
 
 
-def _insert(session: Session, target: _Target, expected: Finding | None) -> _Outcome:
-    """Copy a row with the column left to its default until past the max."""
+def _insert(
+    session: Session, target: _Target, expected: Finding | None, one_row: bool | None = None
+) -> tuple[_Run, _Table]:
+    """Copy a row with the column left to its default until past the max: in multi-row
+    INSERTs, or (``one_row``; by default where the table has INSERT triggers or rules)
+    one row per INSERT statement."""
+    table, insert = _prepared(session, target, expected)
+    if one_row is None:
+        one_row = bool(table.deciders or table.hooks)
+    drawn, first, stored = 0, None, []
+    sizes = target.batches()
+    if sizes:
+        _immediate(session, target.column, table.deferrable)
+    while sizes:
+        n = sizes.pop(0)
+        if one_row:
+            values, failure = _one_by_one(session, target, table, insert, n)
+            if failure is not None:
+                state, constraint, detail, message = failure
+                if first is None and values:
+                    first = _as_int(values[0])
+                if state == SEQUENCE_LIMIT_EXCEEDED:  # none is left after these
+                    return _Run(None, None, drawn + len(values), True, first, (), True), table
+                _reject(state, constraint, message or "", table)
+                until = drawn + len(values)
+                value = _key_value(detail, target.column.column)
+                if value is None and not (table.deciders or table.hooks):
+                    value = _plain_value(session, target)
+                stored += [_as_int(v) for v in values] + [value]
+                first = value if drawn + len(values) == 0 else first
+                return _Run(until, value, until + 1, True, first, tuple(stored[:3]), True), table
+        else:
+            start = _state(session, target.sequence)
+            session.run("SAVEPOINT seqdrift_batch_insert")
+            try:
+                values = [row[0] for row in session.run(insert(n))]
+            except session.Error as exc:
+                if session.broken:
+                    raise
+                session.run("ROLLBACK TO SAVEPOINT seqdrift_batch_insert")
+                _reject(sqlstate(exc), constraint_name(exc), describe(exc), table)
+                hint = None
+                if expected is not None and expected.inserts_until_collision is not None:
+                    hint = expected.inserts_until_collision - drawn
+                until, value, collided, located = _locate(session, target, start, insert, n, hint)
+                first = located if first is None else first
+                if not collided:  # the sequence ran out after ``until`` values: none is left
+                    return _Run(None, None, drawn + until, True, first), table
+                return _Run(drawn + until, value, drawn + until + 1, True, first), table
+            session.run("RELEASE SAVEPOINT seqdrift_batch_insert")
+        if first is None and values:
+            first = _as_int(values[0])
+        stored += [_as_int(v) for v in values[: 3 - len(stored)]]
+        drawn += len(values)
+        if any(target.passes(v) for v in values):
+            return _Run(None, None, drawn, True, first, tuple(stored), one_row), table
+        if target.distance is not None and _decided(first, target):
+            # the inserts do not store the default's values: its distance says nothing
+            target = replace(target, distance=None)
+            sizes = target.batches(drawn)
+    return _Run(None, None, drawn, target.passed_after(drawn), first, tuple(stored), one_row), table
+
+
+def _reject(state: str | None, constraint: str | None, message: str, table: _Table) -> None:
+    """A failed insert that is not the key under test colliding, nor the sequence
+    running out: the table cannot be probed by copying its rows."""
+    if state not in (UNIQUE_VIOLATION, SEQUENCE_LIMIT_EXCEEDED):
+        raise _CannotCopy(f"a copied row is rejected: {message}")
+    if state == UNIQUE_VIOLATION and constraint not in table.key:
+        raise _CannotCopy(f"a copied row violates {constraint}, not the key under test")
+
+
+def _prepared(
+    session: Session, target: _Target, expected: Finding | None
+) -> tuple[_Table, Callable[[int], sql.Composed]]:
+    """The table made ready (``_prepare_table``), and the INSERT of ``n`` copies of one
+    of its rows with the column left to its default."""
     column = target.column
-    key_names, copyable = _prepare_table(session, column)
+    table = _prepare_table(session, column)
     col = sql.Identifier(column.column)
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in copyable)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.copyable)
     # copy the row that holds the colliding value where there is one: under a composite
     # key such as (id, region) it carries the rest of the key that makes the copy collide
     # values go in as literals, never as parameters: a parameter makes the driver look
@@ -477,47 +873,123 @@ def _insert(session: Session, target: _Target, expected: Finding | None) -> _Out
     if not session.run(sql.SQL("SELECT EXISTS ({})").format(pick))[0][0]:
         raise _CannotCopy("the table has no row to copy")
 
+    # an INSTEAD rule refuses RETURNING: the value an insert stores is not known there
+    returning = sql.SQL("") if table.replaced_by else sql.SQL(" RETURNING {}").format(col)
+
     def insert(copies: int) -> sql.Composed:
         return sql.SQL(
             "INSERT INTO {table} ({cols}) SELECT {cols} FROM ({pick}) AS r "
-            "CROSS JOIN generate_series(1, {copies}) RETURNING {col}"
+            "CROSS JOIN generate_series(1, {copies}){returning}"
         ).format(
             table=sql.Identifier(column.schema, column.table),
             cols=cols,
             pick=pick,
             copies=sql.Literal(copies),
-            col=col,
+            returning=returning,
         )
 
-    drawn = 0
-    for n in target.batches():
-        start = _state(session, target.sequence)
-        session.run("SAVEPOINT seqdrift_batch_insert")
-        try:
-            values = [row[0] for row in session.run(insert(n))]
-        except session.Error as exc:
-            if session.broken:
-                raise
-            session.run("ROLLBACK TO SAVEPOINT seqdrift_batch_insert")
-            state = sqlstate(exc)
-            if state not in (UNIQUE_VIOLATION, SEQUENCE_LIMIT_EXCEEDED):
-                raise _CannotCopy(f"a copied row is rejected: {describe(exc)}") from exc
-            if state == UNIQUE_VIOLATION and constraint_name(exc) not in key_names:
-                raise _CannotCopy(
-                    f"a copied row violates {constraint_name(exc)}, not the key under test"
-                ) from exc
-            hint = None
-            if expected is not None and expected.inserts_until_collision is not None:
-                hint = expected.inserts_until_collision - drawn
-            until, value, collided = _locate(session, target, start, insert, n, hint)
-            if not collided:  # the sequence ran out after ``until`` values: none is left
-                return None, None, drawn + until, True
-            return drawn + until, value, drawn + until + 1, True
-        session.run("RELEASE SAVEPOINT seqdrift_batch_insert")
-        drawn += len(values)
-        if any(target.passes(int(v)) for v in values if v is not None):
-            return None, None, drawn, True
-    return None, None, drawn, target.passed_after(drawn)
+    return table, insert
+
+
+# One row per INSERT statement, ``seqdrift.count`` times, in one round trip: each
+# EXECUTE is a statement of its own, so that AFTER triggers, statement triggers and
+# rules run after each row, as they do for an application's one-row INSERTs. Like
+# catalog.READ_BLOCK it takes its work and gives its answers through transaction-local
+# settings. It stops past the highest existing value, and at the first error, which it
+# answers with (SQLSTATE, constraint, detail, message); the rows of a failed run are
+# rolled back with its block (the probe ends there).
+_ONE_BY_ONE_WORK = (
+    "SELECT set_config('seqdrift.insert', %s, true), set_config('seqdrift.count', %s, true), "
+    "set_config('seqdrift.top', %s, true), set_config('seqdrift.up', %s, true), "
+    "set_config('seqdrift.returning', %s, true)"
+)
+_ONE_BY_ONE = r"""
+DO $seqdrift$
+DECLARE
+    statement text := current_setting('seqdrift.insert');
+    n int := current_setting('seqdrift.count')::int;
+    top numeric := current_setting('seqdrift.top')::numeric;
+    up boolean := current_setting('seqdrift.up')::boolean;
+    has_returning boolean := current_setting('seqdrift.returning')::boolean;
+    v text;
+    stored text[] := '{}';
+    failure text[];
+    c text;
+    d text;
+BEGIN
+    BEGIN
+        FOR i IN 1 .. n LOOP
+            IF has_returning THEN
+                EXECUTE statement INTO v;
+            ELSE
+                EXECUTE statement;
+            END IF;
+            stored := stored || v;
+            EXIT WHEN v ~ '^[-+]?[0-9]+$' AND CASE WHEN up THEN v::numeric > top
+                                                   ELSE v::numeric < top END;
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS c = CONSTRAINT_NAME, d = PG_EXCEPTION_DETAIL;
+        failure := ARRAY[SQLSTATE, nullif(c, ''), nullif(d, ''), SQLERRM];
+    END;
+    PERFORM set_config('seqdrift.stored', stored::text, true),
+            set_config('seqdrift.failure', coalesce(failure::text, ''), true);
+END
+$seqdrift$
+"""
+_ONE_BY_ONE_ANSWER = (
+    "SELECT current_setting('seqdrift.stored')::text[], "
+    "nullif(current_setting('seqdrift.failure'), '')::text[]"
+)
+
+
+def _one_by_one(
+    session: Session,
+    target: _Target,
+    table: _Table,
+    insert: Callable[[int], sql.Composed],
+    n: int,
+) -> tuple[list[Any], list[str | None] | None]:
+    """Up to ``n`` one-row INSERTs: the values they stored (text; NULL where not known),
+    and the error that stopped them, if any: (SQLSTATE, constraint, detail, message)."""
+    up = "on" if target.sequence.increment > 0 else "off"
+    returning = "off" if table.replaced_by else "on"
+    work = [insert(1).as_string(None), str(n), str(target.top), up, returning]
+    session.run(_ONE_BY_ONE_WORK, work)
+    try:
+        session.run(_ONE_BY_ONE)
+    except session.Error as exc:
+        if session.broken:
+            raise
+        raise _CannotCopy(f"one row per INSERT takes a PL/pgSQL block: {describe(exc)}") from exc
+    ((stored, failure),) = session.run(_ONE_BY_ONE_ANSWER)
+    return list(stored), failure
+
+
+# the key in a unique violation's detail: "Key (id, region)=(3, eu) already exists."
+_KEY_IN_DETAIL = re.compile(r"\((?P<names>.*)\)=\((?P<values>.*)\)")
+
+
+def _key_value(detail: str | None, column: str) -> int | None:
+    """The column's value in a unique violation's detail (in any language: the key is
+    written the same way), where the detail names it among the key's columns."""
+    found = _KEY_IN_DETAIL.search(detail or "")
+    if not found:
+        return None
+    names, values = found["names"].split(", "), found["values"].split(", ")
+    if len(names) != len(values):
+        names, values = names[:1], values[:1]  # a comma in a value: the first stands
+    quoted = '"' + column.replace('"', '""') + '"'
+    for name, value in zip(names, values, strict=True):
+        if name in (column, quoted):
+            return _as_int(value)
+    return None
+
+
+def _plain_value(session: Session, target: _Target) -> int | None:
+    """For a plain default on a table that no trigger or rule rewrites, the value that
+    collided is the sequence's last value, whatever the detail says."""
+    return _state(session, target.sequence)[0] if target.column.plain_default else None
 
 
 def _state(session: Session, seq: Sequence) -> tuple[int, bool]:
@@ -540,9 +1012,6 @@ def _ran_out(exc: BaseException) -> bool:
     return sqlstate(exc) == SEQUENCE_LIMIT_EXCEEDED
 
 
-_KEY_IN_DETAIL = re.compile(r"=\((-?\d+)(?:,|\))")
-
-
 def _locate(
     session: Session,
     target: _Target,
@@ -550,20 +1019,24 @@ def _locate(
     insert: Callable[[int], sql.Composed],
     n: int,
     hint: int | None = None,
-) -> tuple[int, int | None, bool]:
+) -> tuple[int, int | None, bool, int | None]:
     """A batch of ``n`` copies collided, or its sequence ran out: replay it from the same
     sequence state, to find which insert collides and with what value (``collided``), or
-    after how many inserts the sequence runs out (not ``collided``).
+    after how many inserts the sequence runs out (not ``collided``); and the value the
+    first insert stored (or tried to).
 
     The replay keeps the rows of every chunk that goes in and halves the chunk that
     fails, until one row fails on its own: a few statements per collision, whatever the
     distance, where one insert at a time took three round trips per value. ``hint``,
     the arithmetic's count of inserts that succeed, is tried first (that many rows, then
-    one): where the arithmetic is right, two inserts find the collision."""
+    one): where the arithmetic is right, two inserts find the collision. Where no chunk
+    fails, the multi-row INSERT drew its values in another order than smaller ones do:
+    ``_Unreproducible``."""
     seq = target.sequence
     _setval(session, seq, start)
     state: tuple[int, bool] | None = start  # the sequence's state before the next chunk
     done, bound = 0, n  # ``done`` inserts went in; the one that fails is before ``bound``
+    first: int | None = None
     guided = [] if hint is None or not 0 <= hint < n else [hint, 1] if hint else [1]
     while done < bound:
         k = min(guided.pop(0) if guided else max(1, (bound - done) // 2), bound - done)
@@ -571,7 +1044,7 @@ def _locate(
             state = _state(session, seq)
         session.run("SAVEPOINT seqdrift_one_insert")
         try:
-            session.run(insert(k))
+            rows = session.run(insert(k))
         except session.Error as exc:
             if sqlstate(exc) not in (UNIQUE_VIOLATION, SEQUENCE_LIMIT_EXCEEDED):
                 raise
@@ -582,20 +1055,20 @@ def _locate(
                 guided = []
                 continue
             if _ran_out(exc):
-                return done, None, False
-            # the key is in the detail ("Key (id)=(7) already exists."); for a plain
-            # default the sequence's last value is the key, whatever the language
-            found = _KEY_IN_DETAIL.search(message_detail(exc) or "")
-            keys = target.column.key_columns or ()
-            if found and keys and keys[0] == target.column.column:
-                return done, int(found.group(1)), True
-            if target.column.plain_default:
-                return done, _state(session, seq)[0], True
-            return done, None, True
+                return done, None, False, first
+            value = _key_value(message_detail(exc), target.column.column)
+            if value is None:
+                value = _plain_value(session, target)
+            return done, value, True, value if done == 0 else first
         session.run("RELEASE SAVEPOINT seqdrift_one_insert")
+        if first is None and rows:
+            first = _as_int(rows[0][0])
         done += k
         state = None
-    raise CannotCheck("the probe could not reproduce a collision it saw")  # pragma: no cover
+    raise _Unreproducible(
+        "a multi-row INSERT collided, the same rows in smaller INSERTs do not (a trigger or "
+        "rule draws values in another order)"
+    )
 
 
 # The table's unique and exclusion constraints and unique indexes. ``covers``: a unique
@@ -606,7 +1079,8 @@ _TABLE_KEYS = """
 WITH RECURSIVE keys AS (
     SELECT i.indexrelid, i.indnkeyatts, i.indisprimary, c.conname::text AS conname,
            i.indisunique AND i.indpred IS NULL
-             AND %(attnum)s = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]) AS covers
+             AND %(attnum)s = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]) AS covers,
+           coalesce(c.condeferrable, false) AS deferrable
     FROM pg_index i
     LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
     WHERE i.indrelid = %(table)s AND (i.indisunique OR c.contype = 'x')
@@ -617,7 +1091,8 @@ WITH RECURSIVE keys AS (
 )
 SELECT k.conname, k.covers, ic.relname::text,
        ARRAY(SELECT x.relname::text FROM attached a JOIN pg_class x ON x.oid = a.indexrelid
-             WHERE a.root = k.indexrelid) AS names
+             WHERE a.root = k.indexrelid) AS names,
+       k.deferrable
 FROM keys k JOIN pg_class ic ON ic.oid = k.indexrelid
 ORDER BY k.indnkeyatts, k.indisprimary DESC, k.indexrelid
 """
@@ -629,21 +1104,62 @@ WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
 
+# What runs on an INSERT into the table or into a table under it (partitions, to
+# which rows are routed; inheritance children too, to err on the safe side): triggers
+# of the user's (not the internal ones of foreign keys), and rules. ``decides``: a
+# BEFORE ROW trigger or a rule, which may change the value stored; every other one (and
+# every rule) runs statements of its own, after the row or once per statement.
+# ``instead``: a DO INSTEAD rule of the table itself, which does another INSERT.
+_HOOKS = """
+WITH RECURSIVE tree (relid) AS (
+    SELECT %(table)s::oid
+    UNION
+    SELECT h.inhrelid FROM tree t JOIN pg_inherits h ON h.inhparent = t.relid
+)
+SELECT g.tgtype::int & 67 = 3 AS decides, g.tgtype::int & 67 <> 3 AS hooks, false AS instead,
+       format('trigger %%I on %%I.%%I (%%s INSERT%%s)', g.tgname, n.nspname, c.relname,
+              CASE WHEN g.tgtype::int & 2 = 2 THEN 'BEFORE' ELSE 'AFTER' END,
+              CASE WHEN g.tgtype::int & 1 = 1 THEN '' ELSE ', per statement' END) AS name
+FROM tree t JOIN pg_trigger g ON g.tgrelid = t.relid
+JOIN pg_class c ON c.oid = g.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT g.tgisinternal AND g.tgtype::int & 4 = 4 AND g.tgenabled <> 'D'
+UNION ALL
+SELECT true, true, r.is_instead AND r.ev_class = %(table)s::oid,
+       format('rule %%I on %%I.%%I', r.rulename, n.nspname, c.relname)
+FROM tree t JOIN pg_rewrite r ON r.ev_class = t.relid AND r.ev_type = '3' AND r.ev_enabled <> 'D'
+JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace
+ORDER BY 4
+"""
 
-def _prepare_table(session: Session, column: Column) -> tuple[set[str], list[str]]:
+
+@dataclass(frozen=True)
+class _Table:
+    """A table made ready for the insert probe (``_prepare_table``)."""
+
+    key: frozenset[str]  # the names a violation of the key under test can carry
+    copyable: tuple[str, ...]  # the columns a copied row carries
+    deferrable: str | None = None  # the key's constraint, where it is deferrable
+    deciders: tuple[str, ...] = ()  # BEFORE INSERT row triggers and rules: may change the value
+    hooks: tuple[str, ...] = ()  # AFTER and statement triggers, and rules: run statements
+    replaced_by: tuple[str, ...] = ()  # DO INSTEAD rules: the INSERT is another one
+
+
+def _prepare_table(session: Session, column: Column) -> _Table:
     """Drop, inside the current savepoint, every unique or exclusion constraint and
-    unique index of the table but the key under test. Returns the names a violation of
-    the key can carry, and the columns a copied row carries."""
+    unique index of the table but the key under test. Says what the probe needs to know
+    of the table."""
     ((attnum,),) = session.run(
         "SELECT attnum FROM pg_attribute WHERE attrelid = %s AND attname = %s",
         [column.table_oid, column.column],
     )
     rows = session.run(_TABLE_KEYS, {"attnum": attnum, "table": column.table_oid})
     key: set[str] = set()
+    deferrable: str | None = None
     table = sql.Identifier(column.schema, column.table)
-    for conname, covers, index_name, names in rows:
+    for conname, covers, index_name, names, can_defer in rows:
         if covers and not key:
             key = set(names) | ({conname} if conname else set())
+            deferrable = conname if can_defer else None
         elif conname is not None:
             _alter(
                 session,
@@ -661,7 +1177,46 @@ def _prepare_table(session: Session, column: Column) -> tuple[set[str], list[str
     copyable = [name for (name,) in session.run(_COPYABLE, [column.table_oid, attnum])]
     if not copyable:
         raise _CannotCopy("the table has no other column to copy")
-    return key, copyable
+    hooks = session.run(_HOOKS, {"table": column.table_oid})
+    return _Table(
+        frozenset(key),
+        tuple(copyable),
+        deferrable,
+        tuple(printable(name) for decides, _, _, name in hooks if decides),
+        tuple(printable(name) for _, runs, _, name in hooks if runs),
+        tuple(printable(name) for _, _, instead, name in hooks if instead),
+    )
+
+
+def _immediate(session: Session, column: Column, constraint: str | None) -> None:
+    """A deferrable key fires at COMMIT, or once made IMMEDIATE: inside the savepoint
+    the probe rolls back it would never fire.
+
+    ``SET CONSTRAINTS`` lasts until the transaction ends. PostgreSQL saves the modes as
+    they were at the level of the (sub)transaction it runs in, and puts them back when
+    that level is rolled back; run in a savepoint that is then released, the saved modes
+    go with it and the new mode stays for good (trigger.c, AfterTriggerSetState and
+    AfterTriggerEndSubXact). So it runs right here, at the level of the column's
+    savepoint, never in a savepoint of its own: that savepoint's rollback gives the
+    caller's transaction back its own modes, whatever they were (DEFERRED, or IMMEDIATE
+    since a SET CONSTRAINTS of its own), which setting them back by hand could not
+    know. A key whose pending checks fail now (the caller's transaction holds a
+    duplicate it means to remove before COMMIT) cannot be made IMMEDIATE: its table is
+    probed by evaluating the default."""
+    if constraint is None:
+        return
+    try:
+        session.run(
+            sql.SQL("SET CONSTRAINTS {} IMMEDIATE").format(
+                sql.Identifier(column.schema, constraint)
+            )
+        )
+    except session.Error as exc:
+        if session.broken:
+            raise
+        raise _CannotCopy(
+            f"the deferrable key {constraint} cannot be made immediate: {describe(exc)}"
+        ) from exc
 
 
 def _alter(session: Session, statement: sql.Composed) -> None:
@@ -690,11 +1245,11 @@ def _default(target: _Target) -> sql.Composable:
 
 def _peek(session: Session, target: _Target) -> int | None:
     """The value the column's default yields next, leaving its sequence where it was.
-    None: the default yields NULL, or its sequence has run out."""
+    None: the default yields NULL (or no integer), or its sequence has run out."""
     start = _state(session, target.sequence)
     values, _ = _values(session, target, _values_query(target), 1)
     _setval(session, target.sequence, start)
-    return values[0] if values else None
+    return _as_int(values[0]) if values else None
 
 
 def _values_query(target: _Target) -> Callable[[int], sql.Composed]:
@@ -711,7 +1266,7 @@ def _values_query(target: _Target) -> Callable[[int], sql.Composed]:
 
 def _values(
     session: Session, target: _Target, query: Callable[[int], sql.Composed], n: int
-) -> tuple[list[int], bool]:
+) -> tuple[list[Any], bool]:
     """``n`` values of the default (NULLs left out); fewer, and True, where its sequence
     runs out first. The failed batch drew values that are lost: the sequence is put back
     and the values before the end are drawn again, one at a time."""
@@ -736,61 +1291,105 @@ def _values(
                 ran_out = True
                 break
     session.run("RELEASE SAVEPOINT seqdrift_draw")
-    return [int(v) for (v,) in rows if v is not None], ran_out
+    return [v for (v,) in rows if v is not None], ran_out
 
 
-def _draw(session: Session, target: _Target) -> _Outcome:
-    """Evaluate the column's default (or its identity sequence) and look each value up."""
+def _draw(session: Session, target: _Target) -> _Run:
+    """Evaluate the column's default (or its identity sequence) and look each value up
+    (a column that holds no numbers, by its text)."""
     column = target.column
     values_query = _values_query(target)
     col = sql.Identifier(column.column)
+    rel = catalog.relation(column)
+    numeric = _numeric(column)
 
-    def hits_query(values: list[int]) -> sql.Composed:
-        return sql.SQL("SELECT {col} FROM {rel} WHERE {col} = ANY ({values})").format(
-            col=col, rel=catalog.relation(column), values=sql.Literal(values)
-        )
+    def hits_query(values: list[Any]) -> sql.Composed:
+        if numeric:
+            return sql.SQL("SELECT {col} FROM {rel} WHERE {col} = ANY ({values})").format(
+                col=col, rel=rel, values=sql.Literal(values)
+            )
+        return sql.SQL(
+            "SELECT {col}::text FROM {rel} WHERE {col}::text = ANY ({values}::text[])"
+        ).format(col=col, rel=rel, values=sql.Literal([str(v) for v in values]))
+
+    def key(value: Any) -> Any:
+        return _as_int(value) if numeric else str(value)
 
     drawn = 0
     for n in target.batches():
         values, ran_out = _values(session, target, values_query, n)
-        existing = {int(v) for (v,) in session.run(hits_query(values))} if values else set()
+        existing = {key(v) for (v,) in session.run(hits_query(values))} if values else set()
         for i, v in enumerate(values):
-            if v in existing:
-                return drawn + i, v, drawn + i + 1, True
+            if key(v) in existing:
+                return _Run(drawn + i, _as_int(v), drawn + i + 1, True)
         drawn += len(values)
         if ran_out or any(target.passes(v) for v in values):
-            return None, None, drawn, True
-    return None, None, drawn, target.passed_after(drawn)
+            return _Run(None, None, drawn, True)
+    return _Run(None, None, drawn, target.passed_after(drawn))
 
 
 def _merge(result: ProbeReport) -> None:
     """Add the collisions only the probe saw (defaults or triggers the arithmetic
-    cannot judge)."""
-    known = {f.column for f in result.report.findings if f.kind == "collision"}
-    checked = result.report.checked
+    cannot judge), and where the probe overrules the arithmetic, put its answer in
+    place of the arithmetic's."""
+    findings, checked = result.report.findings, result.report.checked
     for p in result.probed:
-        if p.inserts_until_collision is None or p.column in known:
-            continue
-        for i, verdict in enumerate(checked):
-            if verdict.column == p.column:
-                checked[i] = replace(verdict, status="finding", note="collision seen by the probe")
-        result.report.findings.append(
-            Finding(
-                kind="collision",
-                column=p.column,
-                sequence=p.sequence,
-                next_value=p.first_value,
-                first_collision=p.value,
-                inserts_until_collision=p.inserts_until_collision,
-                max_existing=p.top,
-                fix_sql=_advice(p),
-            )
+        at = next(
+            (i for i, f in enumerate(findings) if f.kind == "collision" and f.column == p.column),
+            None,
         )
+        known = None if at is None else findings[at]
+        if not p.overrules and (known is not None or p.inserts_until_collision is None):
+            continue
+        if p.inserts_until_collision is None:  # overruled: no insert collides
+            assert at is not None
+            del findings[at]
+            others = any(f.column == p.column for f in findings)
+            _verdict(checked, p, "finding" if others else "ok", p.note)
+            continue
+        # the arithmetic's setval still fixes what it found, unless a trigger decides
+        fix = known.fix_sql if known is not None and not p.decided_by else _advice(p)
+        found = Finding(
+            kind="collision",
+            column=p.column,
+            sequence=p.sequence,
+            next_value=p.first_value,
+            first_collision=p.value,
+            inserts_until_collision=p.inserts_until_collision,
+            max_existing=p.top,
+            fix_sql=fix,
+        )
+        if at is None:
+            findings.append(found)
+        else:
+            findings[at] = found
+        _verdict(checked, p, "finding", "collision seen by the probe")
+
+
+def _verdict(checked: list[Checked], p: Probed, status: Status, note: str | None) -> None:
+    for i, verdict in enumerate(checked):
+        if verdict.column == p.column:
+            checked[i] = replace(verdict, status=status, note=note)
 
 
 def _advice(p: Probed) -> str:
-    """A collision the arithmetic could not foresee has no exact setval: say what to do."""
+    """A collision the arithmetic could not foresee: where the value is the sequence's
+    next value itself, the setval that moves it past the existing values; else say what
+    to do."""
     what = p.column.default_expr or "its default"
+    if p.decided_by:
+        moved = f" (the probe saw {', '.join(p.drew_from)} move)" if p.drew_from else ""
+        return fixsql.comment(
+            f"{p.column.label}: {_listed(p.decided_by)} decides the value an insert stores "
+            f"(the first stores {p.first_value}), not {what}: a setval of "
+            f"{p.sequence.qualified} is not the fix as such.",
+            f"Make what the trigger takes its values from{moved} yield values past the "
+            f"existing ones (up to {p.top}).",
+        )
+    if p.column.plain_default and p.top is not None:
+        target = fixsql.collision_target(p.column, p.sequence, Bounds(None, None, p.top))
+        if target is not None:
+            return fixsql.setval_at_least(p.sequence, target)
     return fixsql.comment(
         f"{p.column.label} takes {what} (or a trigger sets it): move "
         f"{p.sequence.qualified} forward, with setval, until it yields values past the "

@@ -147,11 +147,13 @@ def test_the_plugin_fails_the_test_whose_database_went_away_and_goes_on(
             "checked 1 column in 1 table: 1 collision; 1 skipped",
         ]
     )
-    # a sequence locked by a migration: the probe cannot draw from it; it says so in time
+    # a sequence locked by a migration: the probe cannot draw from it and gives up on
+    # that column in time (a note); the arithmetic's verdict stands
     result.stdout.fnmatch_lines(
         [
             "*_ test_a_sequence_altered_by_a_migration _*",
-            "pytest-seqdrift: could not check the database: canceling statement due to lock timeout*",
+            "sequence drift in 1 column:",
+            "*next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 16)",
         ]
     )
     assert "Traceback" not in out
@@ -180,15 +182,22 @@ def test_the_probe_skips_a_table_a_migration_holds(db: Conn) -> None:
 
 def test_the_probe_gives_up_in_time_on_a_sequence_a_migration_alters(db: Conn) -> None:
     """ALTER SEQUENCE holds a lock that nextval waits for: the probe cannot draw from
-    that sequence; it must say so within its lock timeout, and leave every sequence
-    as it was."""
+    that sequence; it must say so within its lock timeout (that column's note: the
+    other columns are probed), and leave every sequence as it was."""
     db.execute(TWO_TABLES)
     before = sequence_states(db)
     with psycopg.connect(db.info.dsn) as migration:
         migration.execute("ALTER SEQUENCE busy_id_seq RESTART 100")
-        with watchdog(db, db.info.backend_pid, 15), pytest.raises(psycopg.errors.LockNotAvailable):
-            probe(db, lock_timeout_ms=200)
+        with watchdog(db, db.info.backend_pid, 15):
+            result = probe(db, lock_timeout_ms=200)
         migration.rollback()
+    (busy,) = [p for p in result.probed if p.column.table == "busy"]
+    assert busy.note == (
+        "could not be probed: canceling statement due to lock timeout; "
+        "the arithmetic's verdict stands"
+    )
+    (idle,) = [p for p in result.probed if p.column.table == "idle"]
+    assert (idle.note, idle.inserts_until_collision, idle.value) == (None, 3, 4)
     assert sequence_states(db) == before
     assert db.info.transaction_status == TransactionStatus.IDLE
     assert check(db).findings  # the connection is still good

@@ -254,17 +254,50 @@ def _raise_after(original: Callable[..., Any], how: str) -> Callable[..., Any]:
     return wrapper
 
 
-@pytest.mark.parametrize("how", ["python", "server"])
 @pytest.mark.parametrize(("mode", "where"), [("insert", "_locate"), ("default", "_draw")])
 def test_an_interrupted_probe_restores_and_reraises(
-    db: Conn, monkeypatch: pytest.MonkeyPatch, mode: Mode, where: str, how: str
+    db: Conn, monkeypatch: pytest.MonkeyPatch, mode: Mode, where: str
 ) -> None:
+    """An error of ours (not of the database's shape) ends the probe, and every
+    sequence is restored all the same."""
     db.execute(SEED_STORY)
-    monkeypatch.setattr(probe_module, where, _raise_after(getattr(probe_module, where), how))
-    expected = errors.DivisionByZero if how == "server" else RuntimeError
-    with unchanged(db), pytest.raises(expected):
+    monkeypatch.setattr(probe_module, where, _raise_after(getattr(probe_module, where), "python"))
+    with unchanged(db), pytest.raises(RuntimeError):
         probe(db, mode=mode)
     # the connection is left as the probe found it
+    assert db.autocommit
+    assert db.info.transaction_status == TransactionStatus.IDLE
+
+
+@pytest.mark.parametrize(("mode", "where"), [("insert", "_locate"), ("default", "_draw")])
+def test_a_server_error_probing_a_column_is_its_note(
+    db: Conn, monkeypatch: pytest.MonkeyPatch, mode: Mode, where: str
+) -> None:
+    """An error the server raises half-way through one column's probe (its
+    transaction aborted) becomes that column's note; the arithmetic's finding stands,
+    the next column is probed as if nothing happened, and every sequence is restored."""
+    db.execute(SEED_STORY)
+    db.execute("CREATE TABLE u (id serial PRIMARY KEY, v int); INSERT INTO u (id) VALUES (3)")
+    original = getattr(probe_module, where)
+    failing = _raise_after(original, "server")
+
+    def on_t_only(session: PsycopgSession, target: Any, *args: Any, **kwargs: Any) -> Any:
+        call = failing if target.column.table == "t" else original
+        return call(session, target, *args, **kwargs)
+
+    monkeypatch.setattr(probe_module, where, on_t_only)
+    with unchanged(db):
+        result = probe(db, mode=mode)
+    monkeypatch.undo()
+    t = probed_for(result, "t")
+    assert t.note == "could not be probed: division by zero; the arithmetic's verdict stands"
+    assert (t.mode, t.drawn, saw(t), t.passed_max) == (mode, 0, (None, None), True)
+    u = probed_for(result, "u")
+    assert (u.mode, u.note, saw(u)) == (mode, None, (2, 3))
+    assert [(f.column.table, numbers(f)) for f in result.report.findings] == [
+        ("t", (1, 7, 6, 16)),
+        ("u", (1, 3, 2, 3)),
+    ]
     assert db.autocommit
     assert db.info.transaction_status == TransactionStatus.IDLE
 
@@ -591,12 +624,19 @@ def test_a_trigger_that_moves_the_id_is_caught_by_the_insert_probe(db: Conn) -> 
     with unchanged(db):
         inserted = probe(db, mode="insert")
     p = probed_for(inserted, "t")
-    assert (p.mode, saw(p)) == ("insert", (2, 103))
-    assert p.note is not None
-    assert "disagree" in p.note
-    assert "a collision after 102 inserts" in p.note
-    assert "one after 2" in p.note
+    assert (p.mode, saw(p), p.first_value) == ("insert", (2, 103), 101)
+    assert p.note == (
+        "the probe and the arithmetic disagree: the arithmetic says a collision after 102 "
+        "inserts, the probe saw one after 2; the probe is right: trigger shift on public.t "
+        "(BEFORE INSERT) decides the value an insert stores: the first stores 101, the "
+        "default yields 1"
+    )
     assert inserted.disagreements == [p]
+    # what the inserts do is reported, and the fix names the trigger
+    f = collision_for(inserted.report, "t")
+    assert f is not None
+    assert numbers(f) == (101, 103, 2, 103)
+    assert "trigger shift on public.t (BEFORE INSERT) decides the value" in f.fix_sql
 
     # evaluating the default bypasses the trigger: it can only repeat the arithmetic
     with unchanged(db):
@@ -831,6 +871,8 @@ CLEAN_KINDS = """
         PARTITION BY LIST (region);
     CREATE TABLE part_eu PARTITION OF part FOR VALUES IN ('eu');
     INSERT INTO part (region) VALUES ('eu'), ('eu');
+    CREATE TABLE deferred (id serial PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, v int);
+    INSERT INTO deferred (v) VALUES (1);
     CREATE TABLE parent (id serial PRIMARY KEY, v int);
     CREATE TABLE heir () INHERITS (parent);
     INSERT INTO parent (v) VALUES (1);
@@ -900,7 +942,7 @@ def test_a_settled_column_is_reported_exactly_as_its_probe_would_report_it(
     # not vacuous: every table took the full path in the second run, and the first one
     # was cheaper; the fallback note of a table it cannot copy from is still there
     tables = {p.column.table for p in full.probed}
-    assert {"plain", "ident", "neg", "only_id", "ended_t", "part", "parent"} < tables
+    assert {"plain", "ident", "neg", "only_id", "ended_t", "part", "deferred", "parent"} < tables
     assert sorted(probed) == sorted(tables)
     assert fast_session.statements < full_session.statements
     only_id = probed_for(fast, "only_id")

@@ -6,11 +6,13 @@ waits past its lock timeout."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import psycopg
 import pytest
 
+from pytest_seqdrift import snapshot
 from pytest_seqdrift.probe import probe
 
 Conn = psycopg.Connection[Any]
@@ -89,3 +91,109 @@ def test_a_table_another_session_holds_is_probed_without_waiting(db: Conn) -> No
         f"(pid {pid} (idle in transaction for "
     )
     assert "last: INSERT INTO child" in child.note
+
+
+# -- a psycopg transaction (not autocommit) that inserted rows with deferred references ---
+
+# Django's shape: every foreign key DEFERRABLE INITIALLY DEFERRED. ``account`` drifted
+# (its sequence is behind its rows) and is referenced by ``entry``, through its id and
+# through a unique code; ``entry`` drifted too.
+DEFERRED_REFERENCES = """
+CREATE TABLE account (id serial PRIMARY KEY, code text UNIQUE NOT NULL);
+INSERT INTO account (id, code) VALUES (5, 'a5'), (6, 'a6');
+CREATE TABLE entry (
+    id serial PRIMARY KEY,
+    ref text UNIQUE,
+    account_id int REFERENCES account DEFERRABLE INITIALLY DEFERRED,
+    account_code text REFERENCES account (code) DEFERRABLE INITIALLY DEFERRED
+);
+INSERT INTO entry (id, ref, account_id, account_code) VALUES (4, 'e4', 5, 'a5');
+"""
+
+PENDING = {
+    # what the user's open transaction inserted: checks pending until its COMMIT
+    "valid": "INSERT INTO entry (ref, account_id, account_code) VALUES ('new', 6, 'a6')",
+    "invalid-id": "INSERT INTO entry (ref, account_id, account_code) VALUES ('new', 42, 'a6')",
+    "invalid-code": "INSERT INTO entry (ref, account_id, account_code) VALUES ('new', 6, 'zz')",
+}
+
+
+def _user_transaction(db: Conn, pending: str) -> Conn:
+    """A second connection, not in autocommit mode (psycopg's default, Django's inside
+    a test): its INSERT opens the transaction the probe then runs in."""
+    conn = psycopg.connect(db.info.dsn)
+    conn.execute(PENDING[pending])
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    return conn
+
+
+def _drift(result: Any) -> dict[str, tuple[int | None, int | None, int | None]]:
+    return {
+        f.column.table: (f.next_value, f.inserts_until_collision, f.first_collision)
+        for f in result.report.findings
+        if f.kind == "collision"
+    }
+
+
+# entry's own insert took id 1: the next is 2, the 3rd insert meets id 4; account: 1..4 pass
+EXPECTED_DRIFT = {"account": (1, 4, 5), "entry": (2, 2, 4)}
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["transaction", "savepoint"])
+@pytest.mark.parametrize("pending", sorted(PENDING))
+def test_the_probe_inside_a_transaction_with_deferred_references(
+    db: Conn, pending: str, nested: bool
+) -> None:
+    """The probe succeeds on that very connection, inside the transaction (and inside a
+    savepoint of it, as in a Django ``atomic`` block), says what PostgreSQL says; and the
+    transaction goes on exactly as it would have: open and usable, its foreign keys
+    still deferred, its pending checks run at its COMMIT -- which succeeds for a valid
+    reference and fails for an invalid one, there and not earlier."""
+    db.execute(DEFERRED_REFERENCES)
+    conn = _user_transaction(db, pending)
+    try:
+        with conn.transaction() if nested else contextlib.nullcontext():
+            result = probe(conn)
+            assert _drift(result) == EXPECTED_DRIFT
+            # still usable: nothing failed early, and the keys are still deferred
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            conn.execute("INSERT INTO entry (ref, account_id) VALUES ('later', 99)")
+            conn.execute("DELETE FROM entry WHERE ref = 'later'")
+        if pending == "valid":
+            conn.commit()
+            with psycopg.connect(db.info.dsn) as other:
+                assert other.execute("SELECT ref FROM entry ORDER BY ref").fetchall() == [
+                    ("e4",),
+                    ("new",),
+                ]
+        else:
+            with pytest.raises(psycopg.errors.ForeignKeyViolation):
+                conn.commit()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("pending", sorted(PENDING))
+def test_the_probe_inside_a_transaction_leaves_its_sequences_and_tables_alone(
+    db: Conn, pending: str
+) -> None:
+    db.execute(DEFERRED_REFERENCES)
+    conn = _user_transaction(db, pending)
+
+    def seen() -> tuple[Any, ...]:
+        return (
+            snapshot.read_states(conn),
+            conn.execute("SELECT * FROM entry ORDER BY id").fetchall(),
+            conn.execute("SELECT * FROM account ORDER BY id").fetchall(),
+            conn.execute(
+                "SELECT conname, condeferrable, condeferred FROM pg_constraint ORDER BY 1"
+            ).fetchall(),
+        )
+
+    try:
+        before = seen()
+        probe(conn)
+        assert seen() == before
+    finally:
+        conn.rollback()
+        conn.close()
