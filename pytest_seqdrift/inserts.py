@@ -186,7 +186,8 @@ def attach(
                     f"each insert also draws from {seq.qualified} for {', '.join(others)}: "
                     "the arithmetic cannot judge the order (the --seqdrift probe can)"
                 )
-        out.append(replace(c, unjudged=unjudged, note=note, draws=draws))
+        siblings = tuple(x.column for x in together if x is not c)
+        out.append(replace(c, unjudged=unjudged, note=note, draws=draws, siblings=siblings))
     return out
 
 

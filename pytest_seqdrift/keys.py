@@ -294,7 +294,7 @@ def attach(
             replace(
                 c,
                 keys=judged.keys,
-                key_columns=first if first is not None or not judged.opaque else ("(expression)",),
+                key_columns=first,
                 row_filter=judged.row_filter,
                 unjudged=unjudged,
                 skip_reason=skip,
@@ -349,6 +349,18 @@ def _judge(
                     for p, d in zip(k.positions, defs, strict=True)
                 )
                 opaque.append(f"{k.kind} {k.name} on ({shown})")
+                # enforced all the same: the probe's inserts meet it (no rows counted)
+                keys.append(
+                    Key(
+                        name=k.name,
+                        relation_oid=k.rel,
+                        columns=(shown,),
+                        kind=k.kind,  # type: ignore[arg-type]
+                        deferrable=k.deferrable,
+                        predicate=predicate,
+                        relation=k.rel_name if k.rel != column.table_oid else None,
+                    )
+                )
             continue
         parts = []
         if predicate:
@@ -373,7 +385,7 @@ def _judge(
                 row_filter=row_filter,
             )
         )
-    row_filter = _combined(column, filters, relations) if keys else None
+    row_filter = _combined(column, filters, relations) if filters else None
     return _Judged(tuple(keys), row_filter, tuple(opaque), None)
 
 

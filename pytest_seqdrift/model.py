@@ -92,6 +92,7 @@ class Column:
     note: str | None = None  # what the verdict must say of the column's shape
     unjudged: str | None = None  # why the arithmetic cannot judge the column
     draws: tuple[int, int] = (1, 0)  # values each insert draws from the sequence; this one's
+    siblings: tuple[str, ...] = ()  # the table's other columns drawn from the same sequence
 
     @functools.cached_property
     def type_range(self) -> tuple[int, int] | None:

@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 from psycopg import sql
 
-from . import catalog, drift, fixsql, snapshot
+from . import catalog, drift, fixsql, inserts, snapshot
 from .api import DEFAULT_LOCK_TIMEOUT_MS, check, read_sequence_states
 from .connections import (
     LOCK_NOT_AVAILABLE,
@@ -232,7 +232,7 @@ def _clean(verdict: Checked, report: Report) -> bool:
     return (
         _judged(verdict)
         and verdict.max_existing is not None
-        and _distance(verdict, verdict.sequence) == 0
+        and _distance(verdict, inserts.per_insert(verdict.column, verdict.sequence)) == 0
         and _finding_for(report, verdict) is None
     )
 
@@ -291,8 +291,11 @@ def _insert_paths(
     oids = [targets[i].column.table_oid for i in indices]
     with session.transaction():  # never leave a driver's implicit transaction open
         rows = session.run(_INSERT_PATHS, [oids, [targets[i].column.column for i in indices]])
+    # a key counts as the check counts it (keys.py: partial, expression, exclusion and
+    # partitions' own keys too)
     return {
-        indices[n - 1]: (rewrites, covered, copyable) for n, rewrites, covered, copyable in rows
+        indices[n - 1]: (rewrites, covered or bool(targets[indices[n - 1]].column.keys), copyable)
+        for n, rewrites, covered, copyable in rows
     }
 
 
@@ -452,7 +455,9 @@ def _probe_here(
     at_least_once: bool,
     states: Mapping[snapshot.SequenceKey, SequenceState],
 ) -> Probed:
-    column, seq = verdict.column, verdict.sequence
+    column = verdict.column
+    # the column's own walk: every k-th value where each insert draws k (inserts.py)
+    seq = inserts.per_insert(column, verdict.sequence)
     judged = _judged(verdict)
     expected = _finding_for(report, verdict)
     top = verdict.max_existing if judged else _top(session, column, seq)
@@ -760,16 +765,17 @@ def _top(session: Session, column: Column, seq: Sequence) -> int | None:
     value at all."""
     agg = sql.SQL("max" if seq.increment > 0 else "min")
     col = sql.Identifier(column.column)
+    where = _counted(column)
     if _numeric(column):
         ((top,),) = session.run(
-            sql.SQL("SELECT {}({}) FROM {}").format(agg, col, catalog.relation(column))
+            sql.SQL("SELECT {}({}) FROM {}{}").format(agg, col, catalog.relation(column), where)
         )
         return None if top is None else int(top)
     ((top, values),) = session.run(
         sql.SQL(
             "SELECT {agg}(v::numeric) FILTER (WHERE v ~ '^[-+]?[0-9]+$'), count(v) "
-            "FROM (SELECT {col}::text AS v FROM {rel}) AS r"
-        ).format(agg=agg, col=col, rel=catalog.relation(column))
+            "FROM (SELECT {col}::text AS v FROM {rel}{where}) AS r"
+        ).format(agg=agg, col=col, rel=catalog.relation(column), where=where)
     )
     if top is None and values:
         raise _NotProbed(
@@ -777,6 +783,15 @@ def _top(session: Session, column: Column, seq: Sequence) -> int | None:
             "default has passed them"
         )
     return None if top is None else int(top)
+
+
+def _counted(column: Column, joiner: str = "WHERE") -> sql.Composable:
+    """`` WHERE (...)``: only the rows the column's keys can collide with (keys.py: a
+    partial key's predicate, NOT NULL for the rest of a key, the partitions with a key
+    of their own); nothing where every row counts."""
+    if not column.row_filter:
+        return sql.SQL("")
+    return sql.SQL(" {} ({})").format(sql.SQL(joiner), sql.SQL(column.row_filter))
 
 
 def _insert(
@@ -867,8 +882,8 @@ def _prepared(
     source: sql.Composable = sql.SQL("TRUE")
     if expected is not None and expected.first_collision is not None:
         source = sql.SQL("{} = {}").format(col, sql.Literal(expected.first_collision))
-    pick = sql.SQL("SELECT {cols} FROM {rel} WHERE {source} LIMIT 1").format(
-        cols=cols, rel=catalog.relation(column), source=source
+    pick = sql.SQL("SELECT {cols} FROM {rel} WHERE {source}{counted} LIMIT 1").format(
+        cols=cols, rel=catalog.relation(column), source=source, counted=_counted(column, "AND")
     )
     if not session.run(sql.SQL("SELECT EXISTS ({})").format(pick))[0][0]:
         raise _CannotCopy("the table has no row to copy")
@@ -876,13 +891,23 @@ def _prepared(
     # an INSTEAD rule refuses RETURNING: the value an insert stores is not known there
     returning = sql.SQL("") if table.replaced_by else sql.SQL(" RETURNING {}").format(col)
 
+    # a column with no default, its sequence OWNED BY it: the application draws the
+    # value itself, and so does the copy
+    into, values = cols, cols
+    if column.source == "owned":
+        into = sql.SQL("{}, {}").format(cols, col)
+        values = sql.SQL("{}, nextval({}::regclass)").format(
+            cols, sql.Literal(target.sequence.qualified)
+        )
+
     def insert(copies: int) -> sql.Composed:
         return sql.SQL(
-            "INSERT INTO {table} ({cols}) SELECT {cols} FROM ({pick}) AS r "
+            "INSERT INTO {table} ({into}) SELECT {values} FROM ({pick}) AS r "
             "CROSS JOIN generate_series(1, {copies}){returning}"
         ).format(
             table=sql.Identifier(column.schema, column.table),
-            cols=cols,
+            into=into,
+            values=values,
             pick=pick,
             copies=sql.Literal(copies),
             returning=returning,
@@ -1156,7 +1181,20 @@ def _prepare_table(session: Session, column: Column) -> _Table:
     key: set[str] = set()
     deferrable: str | None = None
     table = sql.Identifier(column.schema, column.table)
+    # the keys the check counts (keys.py) are the key under test, on the table or on
+    # its partitions; every other unique or exclusion key of the table is dropped
+    counted = {k.name for k in column.keys}
+    if counted:
+        key = set(counted)
+        deferrable = next(
+            (k.name for k in column.keys if k.deferrable and k.relation is None), None
+        )
     for conname, covers, index_name, names, can_defer in rows:
+        # (a parent's index is kept where one of its partitions' is counted: dropping it
+        # drops theirs)
+        if counted and (conname in counted or counted & set(names)):
+            key |= set(names)
+            continue
         if covers and not key:
             key = set(names) | ({conname} if conname else set())
             deferrable = conname if can_defer else None
@@ -1174,7 +1212,12 @@ def _prepare_table(session: Session, column: Column) -> _Table:
             )
     if not key:
         raise _CannotCopy("no unique key covers the column")
-    copyable = [name for (name,) in session.run(_COPYABLE, [column.table_oid, attnum])]
+    # not the columns drawn from the same sequence: each insert draws for them too
+    copyable = [
+        name
+        for (name,) in session.run(_COPYABLE, [column.table_oid, attnum])
+        if name not in column.siblings
+    ]
     if not copyable:
         raise _CannotCopy("the table has no other column to copy")
     hooks = session.run(_HOOKS, {"table": column.table_oid})
@@ -1255,7 +1298,16 @@ def _peek(session: Session, target: _Target) -> int | None:
 def _values_query(target: _Target) -> Callable[[int], sql.Composed]:
     """``n`` values of the column's default (or its identity sequence), in order."""
 
+    k, j = target.column.draws
+
     def query(n: int) -> sql.Composed:
+        if k > 1:  # each insert draws k values, in column order: this column gets the j-th
+            return sql.SQL(
+                "SELECT v FROM (SELECT g, ({expr}) AS v FROM generate_series(1, {n}) AS g) "
+                "AS d WHERE (g - 1) % {k} = {j} ORDER BY g"
+            ).format(
+                expr=_default(target), n=sql.Literal(n * k), k=sql.Literal(k), j=sql.Literal(j)
+            )
         return sql.SQL(
             "SELECT v FROM (SELECT g, ({expr}) AS v FROM generate_series(1, {n}) AS g) AS d "
             "ORDER BY g"
@@ -1304,13 +1356,14 @@ def _draw(session: Session, target: _Target) -> _Run:
     numeric = _numeric(column)
 
     def hits_query(values: list[Any]) -> sql.Composed:
+        counted = _counted(column, "AND")
         if numeric:
-            return sql.SQL("SELECT {col} FROM {rel} WHERE {col} = ANY ({values})").format(
-                col=col, rel=rel, values=sql.Literal(values)
+            return sql.SQL("SELECT {col} FROM {rel} WHERE {col} = ANY ({values}){counted}").format(
+                col=col, rel=rel, values=sql.Literal(values), counted=counted
             )
         return sql.SQL(
-            "SELECT {col}::text FROM {rel} WHERE {col}::text = ANY ({values}::text[])"
-        ).format(col=col, rel=rel, values=sql.Literal([str(v) for v in values]))
+            "SELECT {col}::text FROM {rel} WHERE {col}::text = ANY ({values}::text[]){counted}"
+        ).format(col=col, rel=rel, values=sql.Literal([str(v) for v in values]), counted=counted)
 
     def key(value: Any) -> Any:
         return _as_int(value) if numeric else str(value)
