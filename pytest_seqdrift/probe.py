@@ -507,6 +507,8 @@ def _probe_here(
     if said is not None:
         run, settled, overrules = _settle(session, target, expected, run, table, start_over)
         said += f"; {settled}"
+    elif not judged and run.until is None and run.one_row:
+        run, said = _in_one_statement(session, target, run, table, start_over)
     decided_by = table.deciders if _decided(run.first, target) else ()
     return _probed(verdict, "insert", run, target, _joined(note, said), decided_by, overrules)
 
@@ -610,6 +612,52 @@ def _settle(
     except _CannotCopy as exc:
         return run, f"re-probing to find out which is right failed: {exc}", False
     return run, f"the probe is right: {_why(run, target, table)}", True
+
+
+def _in_one_statement(
+    session: Session, target: _Target, run: _Run, table: _Table, start_over: Callable[[], None]
+) -> tuple[_Run, str | None]:
+    """One row per INSERT passed the max without a collision, on a table whose AFTER
+    triggers or rules draw from the sequence in between. A multi-row INSERT takes its
+    values before any of them runs: it walks the plain default's values one after the
+    other. Where such an INSERT of the rows it takes to pass the max collides, that is
+    a collision too, which the run reports with the note saying for which INSERTs."""
+    column, seq = target.column, target.sequence
+    first = run.first
+    if (
+        not column.plain_default
+        or table.deciders
+        or table.replaced_by
+        or not table.hooks
+        or first is None
+    ):
+        return run, None
+    rows = max(0, (target.top - first) // seq.increment + 1)
+    if rows < 2 or rows > target.limit:
+        return run, None
+    start_over()
+    prepared, insert = _prepared(session, target, None)
+    _immediate(session, column, prepared.deferrable)
+    session.run("SAVEPOINT seqdrift_batch_insert")
+    try:
+        session.run(insert(rows))
+    except session.Error as exc:
+        if session.broken:
+            raise
+        session.run("ROLLBACK TO SAVEPOINT seqdrift_batch_insert")
+        if sqlstate(exc) != UNIQUE_VIOLATION or constraint_name(exc) not in prepared.key:
+            return run, None
+        value = _key_value(message_detail(exc), column.column)
+        if value is None:
+            return run, None
+        until = (value - first) // seq.increment
+        note = (
+            f"a multi-row INSERT of {rows} rows collides on {value} after {until} rows; one row "
+            f"per INSERT passes the max without a collision ({_why(run, target, table)})"
+        )
+        return replace(run, until=until, value=value, drawn=until + 1, one_row=False), note
+    session.run("RELEASE SAVEPOINT seqdrift_batch_insert")
+    return run, None
 
 
 def _multi_row_collides(
@@ -1194,6 +1242,8 @@ def _prepare_table(session: Session, column: Column) -> _Table:
         # drops theirs)
         if counted and (conname in counted or counted & set(names)):
             key |= set(names)
+            if can_defer and deferrable is None:
+                deferrable = conname  # SET CONSTRAINTS on it reaches its partitions' too
             continue
         if covers and not key:
             key = set(names) | ({conname} if conname else set())
@@ -1411,6 +1461,7 @@ def _merge(result: ProbeReport) -> None:
             inserts_until_collision=p.inserts_until_collision,
             max_existing=p.top,
             fix_sql=fix,
+            note=p.note,
         )
         if at is None:
             findings.append(found)

@@ -218,24 +218,22 @@ DRAWING_EXPRESSION = Shape(
 
 @pytest.mark.parametrize("shape", DRAWING, ids=[s.id for s in DRAWING])
 def test_a_trigger_or_rule_drawing_from_the_sequence(db: Conn, shape: Shape) -> None:
-    """The probe inserts one row per INSERT there and reports what those INSERTs do,
-    not what a multi-row INSERT or the arithmetic says; the note says the probe is
-    right and names what draws. The arithmetic's setval still fixes it."""
+    """The check leaves the column unchecked, naming what draws; the probe inserts one
+    row per INSERT there and reports what those INSERTs do, not what a multi-row INSERT
+    says. Its setval fixes it."""
     db.execute(shape.sql)
-    arithmetic = collision_for(check(db), shape.table)
-    assert arithmetic is not None
+    report = check(db)
+    assert collision_for(report, shape.table) is None
+    verdict = checked_for(report, shape.table)
+    assert verdict.status == "unchecked"
+    assert verdict.note is not None
+    assert re.search(r"(trigger draw|trigger audit_t|rule log_t)\b", verdict.note)
     result = expect_probe_to_tell_the_truth(db, shape)
     p = probed_for(result, shape.table)
-    assert (p.mode, p.overrules, p.decided_by) == ("insert", True, ())
-    assert p.note is not None
-    said = f"the arithmetic says a collision after {arithmetic.inserts_until_collision} inserts"
-    assert said in p.note
-    assert "; the probe is right: one row per INSERT, " in p.note
-    assert "draws from public.t_id_seq too: the inserts store " in p.note
-    assert re.search(r"(trigger draw|trigger audit_t|rule log_t) on public\.t", p.note)
+    assert (p.mode, p.decided_by) == ("insert", ())
     f = collision_for(result.report, shape.table)
     assert f is not None
-    assert f.fix_sql == arithmetic.fix_sql
+    assert f.fix_sql.startswith("SELECT setval(")
     expect_the_fix_to_fix(db, shape, f.fix_sql)
 
 
@@ -252,8 +250,9 @@ def test_a_trigger_drawing_behind_an_expression_default(db: Conn) -> None:
 
 def test_a_multi_row_insert_that_collides_where_one_row_inserts_do_not(db: Conn) -> None:
     """One row per INSERT, the audit trigger's draws make the ids skip 8; a multi-row
-    INSERT of 8 rows stores 1 .. 8 and fails. Both are true: the arithmetic's finding
-    stays, and the note says which INSERTs it holds for and why."""
+    INSERT of 8 rows stores 1 .. 8 and fails. Both are true: the check leaves the column
+    unchecked, the probe reports the multi-row collision, and the note says which
+    INSERTs it holds for and why."""
     db.execute(
         """CREATE TABLE t (id serial PRIMARY KEY, v int);
            INSERT INTO t (id) VALUES (8);
@@ -269,36 +268,31 @@ def test_a_multi_row_insert_that_collides_where_one_row_inserts_do_not(db: Conn)
     assert f is not None
     assert numbers(f) == (1, 8, 7, 8)
     p = probed_for(result, "t")
-    assert (p.mode, p.overrules, saw(p)) == ("insert", False, (None, None))
+    assert checked_for(check(db), "t").status == "unchecked"
+    assert (p.mode, p.overrules, saw(p)) == ("insert", False, (7, 8))
     assert p.note == (
-        "the probe and the arithmetic disagree: the arithmetic says a collision after 7 "
-        "inserts, the probe saw none; the arithmetic is right for a multi-row INSERT: 8 rows "
-        "in one statement collide; one row per INSERT passes the max without a collision "
-        "(one row per INSERT, trigger audit_t on public.t (AFTER INSERT) draws from "
-        "public.t_id_seq too: the inserts store 1, 3, 5 ...)"
+        "a multi-row INSERT of 8 rows collides on 8 after 7 rows; one row per INSERT passes "
+        "the max without a collision (one row per INSERT, trigger audit_t on public.t (AFTER "
+        "INSERT) draws from public.t_id_seq too: the inserts store 1, 3, 5 ...)"
     )
+    assert f.note == p.note
 
 
 def test_a_multi_row_collision_the_replay_cannot_find_falls_back_to_one_row_inserts(
     db: Conn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where the catalog does not tell (here it is made to see no trigger), the probe
-    inserts in multi-row batches: the batch collides, its replay in smaller INSERTs
-    does not (the trigger draws in between). That made the whole probe fail with
-    "could not reproduce a collision it saw"; now the column is probed again, one row
-    per INSERT, from the same sequence states."""
+    inserts in multi-row batches: the batch collides, and its replay in smaller INSERTs
+    draws in yet another order (the trigger draws in between). That made the whole
+    probe fail with "could not reproduce a collision it saw"; now it never raises, and
+    the collision is reported."""
     shape = DRAWING[0]
     db.execute(shape.sql)
     blind = "SELECT true, true, false, 'none'::text WHERE %(table)s::oid IS NULL"
     monkeypatch.setattr(probe_module, "_HOOKS", blind)
-    result = expect_probe_to_tell_the_truth(db, shape)
-    p = probed_for(result, "t")
-    assert p.note is not None
-    assert p.note.startswith(
-        "a multi-row INSERT collided, the same rows in smaller INSERTs do not (a trigger or "
-        "rule draws values in another order): probed one row per INSERT; the probe and the "
-        "arithmetic disagree: "
-    )
+    with unchanged(db):
+        result = probe(db)
+    assert collision_for(result.report, "t") is not None
 
 
 INSTEAD = (
@@ -310,10 +304,12 @@ INSTEAD = (
 
 def test_a_rule_that_inserts_instead(db: Conn) -> None:
     """DO INSTEAD: an INSERT into t stores nothing in t (and takes no RETURNING), so none
-    ever collides, whatever its sequence says. The probe inserts without RETURNING, sees
-    no collision, and overrules the arithmetic."""
+    ever collides, whatever its sequence says. The check leaves the column unchecked,
+    naming the rule; the probe inserts without RETURNING and sees no collision."""
     db.execute(INSTEAD)
-    assert numbers(collision_for(check(db), "t")) == (1, 7, 6, 16)
+    report = check(db)
+    assert collision_for(report, "t") is None
+    assert checked_for(report, "t").status == "unchecked"
     with rolled_back(db):
         for _ in range(20):
             db.execute("INSERT INTO t (v) VALUES (0)")
@@ -322,12 +318,7 @@ def test_a_rule_that_inserts_instead(db: Conn) -> None:
         result = probe(db)
     assert result.report.findings == []
     p = probed_for(result, "t")
-    assert (p.mode, p.overrules, saw(p)) == ("insert", True, (None, None))
-    assert p.note is not None
-    assert p.note.endswith(
-        "the probe is right: rule instead_t on public.t does another INSERT instead "
-        "(DO INSTEAD): none collided"
-    )
+    assert (p.mode, saw(p)) == ("insert", (None, None))
 
 
 def test_a_conditional_rule_that_leaves_the_copies_to_the_table(db: Conn) -> None:
@@ -486,25 +477,22 @@ def test_a_before_trigger_that_decides_the_id(db: Conn, shape: Shape) -> None:
 
 
 def test_a_before_trigger_that_stores_values_past_the_existing_ones(db: Conn) -> None:
-    """t_id_seq is behind (the arithmetic foresees a collision after 6 inserts), but
-    the trigger stores other_seq's values, from 1000 on: no insert collides. The probe
-    is right, and the arithmetic's finding is not reported."""
+    """t_id_seq is behind, but the trigger stores other_seq's values, from 1000 on: no
+    insert collides. The check cannot know (the column is unchecked, naming the
+    trigger); the probe inserts and reports no collision."""
     db.execute(SEEDED + FILL_ID.format(start="START 1000") + FILL_T)
-    assert numbers(collision_for(check(db), "t")) == (1, 7, 6, 16)
+    report = check(db)
+    assert collision_for(report, "t") is None
+    verdict = checked_for(report, "t")
+    assert verdict.status == "unchecked"
+    assert verdict.note is not None
+    assert "trigger fill_id" in verdict.note
     assert one_row_inserts(db, INSERT_T, top=16) == Truth([1000], None)
     with unchanged(db):
         result = probe(db)
     assert result.report.findings == []
     p = probed_for(result, "t")
-    assert (p.overrules, p.first_value, saw(p)) == (True, 1000, (None, None))
-    assert p.note == (
-        "the probe and the arithmetic disagree: the arithmetic says a collision after 6 "
-        "inserts, the probe saw none; the probe is right: trigger fill_id on public.t "
-        "(BEFORE INSERT) decides the value an insert stores: the first stores 1000, the "
-        "default yields 1"
-    )
-    verdict = checked_for(result.report, "t")
-    assert (verdict.status, verdict.note) == ("ok", p.note)
+    assert (p.overrules, p.first_value, saw(p)) == (False, 1000, (None, None))
 
 
 def test_a_before_trigger_that_leaves_the_id_alone_changes_nothing(db: Conn) -> None:
