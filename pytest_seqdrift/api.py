@@ -191,7 +191,26 @@ def check(
     report.checked.sort(
         key=lambda v: (v.column.schema, v.column.table, v.column.column, v.sequence.qualified)
     )
+    _one_fix_per_sequence(report)
     return report
+
+
+def _one_fix_per_sequence(report: Report) -> None:
+    """Where one sequence collides in several columns (shared by tables, or drawn twice
+    per insert), each finding's setval goes as far as the furthest one: any of them,
+    run alone, clears them all."""
+    furthest: dict[int, Any] = {}
+    for f in report.findings:
+        if f.kind != "collision" or f.max_existing is None or not f.fix_sql.startswith("SELECT"):
+            continue
+        best = furthest.get(f.sequence.oid)
+        sign = 1 if f.sequence.increment > 0 else -1
+        if best is None or sign * f.max_existing > sign * (best.max_existing or 0):
+            furthest[f.sequence.oid] = f
+    for i, f in enumerate(report.findings):
+        best = furthest.get(f.sequence.oid)
+        if best is not None and f.kind == "collision" and f.fix_sql.startswith("SELECT"):
+            report.findings[i] = replace(f, fix_sql=best.fix_sql)
 
 
 def discover(
@@ -381,5 +400,5 @@ def _skipped(column: Column, seq: Sequence, reason: str) -> Skipped:
 def _unplain(column: Column) -> str:
     return (
         f"default {column.default_expr} is more than the sequence's next value: "
-        "the arithmetic cannot judge it (the --seqdrift probe can)"
+        "the arithmetic cannot judge it (on a test database, pytest --seqdrift's probe judges it by inserting)"
     )

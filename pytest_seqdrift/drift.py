@@ -342,7 +342,7 @@ def _key_note(column: Column) -> str | None:
     """What a collision's numbers assume of the row inserted: the keys that count only
     some rows, and the draws of one insert."""
     notes = []
-    for key in column.keys:
+    for key in column.keys if column.row_filter else ():  # (a full key counts every row)
         if key.predicate:
             notes.append(
                 f"{key.kind} {key.name} is partial (WHERE {key.predicate}): only rows it "

@@ -223,7 +223,7 @@ def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
     report = fix_plan.report
     if not fix_plan.fixes and not fix_plan.advice and not fix_plan.unread:
         lines.append(fixsql.comment(f"nothing to fix: {summary(report)}"))
-        return "\n".join(lines)
+        return "\n".join(lines + _unjudged(report))
     lines += [
         "-- Each setval reads last_value in the same statement: it only ever moves a",
         "-- sequence forward, also when this script runs later. Review it, then run:",
@@ -256,8 +256,22 @@ def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
                 f"{s.sequence}, but it could not be read: {s.reason}"
             )
         )
+    lines += _unjudged(report)
     lines += ["", "COMMIT;"]
     return "\n".join(lines)
+
+
+def _unjudged(report: Report) -> list[str]:
+    """The columns the check could not judge: nothing here fixes them, and the script
+    says so rather than leave them out in silence."""
+    lines = []
+    for c in report.checked:
+        if c.status == "unchecked":
+            lines += [
+                "",
+                fixsql.comment(f"not judged, so not fixed here: {c.column.label}: {c.note}"),
+            ]
+    return lines
 
 
 def _table_lock(column: Column) -> sql.Composed:

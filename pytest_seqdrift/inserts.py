@@ -184,7 +184,7 @@ def attach(
             elif unjudged is None:
                 unjudged = (
                     f"each insert also draws from {seq.qualified} for {', '.join(others)}: "
-                    "the arithmetic cannot judge the order (the --seqdrift probe can)"
+                    "the arithmetic cannot judge the order (on a test database, pytest --seqdrift's probe judges it by inserting)"
                 )
         siblings = tuple(x.column for x in together if x is not c)
         out.append(replace(c, unjudged=unjudged, note=note, draws=draws, siblings=siblings))

@@ -287,7 +287,7 @@ def attach(
         if judged.opaque and unjudged is None:
             unjudged = (
                 f"{'; '.join(judged.opaque)}: an expression that maps several ids onto one "
-                "value, which the arithmetic cannot judge (the --seqdrift probe can)"
+                "value, which the arithmetic cannot judge (on a test database, pytest --seqdrift's probe judges it by inserting)"
             )
         skip = c.skip_reason or judged.unreadable
         out.append(

@@ -620,8 +620,9 @@ def _in_one_statement(
     """One row per INSERT passed the max without a collision, on a table whose AFTER
     triggers or rules draw from the sequence in between. A multi-row INSERT takes its
     values before any of them runs: it walks the plain default's values one after the
-    other. Where such an INSERT of the rows it takes to pass the max collides, that is
-    a collision too, which the run reports with the note saying for which INSERTs."""
+    other. Where such an INSERT of the rows it takes to pass the max collides, the run
+    stays what one row per INSERT did (an application's inserts: no finding), and the
+    note says which multi-row INSERT collides, and on what."""
     column, seq = target.column, target.sequence
     first = run.first
     if (
@@ -652,10 +653,11 @@ def _in_one_statement(
             return run, None
         until = (value - first) // seq.increment
         note = (
-            f"a multi-row INSERT of {rows} rows collides on {value} after {until} rows; one row "
-            f"per INSERT passes the max without a collision ({_why(run, target, table)})"
+            f"one row per INSERT passes the max without a collision "
+            f"({_why(run, target, table)}); but a multi-row INSERT of {rows} rows collides on "
+            f"{value} after {until} rows"
         )
-        return replace(run, until=until, value=value, drawn=until + 1, one_row=False), note
+        return run, note
     session.run("RELEASE SAVEPOINT seqdrift_batch_insert")
     return run, None
 
@@ -1461,13 +1463,22 @@ def _merge(result: ProbeReport) -> None:
             inserts_until_collision=p.inserts_until_collision,
             max_existing=p.top,
             fix_sql=fix,
-            note=p.note,
+            note=_joined(_unjudged(p.column), p.note),
         )
         if at is None:
             findings.append(found)
         else:
             findings[at] = found
         _verdict(checked, p, "finding", "collision seen by the probe")
+
+
+def _unjudged(column: Column) -> str | None:
+    """Why the check left the column to the probe, said of a collision the probe saw:
+    the trigger, rule or expression that decides what an insert stores."""
+    if column.unjudged is None:
+        return None
+    why = re.split(r"[:,]? (?:which )?the arithmetic cannot judge", column.unjudged)[0]
+    return f"found by inserting: {why}"
 
 
 def _verdict(checked: list[Checked], p: Probed, status: Status, note: str | None) -> None:
@@ -1490,12 +1501,15 @@ def _advice(p: Probed) -> str:
             f"Make what the trigger takes its values from{moved} yield values past the "
             f"existing ones (up to {p.top}).",
         )
-    if p.column.plain_default and p.top is not None:
+    if (p.column.plain_default or p.column.source == "trigger") and p.top is not None:
+        # the value is the sequence's next one (a trigger that fills the column from it,
+        # or draws from it in between, only moves it forward): past the max is the fix
         target = fixsql.collision_target(p.column, p.sequence, Bounds(None, None, p.top))
         if target is not None:
             return fixsql.setval_at_least(p.sequence, target)
+    takes = f"takes {what}" if p.column.default_expr else "is filled by a trigger"
     return fixsql.comment(
-        f"{p.column.label} takes {what} (or a trigger sets it): move "
+        f"{p.column.label} {takes} (or a trigger sets it): move "
         f"{p.sequence.qualified} forward, with setval, until it yields values past the "
         "existing ones"
     )

@@ -135,7 +135,12 @@ def summary(report: Report) -> str:
         for k, n in counts.items()
         if n
     )
-    line = f"checked {plural(len(report.checked), 'column')} in {plural(len(tables), 'table')}: {kinds or 'no drift'}"
+    unchecked = sum(c.status == "unchecked" for c in report.checked)
+    # an unchecked column is not known to be free of drift: never "no drift" of it
+    clean = "no drift among those judged" if unchecked else "no drift"
+    line = f"checked {plural(len(report.checked), 'column')} in {plural(len(tables), 'table')}: {kinds or clean}"
+    if unchecked:
+        line += f"; {unchecked} unchecked"
     if report.skipped:
         line += f"; {len(report.skipped)} skipped"
     return line

@@ -10,6 +10,7 @@ from psycopg.pq import TransactionStatus
 
 from pytest_seqdrift import CannotCheck, check
 from pytest_seqdrift.connections import PsycopgSession
+from pytest_seqdrift.model import Report
 
 SEED = """
 CREATE TABLE billing (id serial PRIMARY KEY);
@@ -198,7 +199,9 @@ def test_the_first_read_agrees_with_reading_every_window(db: psycopg.Connection[
         assert not isinstance(bounds, CannotCheck)
         expected += drift.assess(c, seq, state, bounds)[0]
     assert len(columns) == 8
-    assert sorted(report.findings, key=str) == sorted(expected, key=str)
+    judged = Report(findings=expected)
+    api._one_fix_per_sequence(judged)  # a shared sequence's fixes go as far as the furthest
+    assert sorted(report.findings, key=str) == sorted(judged.findings, key=str)
     collided = {f.column.table: (f.first_collision, f.max_existing) for f in report.findings}
     assert collided == {"above_hit": (60, 60), "deep": (-60, -60), "money": (45, 45)}
 
