@@ -39,7 +39,7 @@ WITH named AS (
         FROM regexp_matches(pg_get_expr(ad.adbin, 0),
                             E'nextval\\(\\(''((?:[^'']|'''')+)''::text\\)::regclass\\)', 'g') AS m
     ) x
-    WHERE ad.adbin::text LIKE '%%:funcid 1574 %%'
+    WHERE ad.adbin::text LIKE '%%:funcid 1574 %%:funcid 1079 %%'  -- nextval(text::regclass)
     UNION ALL
     -- nextval(pg_get_serial_sequence('table', 'column')): the name is the table's
     SELECT ad.adrelid, ad.adnum, x.name, 'text', NULL, NULL, x.of_column
@@ -50,7 +50,7 @@ WITH named AS (
             E'nextval\\(\\(?pg_get_serial_sequence\\(''((?:[^'']|'''')+)''::text, ''((?:[^'']|'''')+)''::text\\)',
             'g') AS m
     ) x
-    WHERE ad.adbin::text LIKE '%%:funcid 1574 %%'
+    WHERE ad.adbin::text LIKE '%%:funcid 1574 %%:funcid 1079 %%'  -- nextval(text::regclass)
     UNION ALL
     SELECT ad.adrelid, ad.adnum, x.name, 'function', p.oid::regprocedure::text, p.pronamespace,
            NULL

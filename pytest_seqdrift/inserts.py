@@ -24,7 +24,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .model import Column, Sequence, SequenceState
+from .model import Column, Sequence, SequenceState, amended
 
 # The triggers and rules that run when a row is inserted into one of the given tables:
 # on the table, or on one of its partitions (an insert is routed there). A trigger
@@ -187,7 +187,7 @@ def attach(
                     "the arithmetic cannot judge the order (on a test database, pytest --seqdrift's probe judges it by inserting)"
                 )
         siblings = tuple(x.column for x in together if x is not c)
-        out.append(replace(c, unjudged=unjudged, note=note, draws=draws, siblings=siblings))
+        out.append(amended(c, unjudged=unjudged, note=note, draws=draws, siblings=siblings))
     return out
 
 

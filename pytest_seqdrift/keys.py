@@ -31,10 +31,10 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from .model import Column, Key
+from .model import Column, Key, amended
 
 # One row per unique or exclusion index that an insert into one of the given tables meets:
 # the table's own, or its leaf partitions' (and a row without an index for a relation
@@ -186,7 +186,7 @@ def parse_candidates(rows: Iterable[Seq[Any]]) -> Candidates:
                 expressions,
                 nnd,
                 parsed,
-                tuple(json.loads(reads or "[]")),
+                tuple(json.loads(reads)) if reads else (),
             )
         )
     return out
@@ -291,7 +291,7 @@ def attach(
             )
         skip = c.skip_reason or judged.unreadable
         out.append(
-            replace(
+            amended(
                 c,
                 keys=judged.keys,
                 key_columns=first,

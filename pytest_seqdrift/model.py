@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
 
 FindingKind = Literal["collision", "overflow", "exhaustion"]
 Status = Literal["ok", "finding", "duplicates", "unchecked"]
@@ -45,6 +47,15 @@ class SequenceState:
 
     last_value: int
     is_called: bool
+
+
+def amended(obj: T, **changes: Any) -> T:
+    """``dataclasses.replace`` for a frozen dataclass whose fields need no checking,
+    at a tenth of its cost: discovery amends every column of a database twice."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    new.__dict__.update(changes)
+    return new
 
 
 @dataclass(frozen=True)
