@@ -152,40 +152,19 @@ class Candidates:
 
 
 def parse_candidates(rows: Iterable[Seq[Any]]) -> Candidates:
+    """The KEYS rows (in ``Candidate``'s order of fields, the texts of positions and
+    reads last)."""
     out = Candidates({}, {})
-    for (
-        table_oid,
-        rel,
-        rel_name,
-        index_oid,
-        name,
-        kind,
-        deferrable,
-        ready,
-        partial,
-        expressions,
-        nnd,
-        positions,
-        reads,
-    ) in rows:
+    for row in rows:
+        table_oid, rel, _, index_oid = row[:4]
         out.relations.setdefault(table_oid, set()).add(rel)
         if index_oid is None:
             continue
-        parsed = _positions(positions or "[]")
+        *head, positions, reads = row
         out.by_table.setdefault(table_oid, []).append(
             Candidate(
-                table_oid,
-                rel,
-                rel_name,
-                index_oid,
-                name,
-                kind,
-                deferrable,
-                ready,
-                partial,
-                expressions,
-                nnd,
-                parsed,
+                *head,
+                _positions(positions or "[]"),
                 tuple(json.loads(reads)) if reads else (),
             )
         )
