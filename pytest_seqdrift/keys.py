@@ -151,6 +151,22 @@ class Candidates:
     relations: dict[int, set[int]]
 
 
+# KEYS' columns before the texts of positions and reads, in its order
+_CANDIDATE_FIELDS = (
+    "table_oid",
+    "rel",
+    "rel_name",
+    "index_oid",
+    "name",
+    "kind",
+    "deferrable",
+    "ready",
+    "partial",
+    "expressions",
+    "nulls_not_distinct",
+)
+
+
 def parse_candidates(rows: Iterable[Seq[Any]]) -> Candidates:
     """The KEYS rows (in ``Candidate``'s order of fields, the texts of positions and
     reads last)."""
@@ -163,9 +179,9 @@ def parse_candidates(rows: Iterable[Seq[Any]]) -> Candidates:
         *head, positions, reads = row
         out.by_table.setdefault(table_oid, []).append(
             Candidate(
-                *head,
-                _positions(positions or "[]"),
-                tuple(json.loads(reads)) if reads else (),
+                **dict(zip(_CANDIDATE_FIELDS, head, strict=True)),
+                positions=_positions(positions or "[]"),
+                reads=tuple(json.loads(reads)) if reads else (),
             )
         )
     return out
