@@ -20,7 +20,17 @@ from typing import Any, TypeVar
 
 from . import catalog, drift, inserts, keys
 from .connections import CannotCheck, Session, open_session
-from .model import Bounds, Checked, Column, Plan, Report, Sequence, SequenceState, Skipped
+from .model import (
+    Bounds,
+    Checked,
+    Column,
+    Finding,
+    Plan,
+    Report,
+    Sequence,
+    SequenceState,
+    Skipped,
+)
 
 DEFAULT_LOCK_TIMEOUT_MS = 1000
 # Columns (sequences) read per statement: each read holds an AccessShareLock on a table
@@ -199,7 +209,7 @@ def _one_fix_per_sequence(report: Report) -> None:
     """Where one sequence collides in several columns (shared by tables, or drawn twice
     per insert), each finding's setval goes as far as the furthest one: any of them,
     run alone, clears them all."""
-    furthest: dict[int, Any] = {}
+    furthest: dict[int, Finding] = {}
     for f in report.findings:
         if f.kind != "collision" or f.max_existing is None or not f.fix_sql.startswith("SELECT"):
             continue
