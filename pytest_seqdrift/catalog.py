@@ -94,6 +94,14 @@ WITH named AS (
     JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
      AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'n'
     UNION
+    -- before PostgreSQL 15, a generated column's expression records its dependencies on
+    -- the column itself, not on its default
+    SELECT d.objid, d.objsubid, d.refobjid, 'default', NULL
+    FROM pg_depend d
+    JOIN pg_class gs ON gs.oid = d.refobjid AND gs.relkind = 'S'
+    WHERE d.classid = 'pg_class'::regclass AND d.objsubid > 0
+      AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('n', 'a')
+    UNION
     SELECT d.refobjid, d.refobjsubid, d.objid, 'owned', NULL
     FROM pg_depend d
     JOIN pg_class os ON os.oid = d.objid AND os.relkind = 'S'

@@ -67,14 +67,18 @@ SELECT r.table_oid::int8, r.rel::int8 AS rel,
        coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false) AS nulls_not_distinct,
        (SELECT json_agg(json_build_object(
             'name', a.attname, 'not_null', a.attnotnull, 'generated', a.attgenerated <> '',
+            -- the columns a generated column reads: its expression's dependencies, on
+            -- its default (PostgreSQL 15 on) or on the column itself (before)
             'reads', CASE WHEN a.attgenerated <> '' THEN (
-                     SELECT json_agg(ra.attname) FROM pg_attrdef gd
-                      JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass
-                       AND d.objid = gd.oid AND d.refobjid = gd.adrelid AND d.refobjsubid > 0
-                       AND d.refobjsubid <> gd.adnum
-                      JOIN pg_attribute ra ON ra.attrelid = gd.adrelid
-                       AND ra.attnum = d.refobjsubid
-                      WHERE gd.adrelid = a.attrelid AND gd.adnum = a.attnum) END,
+                SELECT json_agg(DISTINCT ra.attname) FROM pg_depend d
+                JOIN pg_attribute ra ON ra.attrelid = a.attrelid AND ra.attnum = d.refobjsubid
+                WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = a.attrelid
+                  AND d.refobjsubid > 0 AND d.refobjsubid <> a.attnum
+                  AND ((d.classid = 'pg_attrdef'::regclass AND d.objid = (
+                            SELECT gd.oid FROM pg_attrdef gd
+                            WHERE gd.adrelid = a.attrelid AND gd.adnum = a.attnum))
+                       OR (d.classid = 'pg_class'::regclass AND d.objid = a.attrelid
+                           AND d.objsubid = a.attnum))) END,
             'operator', CASE WHEN con.contype = 'x' THEN (
                 SELECT o.oprname FROM pg_operator o WHERE o.oid = con.conexclop[k.ord]) END
         ) ORDER BY k.ord)

@@ -58,6 +58,8 @@ TESTS = [
     "tests/test_api.py",
     "tests/test_cli_check.py",
     "tests/test_versions.py",
+    "tests/test_keys.py",  # the catalogs of keys, triggers and defaults differ by version
+    "tests/test_shapes.py",
 ]
 
 
