@@ -146,7 +146,7 @@ def check(
                 continue
             if c.draws[0] > 1:  # the column sees every k-th value (inserts.py)
                 walk = inserts.per_insert(c, seq)
-                state = inserts.per_insert_state(c, seq, walk, state, drift.next_value(seq, state))
+                state = inserts.per_insert_state(c, seq, walk, state)
                 seq = walk
             todo.append((c, seq, state))
             if isinstance(answer, CannotCheck):
@@ -248,7 +248,7 @@ def _shaped(
     key_rows, hook_rows = found
     candidates = keys.parse_candidates(key_rows)  # type: ignore[arg-type]
     wanted = keys.texts_wanted(columns, candidates)
-    texts: dict[keys.TextRead, tuple[str | None, ...] | str] = {}
+    texts: dict[keys.KeyText, tuple[str | None, ...] | str] = {}
     if wanted:
         answers = _read(session, [catalog.TextRead(w.statement()) for w in wanted])
         for w, a in zip(wanted, answers, strict=True):

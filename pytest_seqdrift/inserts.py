@@ -24,6 +24,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, replace
 from typing import Any
 
+from . import drift
 from .model import Column, Sequence, SequenceState, amended
 
 # The triggers and rules that run when a row is inserted into one of the given tables:
@@ -204,13 +205,14 @@ def per_insert(column: Column, seq: Sequence) -> Sequence:
 
 
 def per_insert_state(
-    column: Column, seq: Sequence, walk: Sequence, state: SequenceState, next_value: int | None
+    column: Column, seq: Sequence, walk: Sequence, state: SequenceState
 ) -> SequenceState:
     """The state of ``walk`` (``per_insert(column, seq)``) that yields the column's next
     value: the sequence's next value moved on by the draws before the column's."""
     k, j = column.draws
     if k == 1:
         return state
+    next_value = drift.next_value(seq, state)
     end = walk.max_value if walk.increment > 0 else walk.min_value
     if next_value is None:
         return SequenceState(end, True)  # exhausted: the insert fails

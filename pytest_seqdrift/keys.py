@@ -240,12 +240,12 @@ class GeneratedText:
         )
 
 
-TextRead = IndexText | GeneratedText
+KeyText = IndexText | GeneratedText
 
 
-def texts_wanted(columns: Iterable[Column], candidates: Candidates) -> list[TextRead]:
+def texts_wanted(columns: Iterable[Column], candidates: Candidates) -> list[KeyText]:
     """The texts the columns' keys need, each once."""
-    wanted: dict[TextRead, None] = {}
+    wanted: dict[KeyText, None] = {}
     for c in columns:
         for k in candidates.by_table.get(c.table_oid, ()):
             if not k.ready or not k.involves(c.column):
@@ -269,7 +269,7 @@ class _Judged:
 def attach(
     columns: Seq[Column],
     candidates: Candidates,
-    texts: Mapping[TextRead, tuple[str | None, ...] | str],
+    texts: Mapping[KeyText, tuple[str | None, ...] | str],
 ) -> list[Column]:
     """The columns with their keys, row filters and, where a key cannot be judged, the
     reason. ``texts`` holds each text read's answer, or why it failed (a str)."""
@@ -306,7 +306,7 @@ def _judge(
     column: Column,
     candidates: Seq[Candidate],
     relations: set[int],
-    texts: Mapping[TextRead, tuple[str | None, ...] | str],
+    texts: Mapping[KeyText, tuple[str | None, ...] | str],
 ) -> _Judged:
     keys: list[Key] = []
     opaque: list[str] = []
