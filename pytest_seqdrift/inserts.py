@@ -9,7 +9,8 @@ What a trigger does is code, which read-only arithmetic cannot run. A trigger (r
 statement, BEFORE or AFTER, on the table or on one of its partitions) or an INSERT rule
 *may* change what an insert stores or draws when its function is not SQL or PL/pgSQL
 (a few built-in ones excepted), or when its source mentions the column, the sequence,
-``nextval``/``setval``, dynamic SQL, assigns NEW as a whole, calls a function of the
+``nextval``/``setval`` of it (or of a sequence not named by a literal), dynamic SQL,
+assigns NEW as a whole, calls a function of the
 database's own, or -- where the sequence also feeds another column -- inserts. Such a
 column is ``unchecked``, naming the trigger; the probe judges it by inserting for real.
 A trigger that mentions none of these (``NEW.updated_at := now()``) cannot change the
@@ -122,10 +123,23 @@ def _word(name: str) -> str:
     return r"(?<![\w$])" + re.escape(name) + r"(?![\w$])"
 
 
-_ALWAYS = re.compile(
-    r"(?<![\w$])(nextval|setval|execute)(?![\w$])|(?<![\w$.])new\s*:?=", re.IGNORECASE
-)
+_ALWAYS = re.compile(r"(?<![\w$])execute(?![\w$])|(?<![\w$.])new\s*:?=", re.IGNORECASE)
+# nextval / setval, and the sequence they name where it is a literal
+_DRAW = re.compile(r"(?<![\w$])(?:nextval|setval)\s*\(\s*(?:'((?:[^']|'')*)')?", re.IGNORECASE)
 _INSERT = re.compile(r"(?<![\w$])insert(?![\w$])", re.IGNORECASE)
+
+
+def _names(text: str, seq: Sequence) -> bool:
+    """Does ``text`` (the string a trigger passes to nextval) name ``seq``? Its last
+    part, unquoted (an unquoted name folds to lower case), is the sequence's name; a
+    schema, where given, must be its schema."""
+    parts = [
+        p[1:-1].replace('""', '"') if p.startswith('"') else p.lower()
+        for p in re.findall(r'"(?:[^"]|"")*"|[^."]+', text.strip())
+    ]
+    if not parts or parts[-1] != seq.name:
+        return False
+    return len(parts) == 1 or parts[-2] == seq.schema
 
 
 def may_change(hook: Hook, column: Column, seq: Sequence, shared: bool) -> bool:
@@ -139,6 +153,12 @@ def may_change(hook: Hook, column: Column, seq: Sequence, shared: bool) -> bool:
     source = hook.source or ""
     if _ALWAYS.search(source) or hook.calls:
         return True
+    for draw in _DRAW.finditer(source):
+        # a draw from a sequence named by a literal other than this one (an audit table's
+        # own) leaves this column's walk alone; any other draw may not
+        named = draw.group(1)
+        if named is None or _names(named.replace("''", "'"), seq):
+            return True
     for name in (column.column, seq.name):
         if re.search(_word(name), source, re.IGNORECASE):
             return True

@@ -92,3 +92,44 @@ def test_any_one_fix_of_a_sequence_clears_all_its_columns(db: Conn, schema: str)
     assert found[0].fix_sql == found[1].fix_sql
     db.execute(found[0].fix_sql)
     assert check(db).findings == []
+
+
+AUDITED = """
+    CREATE TABLE t (id serial PRIMARY KEY, v int);
+    INSERT INTO t (id) VALUES (3), (5);
+    CREATE SEQUENCE audit_seq;
+    CREATE TABLE audit (n bigint, what text);
+    CREATE FUNCTION log_t() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO audit VALUES ({draw}, 'insert'); RETURN NULL; END $$;
+    CREATE TRIGGER log_t AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION log_t();
+"""
+
+
+def test_a_trigger_drawing_from_a_sequence_of_its_own_keeps_the_column_judged(db: Conn) -> None:
+    """The audit row's number comes from the audit's own sequence: the table's walk is
+    untouched, so the arithmetic's numbers stand -- proven by the inserts."""
+    db.execute(AUDITED.format(draw="nextval('audit_seq')"))
+    report = check(db)
+    (f,) = report.findings
+    assert (f.next_value, f.first_collision, f.inserts_until_collision) == (1, 3, 2)
+    with db.transaction(force_rollback=True):
+        ids = [db.execute("INSERT INTO t (v) VALUES (0) RETURNING id").fetchone() for _ in range(2)]
+        assert ids == [(1,), (2,)]
+        with pytest.raises(psycopg.errors.UniqueViolation), db.transaction():
+            db.execute("INSERT INTO t (v) VALUES (0)")
+    db.execute("SELECT setval('t_id_seq', 1, false)")
+
+
+@pytest.mark.parametrize(
+    "draw", ["nextval('t_id_seq')", "nextval('public.t_id_seq'::regclass)", "nextval(TG_ARGV[0])"]
+)
+def test_a_trigger_drawing_from_the_column_s_sequence_leaves_it_unchecked(
+    db: Conn, draw: str
+) -> None:
+    db.execute(AUDITED.format(draw=draw))
+    report = check(db)
+    assert report.findings == []
+    (verdict,) = [c for c in report.checked if c.column.table == "t"]
+    assert verdict.status == "unchecked"
+    assert verdict.note is not None
+    assert "trigger log_t" in verdict.note
