@@ -241,9 +241,9 @@ def _clean(verdict: Checked, report: Report) -> bool:
 # ``rewrites``, whether an insert into the table could store something else than the
 # default's value -- a BEFORE INSERT row trigger or an INSERT rule on the table or on
 # any table under it (partitions, to which inserts are routed; inheritance children
-# too, to err on the safe side); and what ``_prepare_table`` would have found: whether a
-# unique key covers the column (``_TABLE_KEYS``' ``covers``) and whether another column
-# can be copied (``_COPYABLE``). Catalogs only: it locks no table.
+# too, to err on the safe side); and what ``_prepare_table`` would have found: whether
+# another column can be copied (``_COPYABLE``). Whether a key counts is the check's to
+# say (``Column.keys``). Catalogs only: it locks no table.
 _INSERT_PATHS = """
 WITH RECURSIVE given AS (
     SELECT w.i, w.table_oid,
@@ -266,11 +266,6 @@ WITH RECURSIVE given AS (
 SELECT w.i::int,
        w.i IN (SELECT i FROM rewritten) AS rewrites,
        EXISTS (
-           SELECT FROM pg_index i
-           WHERE i.indrelid = w.table_oid AND i.indisunique AND i.indpred IS NULL
-             AND w.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
-       ) AS covered,
-       EXISTS (
            SELECT FROM pg_attribute x
            WHERE x.attrelid = w.table_oid AND x.attnum > 0 AND NOT x.attisdropped
              AND x.attgenerated = '' AND x.attidentity <> 'a' AND x.attnum <> w.attnum
@@ -292,11 +287,14 @@ def _insert_paths(
     with session.transaction():  # never leave a driver's implicit transaction open
         rows = session.run(_INSERT_PATHS, [oids, [targets[i].column.column for i in indices]])
     # a key counts as the check counts it (keys.py: partial, expression, exclusion and
-    # partitions' own keys too)
-    return {
-        indices[n - 1]: (rewrites, covered or bool(targets[indices[n - 1]].column.keys), copyable)
-        for n, rewrites, covered, copyable in rows
-    }
+    # partitions' own keys too). A column drawn together with others from its sequence
+    # is not settled here: its copies carry none of them (``_prepare_table``)
+    out = {}
+    for n, rewrites, copyable in rows:
+        column = targets[indices[n - 1]].column
+        if not column.siblings:
+            out[indices[n - 1]] = (rewrites, bool(column.keys), copyable)
+    return out
 
 
 def _settled(
@@ -1146,15 +1144,12 @@ def _locate(
     )
 
 
-# The table's unique and exclusion constraints and unique indexes. ``covers``: a unique
-# key that includes the column, in the order discovery picks the key under test. For a
-# partitioned table, the names of the partitions' indexes attached to each one, so that
-# a violation reported by a partition is recognised as the key's.
+# The table's unique and exclusion constraints and unique indexes. For a partitioned
+# table, the names of the partitions' indexes attached to each one, so that a violation
+# reported by a partition is recognised as the key's.
 _TABLE_KEYS = """
 WITH RECURSIVE keys AS (
     SELECT i.indexrelid, i.indnkeyatts, i.indisprimary, c.conname::text AS conname,
-           i.indisunique AND i.indpred IS NULL
-             AND %(attnum)s = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]) AS covers,
            coalesce(c.condeferrable, false) AS deferrable
     FROM pg_index i
     LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
@@ -1164,7 +1159,7 @@ WITH RECURSIVE keys AS (
     UNION ALL
     SELECT a.root, h.inhrelid FROM attached a JOIN pg_inherits h ON h.inhparent = a.indexrelid
 )
-SELECT k.conname, k.covers, ic.relname::text,
+SELECT k.conname, ic.relname::text,
        ARRAY(SELECT x.relname::text FROM attached a JOIN pg_class x ON x.oid = a.indexrelid
              WHERE a.root = k.indexrelid) AS names,
        k.deferrable
@@ -1227,30 +1222,22 @@ def _prepare_table(session: Session, column: Column) -> _Table:
         "SELECT attnum FROM pg_attribute WHERE attrelid = %s AND attname = %s",
         [column.table_oid, column.column],
     )
-    rows = session.run(_TABLE_KEYS, {"attnum": attnum, "table": column.table_oid})
-    key: set[str] = set()
+    rows = session.run(_TABLE_KEYS, {"table": column.table_oid})
     deferrable: str | None = None
     table = sql.Identifier(column.schema, column.table)
     # the keys the check counts (keys.py) are the key under test, on the table or on
     # its partitions; every other unique or exclusion key of the table is dropped
     counted = {k.name for k in column.keys}
-    if counted:
-        key = set(counted)
-        deferrable = next(
-            (k.name for k in column.keys if k.deferrable and k.relation is None), None
-        )
-    for conname, covers, index_name, names, can_defer in rows:
+    key = set(counted)
+    for conname, index_name, names, can_defer in rows:
         # (a parent's index is kept where one of its partitions' is counted: dropping it
         # drops theirs)
-        if counted and (conname in counted or counted & set(names)):
+        if conname in counted or counted & set(names):
             key |= set(names)
             if can_defer and deferrable is None:
                 deferrable = conname  # SET CONSTRAINTS on it reaches its partitions' too
             continue
-        if covers and not key:
-            key = set(names) | ({conname} if conname else set())
-            deferrable = conname if can_defer else None
-        elif conname is not None:
+        if conname is not None:
             _alter(
                 session,
                 sql.SQL("ALTER TABLE {} DROP CONSTRAINT {} CASCADE").format(

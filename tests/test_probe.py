@@ -967,6 +967,33 @@ def test_a_settled_column_is_reported_exactly_as_its_probe_would_report_it(
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_two_columns_of_one_sequence_are_reported_as_their_probe_reports_them(
+    db: Conn, monkeypatch: pytest.MonkeyPatch, mode: Mode
+) -> None:
+    """A clean table whose two columns are drawn from one sequence: its copies carry
+    neither (each insert draws for both), so the insert probe falls back -- and the
+    shortcut must say so too, not settle it as copyable."""
+    db.execute(
+        """CREATE SEQUENCE pair_s;
+           CREATE TABLE pair (a int DEFAULT nextval('pair_s') UNIQUE,
+                              b int DEFAULT nextval('pair_s') UNIQUE);
+           INSERT INTO pair DEFAULT VALUES;"""
+    )
+    with unchanged(db):
+        fast = probe(db, mode=mode)
+    monkeypatch.setattr(probe_module, "_settled", lambda *args: {})
+    with unchanged(db):
+        full = probe(db, mode=mode)
+    monkeypatch.undo()
+    assert fast.probed == full.probed
+    assert fast.report.findings == full.report.findings == []
+    fell_back = "fell back to the default probe: the table has no other column to copy"
+    assert [(p.mode, p.note) for p in fast.probed] == (
+        [("default", fell_back)] * 2 if mode == "insert" else [("default", None)] * 2
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_a_table_whose_insert_may_store_another_value_is_still_probed(
     db: Conn, monkeypatch: pytest.MonkeyPatch, mode: Mode
 ) -> None:
