@@ -27,6 +27,7 @@ from typing import Any
 
 from . import drift
 from .model import Column, Sequence, SequenceState, amended
+from .render import ordinal
 
 # The triggers and rules that run when a row is inserted into one of the given tables:
 # on the table, or on one of its partitions (an insert is routed there). A trigger
@@ -200,7 +201,7 @@ def attach(
                     note,
                     f"each insert draws {len(together)} values from {seq.qualified} "
                     f"(columns {', '.join(x.column for x in together)}, in that order): "
-                    f"{c.column} gets the {_ordinal(draws[1] + 1)}",
+                    f"{c.column} gets the {ordinal(draws[1] + 1)}",
                 )
             elif unjudged is None:
                 unjudged = (
@@ -249,7 +250,3 @@ def _listed(items: Iterable[str]) -> str:
 
 def _joined(*notes: str | None) -> str | None:
     return "; ".join(n for n in notes if n) or None
-
-
-def _ordinal(n: int) -> str:
-    return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")

@@ -142,6 +142,17 @@ class Candidate:
             p.name == column or (p.generated and column in p.reads) for p in self.positions
         ) or (self.expressions and column in self.reads)
 
+    def key(self, columns: tuple[str, ...], predicate: str | None) -> Key:
+        """The key as the column's verdict and the probe speak of it."""
+        return Key(
+            name=self.name,
+            columns=columns,
+            kind=self.kind,  # type: ignore[arg-type]
+            relation=self.rel_name,  # (None for the table's own)
+            deferrable=self.deferrable,
+            predicate=predicate,
+        )
+
     def needs_text(self, column: str) -> bool:
         """The key's verdict on ``column`` hangs on the text of an expression."""
         return self.partial or (self.expressions and column in self.reads)
@@ -349,17 +360,7 @@ def _judge(
                 )
                 opaque.append(f"{k.kind} {k.name} on ({shown})")
                 # enforced all the same: the probe's inserts meet it (no rows counted)
-                keys.append(
-                    Key(
-                        name=k.name,
-                        relation_oid=k.rel,
-                        columns=(shown,),
-                        kind=k.kind,  # type: ignore[arg-type]
-                        deferrable=k.deferrable,
-                        predicate=predicate,
-                        relation=k.rel_name if k.rel != column.table_oid else None,
-                    )
-                )
+                keys.append(k.key((shown,), predicate))
             continue
         parts = []
         if predicate:
@@ -372,18 +373,7 @@ def _judge(
             p.name if p.name is not None else (d or "(expression)")
             for p, d in zip(k.positions, defs, strict=True)
         )
-        keys.append(
-            Key(
-                name=k.name,
-                relation_oid=k.rel,
-                relation=k.rel_name if k.rel != column.table_oid else None,
-                columns=shown_columns,
-                kind=k.kind,  # type: ignore[arg-type]
-                deferrable=k.deferrable,
-                predicate=predicate,
-                row_filter=row_filter,
-            )
-        )
+        keys.append(k.key(shown_columns, predicate))
     row_filter = _combined(column, filters, relations) if filters else None
     return _Judged(tuple(keys), row_filter, tuple(opaque), None)
 

@@ -63,13 +63,11 @@ class Key:
     """A unique or exclusion key that PostgreSQL enforces when a row is inserted."""
 
     name: str  # the constraint's name, or the unique index's
-    relation_oid: int  # the table, or the leaf partition the key is on
     columns: tuple[str, ...]  # as written: names, or the expression
     kind: Literal["primary key", "unique", "unique index", "exclusion"]
     relation: str | None = None  # the partition's name, for a partition's own key
     deferrable: bool = False
     predicate: str | None = None  # a partial key's WHERE
-    row_filter: str | None = None  # the existing rows it can collide with; None: all
 
 
 @dataclass(frozen=True)
