@@ -34,8 +34,8 @@ from typing import Any
 import psycopg
 
 from pytest_seqdrift import check
-from pytest_seqdrift.connections import PsycopgSession
-from pytest_seqdrift.server import throwaway_server
+from pytest_seqdrift.db.drivers import PsycopgSession
+from pytest_seqdrift.testbed import throwaway_server
 
 BUILD = """
 DO $$

@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 
 from pytest_seqdrift import check
-from pytest_seqdrift.server import throwaway_server
+from pytest_seqdrift.testbed import throwaway_server
 
 FLAT_TARGET = 1.1  # peak at the most rows / at the fewest
 PER_COLUMN_TARGET = 5000  # bytes of peak Python memory per checked column

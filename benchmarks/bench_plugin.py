@@ -45,9 +45,9 @@ from bench_check import timed  # the same median of warm runs
 from psycopg import sql
 
 from pytest_seqdrift import check
-from pytest_seqdrift.connections import PsycopgSession
+from pytest_seqdrift.db.drivers import PsycopgSession
 from pytest_seqdrift.probe import probe
-from pytest_seqdrift.server import throwaway_server
+from pytest_seqdrift.testbed import throwaway_server
 
 TARGET_MS = 30.0  # issue 6: --seqdrift overhead per probed test at 100 tables
 ROWS_GROWTH_TARGET = 1.5  # probe at the most rows / at the fewest: "does not grow"

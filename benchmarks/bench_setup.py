@@ -58,7 +58,7 @@ import psycopg
 from bench_check import timed  # the same median of warm runs
 
 from pytest_seqdrift import check
-from pytest_seqdrift.server import throwaway_server
+from pytest_seqdrift.testbed import throwaway_server
 
 MIGRATION_TARGET_MS = 10.0  # (a): added per migration on a 100-table schema
 SUITE_TARGET = 0.05  # (c): --seqdrift adds under 5 % of the suite's wall time
@@ -397,7 +397,7 @@ def pytest_configure(config):
     if config.getoption("seqdrift", default=None) is None:
         return
     from pytest_seqdrift.plugin import SeqdriftPlugin
-    from pytest_seqdrift.watch import Watcher
+    from pytest_seqdrift.plugin.watch import Watcher
 
     _timed(Watcher, "step_applied", "steps")  # after each migration: the check (or not)
     _timed(SeqdriftPlugin, "_check_django_setup", "setup_check")  # once: the test database

@@ -14,7 +14,7 @@ import sys
 import psycopg
 
 from pytest_seqdrift import check
-from pytest_seqdrift.server import throwaway_server
+from pytest_seqdrift.testbed import throwaway_server
 
 MIGRATION = """
 CREATE TABLE profile_address (

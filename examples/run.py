@@ -17,7 +17,7 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
-from pytest_seqdrift.server import throwaway_server
+from pytest_seqdrift.testbed import throwaway_server
 
 
 def main(argv: list[str]) -> int:

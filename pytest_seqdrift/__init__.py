@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from .api import check
-from .connections import CannotCheck, NotSupported, SeqdriftError
-from .model import Checked, Finding, Report, Skipped
+from pytest_seqdrift.checker import check
+from pytest_seqdrift.errors import (
+    CannotCheck,
+    CannotFix,
+    NotSupported,
+    SeqdriftError,
+    SequenceDriftError,
+)
+from pytest_seqdrift.model import Checked, Finding, Report, Skipped
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "CannotCheck",
+    "CannotFix",
     "Checked",
     "Finding",
     "NotSupported",
     "Report",
     "SeqdriftError",
+    "SequenceDriftError",
     "Skipped",
     "__version__",
     "check",

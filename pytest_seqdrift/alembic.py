@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 from typing import Any
 
-from . import render
-from .api import check
-from .model import Report, printable
+from pytest_seqdrift import render
+from pytest_seqdrift.checker import check
+from pytest_seqdrift.model import Report, printable
 
 
 class RevisionDriftError(AssertionError):

@@ -19,11 +19,12 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from . import __version__, fix, render
-from .api import DEFAULT_LOCK_TIMEOUT_MS, check
-from .connections import MIN_SERVER_VERSION, SeqdriftError, describe
-from .drift import DEFAULT_THRESHOLD
-from .model import FindingKind, Report, printable
+from pytest_seqdrift import __version__, fix, render
+from pytest_seqdrift.checker import DEFAULT_LOCK_TIMEOUT_MS, check
+from pytest_seqdrift.db.session import MIN_SERVER_VERSION, describe
+from pytest_seqdrift.drift import DEFAULT_THRESHOLD
+from pytest_seqdrift.errors import CannotFix, SeqdriftError
+from pytest_seqdrift.model import FindingKind, Report, printable
 
 EXIT_OK, EXIT_FINDINGS, EXIT_CANNOT_CHECK = 0, 1, 2
 KINDS: tuple[FindingKind, ...] = ("collision", "overflow", "exhaustion")
@@ -479,7 +480,7 @@ def main(argv: Seq[str] | None = None) -> int:
         return run(args)
     except Stop as exc:
         _say_why(str(exc))
-    except fix.CannotFix as exc:
+    except CannotFix as exc:
         _say_why(f"cannot fix: {exc}")
     except (SeqdriftError, psycopg.Error) as exc:
         _say_why(f"cannot check: {describe(exc)}")

@@ -19,8 +19,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, replace
 
-from . import fixsql
-from .model import (
+from pytest_seqdrift import fixsql
+from pytest_seqdrift.model import (
     Bounds,
     Checked,
     Column,

@@ -30,16 +30,14 @@ from typing import Any
 
 from psycopg import sql
 
-from . import drift, fixsql
-from .api import DEFAULT_LOCK_TIMEOUT_MS, check, read_bounds, read_sequence_states
-from .connections import CannotCheck, SeqdriftError, describe, session_for
-from .model import Bounds, Column, Finding, Report, Sequence, SequenceState, Skipped
-from .render import describe_finding, summary, what_happens
-
-
-class CannotFix(SeqdriftError):
-    """The fix could not be applied (a lock held past the lock timeout, a privilege);
-    nothing was changed."""
+from pytest_seqdrift import drift, fixsql
+from pytest_seqdrift.checker import DEFAULT_LOCK_TIMEOUT_MS, check
+from pytest_seqdrift.db.adapters import session_for
+from pytest_seqdrift.db.session import describe
+from pytest_seqdrift.errors import CannotCheck, CannotFix
+from pytest_seqdrift.model import Bounds, Column, Finding, Report, Sequence, SequenceState, Skipped
+from pytest_seqdrift.read.reader import read_bounds, read_sequence_states
+from pytest_seqdrift.render import describe_finding, summary, what_happens
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from .model import INT_RANGES, Bounds, Column, FindingKind, Sequence, SequenceState, printable
+from pytest_seqdrift.model import (
+    INT_RANGES,
+    Bounds,
+    Column,
+    FindingKind,
+    Sequence,
+    SequenceState,
+    printable,
+)
 
 
 def _text(composed: sql.Composable) -> str:

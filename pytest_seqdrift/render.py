@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .model import Checked, Finding, Report, Skipped, printable
+from pytest_seqdrift.model import Checked, Finding, Report, Skipped, printable
 
 JSON_VERSION = 1
 

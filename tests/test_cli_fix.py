@@ -29,7 +29,7 @@ from psycopg import sql
 
 from pytest_seqdrift import check, fixsql
 from pytest_seqdrift.model import INT_RANGES, Bounds, Column, Sequence, SequenceState
-from pytest_seqdrift.server import find_pg_ctl
+from pytest_seqdrift.testbed import find_pg_ctl
 
 # Sequences behind their max, ahead of it (called and not), one shared by two tables, a
 # negative increment, and a quoted name in a second schema.

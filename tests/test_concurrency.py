@@ -29,7 +29,7 @@ import pytest
 from cli_support import dsn, seqdrift
 
 from pytest_seqdrift import check
-from pytest_seqdrift.connections import PsycopgSession
+from pytest_seqdrift.db.drivers import PsycopgSession
 from pytest_seqdrift.model import Report
 
 Conn = psycopg.Connection[Any]

@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 from psycopg import sql
 
-from pytest_seqdrift import CannotCheck, check, snapshot
-from pytest_seqdrift.connections import NotSupported, Psycopg2Session
+from pytest_seqdrift import CannotCheck, NotSupported, check, snapshot
+from pytest_seqdrift.db.drivers import Psycopg2Session
 from pytest_seqdrift.probe import Mode, probe
 
 Conn = psycopg.Connection[Any]

@@ -8,9 +8,9 @@ import ast
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_seqdrift import advice
-from pytest_seqdrift.history import History, Step
 from pytest_seqdrift.model import Column, Finding, Report, Sequence
+from pytest_seqdrift.plugin import advice
+from pytest_seqdrift.plugin.history import History, Step
 
 
 def column(table: str) -> Column:

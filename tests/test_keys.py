@@ -11,7 +11,7 @@ import pytest
 from psycopg import errors
 
 from pytest_seqdrift import check
-from pytest_seqdrift.keys import _injective
+from pytest_seqdrift.read.keys import _injective
 
 Conn = psycopg.Connection[Any]
 

@@ -20,11 +20,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from pytest_seqdrift import listeners
-from pytest_seqdrift.connections import session_for
-from pytest_seqdrift.history import Step
-from pytest_seqdrift.listeners import Listening, django_may_drift
-from pytest_seqdrift.watch import Watcher
+from pytest_seqdrift.db.adapters import session_for
+from pytest_seqdrift.plugin import listeners
+from pytest_seqdrift.plugin.history import Step
+from pytest_seqdrift.plugin.listeners import Listening, django_may_drift
+from pytest_seqdrift.plugin.watch import Watcher
 
 Conn = psycopg.Connection[Any]
 

@@ -15,9 +15,10 @@ import psycopg
 import pytest
 from pytest_postgresql import factories
 
-from pytest_seqdrift import Report, api, check
-from pytest_seqdrift.connections import PsycopgSession
-from pytest_seqdrift.server import find_pg_ctl, root_safe
+from pytest_seqdrift import Report, check
+from pytest_seqdrift.db.drivers import PsycopgSession
+from pytest_seqdrift.read import reader
+from pytest_seqdrift.testbed import find_pg_ctl, root_safe
 
 tiny_lock_table_proc = factories.postgresql_proc(
     executable=root_safe(find_pg_ctl()),
@@ -55,7 +56,7 @@ def checked(conn: psycopg.Connection[Any]) -> tuple[Report, int]:
 def test_more_tables_than_the_lock_table_holds(
     many_tables: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api, "CHUNK", 25)
+    monkeypatch.setattr(reader, "CHUNK", 25)
     _, statements = checked(many_tables)
     # the transaction, discovery, the keys and triggers (two queries under a savepoint),
     # and two read blocks (four statements each, under a savepoint): no read was retried
@@ -70,6 +71,6 @@ def test_one_chunk_for_all_runs_out_and_the_failed_reads_are_retried(
     test above tests the chunks). The read that ran out ends its chunk, whose rollback
     lets the locks go; the block carries on after it, and the reads that ran out are
     read again on their own: every table is still checked."""
-    monkeypatch.setattr(api, "CHUNK", TABLES)
+    monkeypatch.setattr(reader, "CHUNK", TABLES)
     _, statements = checked(many_tables)
     assert statements > 3 + 2 * 5 + 1

@@ -22,7 +22,7 @@ from psycopg.pq import TransactionStatus
 
 from pytest_seqdrift import check, snapshot
 from pytest_seqdrift import probe as probe_module
-from pytest_seqdrift.connections import PsycopgSession
+from pytest_seqdrift.db.drivers import PsycopgSession
 from pytest_seqdrift.model import Checked, Finding, Report, SequenceState
 from pytest_seqdrift.probe import Mode, Probed, ProbeReport, probe
 from pytest_seqdrift.snapshot import SequenceKey

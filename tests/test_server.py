@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from pytest_seqdrift import check
-from pytest_seqdrift import server as srv
-from pytest_seqdrift.server import (
+from pytest_seqdrift import testbed as srv
+from pytest_seqdrift.testbed import (
     ServerDidNotStart,
     ServerNotFound,
     find_server,

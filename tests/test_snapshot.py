@@ -15,8 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pytest_seqdrift import snapshot
-from pytest_seqdrift.connections import CannotCheck
+from pytest_seqdrift import CannotCheck, snapshot
 from pytest_seqdrift.model import SequenceState
 from pytest_seqdrift.snapshot import Moved, SequenceKey
 

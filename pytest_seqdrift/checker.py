@@ -2,7 +2,7 @@
 
 Statements per check are constant, whatever the number of tables: the transaction and
 its lock timeout, discovery (one query), one PL/pgSQL block that reads every sequence's
-state and every column's max (catalog.READ_BLOCK), a second block for the columns whose
+state and every column's max (block.READ_BLOCK), a second block for the columns whose
 max reaches their sequence's next value (none, in a database without drift), and row
 counts for the few columns whose verdict depends on them (usually none). Where the
 block cannot run, the same reads go as statements of their own, pipelined; a table
@@ -12,33 +12,27 @@ own either way, and the rest still checked.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from collections.abc import Sequence as Seq
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
-from . import catalog, drift, inserts, keys
-from .connections import CannotCheck, Session, open_session
-from .model import (
+from pytest_seqdrift import drift
+from pytest_seqdrift.db.adapters import open_session
+from pytest_seqdrift.errors import CannotCheck
+from pytest_seqdrift.model import (
     Bounds,
     Checked,
     Column,
     Finding,
-    Plan,
     Report,
     Sequence,
     SequenceState,
     Skipped,
 )
+from pytest_seqdrift.read import block, inserts, reader
 
 DEFAULT_LOCK_TIMEOUT_MS = 1000
-# Columns (sequences) read per statement: each read holds an AccessShareLock on a table
-# and its index until its chunk's savepoint is rolled back; PostgreSQL's default lock
-# table holds 64 x max_connections (6,400) locks for all sessions together.
-CHUNK = 1000
-
-T = TypeVar("T")
 
 
 def check(
@@ -89,7 +83,7 @@ def check(
             share=jobs > 1,
         ) as snapshot,
     ):
-        columns, sequences = discover(session, schemas, exclude_tables)
+        columns, sequences = reader.discover(session, schemas, exclude_tables)
         report = Report()
         readable = [c for c in columns if c.skip_reason is None]
         for c in columns:
@@ -121,18 +115,18 @@ def check(
         # read sees rows committed up to its start, so this order keeps every max older
         # than the state it is compared with (in the check's own REPEATABLE READ
         # transaction, the snapshot taken by discovery already does)
-        first: list[catalog.Read] = [
-            catalog.ColumnRead(c, (None, None, top, None))
+        first: list[block.Read] = [
+            block.ColumnRead(c, (None, None, top, None))
             for c, top in zip(judged, tops, strict=True)
         ]
-        first += [catalog.StateRead(sequences[oid]) for oid in wanted]
+        first += [block.StateRead(sequences[oid]) for oid in wanted]
         timeouts = {
             "lock_timeout_ms": lock_timeout_ms,
             "statement_timeout_ms": statement_timeout_ms,
         }
-        answers = _read_shared(session, first, snapshot, jobs, timeouts)
+        answers = reader.read_shared(session, first, snapshot, jobs, timeouts)
         states = {
-            oid: a if isinstance(a, CannotCheck) else catalog.as_state(a)
+            oid: a if isinstance(a, CannotCheck) else block.as_state(a)
             for oid, a in zip(wanted, answers[len(judged) :], strict=True)
         }
 
@@ -152,14 +146,14 @@ def check(
             if isinstance(answer, CannotCheck):
                 results.append(answer)
                 continue
-            known, value = _top_from(top, catalog.as_int(answer[2]))
+            known, value = _top_from(top, block.as_int(answer[2]))
             if known and not drift.may_collide_at(c, seq, state, value):
                 results.append(Bounds(None, None, value, None))
             else:
                 results.append(None)
         deeper = [i for i, r in enumerate(results) if r is None]
         plans = [(todo[i][0], drift.plan(*todo[i])) for i in deeper]
-        for i, bounds in zip(deeper, read_bounds(session, plans), strict=True):
+        for i, bounds in zip(deeper, reader.read_bounds(session, plans), strict=True):
             results[i] = bounds
         bounded: list[tuple[Column, Sequence, SequenceState, Bounds]] = []
         for (c, seq, state), result in zip(todo, results, strict=True):
@@ -176,7 +170,7 @@ def check(
             if (limit := drift.row_count_wanted(c, seq, state, threshold, b)) is not None
         ]
         counted = session.batch(
-            [catalog.row_count_query(bounded[i][0], limit) for i, limit in counting],
+            [block.row_count_query(bounded[i][0], limit) for i, limit in counting],
             release_locks=True,
         )
         rows_by_index: dict[int, int] = {}
@@ -223,145 +217,7 @@ def _one_fix_per_sequence(report: Report) -> None:
             report.findings[i] = replace(f, fix_sql=best.fix_sql)
 
 
-def discover(
-    session: Session, schemas: Iterable[str] | None = None, exclude_tables: Seq[str] = ()
-) -> tuple[list[Column], dict[int, Sequence]]:
-    """Every sequence-backed column and its sequence, with what an insert meets."""
-    rows = session.query_dicts(catalog.DISCOVERY, catalog.discovery_params(schemas))
-    columns, sequences = catalog.parse_discovery(rows, exclude_tables)
-    return _shaped(session, columns, sequences), sequences
-
-
-def _shaped(
-    session: Session, columns: list[Column], sequences: dict[int, Sequence]
-) -> list[Column]:
-    """The columns with what an insert into their table meets: the keys that count and
-    the rows they count (keys.py), how many values it draws, and the triggers and rules
-    that may change them (inserts.py). Two catalog queries in one round trip; the texts
-    of partial and expression keys, where there are any, in one read block."""
-    if not columns:
-        return columns
-    found = session.batch([keys.keys_query(columns), inserts.triggers_query(columns)])
-    for answer in found:
-        if isinstance(answer, CannotCheck):
-            raise answer
-    key_rows, hook_rows = found
-    candidates = keys.parse_candidates(key_rows)  # type: ignore[arg-type]
-    wanted = keys.texts_wanted(columns, candidates)
-    texts: dict[keys.KeyText, tuple[str | None, ...] | str] = {}
-    if wanted:
-        answers = _read(session, [catalog.TextRead(w.statement()) for w in wanted])
-        for w, a in zip(wanted, answers, strict=True):
-            texts[w] = a.args[0] if isinstance(a, CannotCheck) else a
-    columns = keys.attach(columns, candidates, texts)
-    return inserts.attach(columns, sequences, inserts.parse_hooks(hook_rows))  # type: ignore[arg-type]
-
-
-def _chunks(items: Seq[T]) -> Iterator[Seq[T]]:
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
-
-
-def _read(session: Session, reads: Seq[catalog.Read]) -> list[catalog.Answer | CannotCheck]:
-    """Every read's answer, in order: one PL/pgSQL block on the server for all of them
-    (catalog.READ_BLOCK, one round trip), or where that block cannot run, the reads as
-    statements of their own."""
-    if not reads:
-        return []
-    statements = [
-        (catalog.SET_WORK, catalog.work_params(reads, CHUNK)),
-        (catalog.READ_BLOCK, ()),
-        (catalog.GET_RESULT, ()),
-    ]
-    *_, result = session.batch(statements, replay=False)
-    if isinstance(result, CannotCheck):
-        return _read_one_by_one(session, reads)
-    out: list[catalog.Answer | CannotCheck] = []
-    retry: list[int] = []
-    for i, answer in enumerate(catalog.parse_result(result[0][0], len(reads))):
-        if isinstance(answer, catalog.ReadError):
-            if answer.out_of_resources:
-                retry.append(i)
-            out.append(CannotCheck(answer.message))
-        else:
-            out.append(answer)
-    for i, again in zip(retry, _read_one_by_one(session, [reads[i] for i in retry]), strict=True):
-        out[i] = again
-    return out
-
-
-def _read_one_by_one(
-    session: Session, reads: Seq[catalog.Read]
-) -> list[catalog.Answer | CannotCheck]:
-    """The reads as statements, pipelined per chunk, each chunk's locks let go once its
-    rows are in (``Session.batch(release_locks=True)``); a failing read is reported on
-    its own."""
-    out: list[catalog.Answer | CannotCheck] = []
-    for chunk in _chunks(reads):
-        answers = session.batch([catalog.read_statement(r) for r in chunk], release_locks=True)
-        out += [a if isinstance(a, CannotCheck) else a[0] for a in answers]
-    return out
-
-
-# Fewer reads than this go on one connection: a second one costs its connection.
-PARALLEL_MIN_READS = 400
-
-
-def _read_shared(
-    session: Session,
-    reads: Seq[catalog.Read],
-    snapshot: str | None,
-    jobs: int,
-    timeouts: dict[str, Any],
-) -> list[catalog.Answer | CannotCheck]:
-    """``_read``, split between ``jobs`` connections on the same snapshot: one read
-    block on each, at once (each block runs on a server process, and so on a core, of
-    its own)."""
-    if snapshot is None or jobs < 2 or len(reads) < PARALLEL_MIN_READS:
-        return _read(session, reads)
-    siblings: list[Session] = []
-    try:
-        for _ in range(jobs - 1):
-            sibling = session.sibling(snapshot, **timeouts)
-            if sibling is None:
-                break
-            siblings.append(sibling)
-        if not siblings:
-            return _read(session, reads)
-        size = -(-len(reads) // (len(siblings) + 1))
-        parts = [reads[i : i + size] for i in range(0, len(reads), size)]
-        with ThreadPoolExecutor(len(siblings)) as pool:
-            futures = [
-                pool.submit(_read, s, part) for s, part in zip(siblings, parts[1:], strict=False)
-            ]
-            out = _read(session, parts[0])
-            for future in futures:
-                out += future.result()
-        return out
-    finally:
-        for sibling in siblings:
-            sibling.conn.close()
-
-
-def read_sequence_states(
-    session: Session, wanted: Seq[catalog.SequenceRef]
-) -> dict[int, SequenceState | CannotCheck]:
-    """Every given sequence's state by OID (``last_value`` and ``is_called``), or why it
-    could not be read. check(), the snapshots and the fix all read states through here."""
-    answers = _read(session, [catalog.StateRead(seq) for seq in wanted])
-    return {
-        seq.oid: a if isinstance(a, CannotCheck) else catalog.as_state(a)
-        for seq, a in zip(wanted, answers, strict=True)
-    }
-
-
-def read_bounds(session: Session, items: Seq[tuple[Column, Plan]]) -> list[Bounds | CannotCheck]:
-    """Each plan's windows, read in full."""
-    answers = _read(session, [catalog.ColumnRead(c, catalog.plan_slots(p)) for c, p in items])
-    return [a if isinstance(a, CannotCheck) else catalog.as_bounds(a) for a in answers]
-
-
-def _top_slot(column: Column, seq: Sequence) -> catalog.Slot:
+def _top_slot(column: Column, seq: Sequence) -> block.Slot:
     """The first read of a column: its max (min) over all rows, a single index probe.
     The planner estimates a range condition at the ends of the type by probing the index
     for the actual extremes, which made a windowed max three probes, not one. A numeric
@@ -369,14 +225,14 @@ def _top_slot(column: Column, seq: Sequence) -> catalog.Slot:
     window = drift.top_window(column, seq)
     if window is None or column.type_range is None:
         return window
-    return catalog.Extreme(window)
+    return block.Extreme(window)
 
 
-def _top_from(slot: catalog.Slot, extreme: int | None) -> tuple[bool, int | None]:
+def _top_from(slot: block.Slot, extreme: int | None) -> tuple[bool, int | None]:
     """The top window's answer from the column's extreme: (known, value). Unknown only
     when the extreme lies past the window's far end (ids beyond what the sequence and
     the type allow): then the window itself is read."""
-    if not isinstance(slot, catalog.Extreme):
+    if not isinstance(slot, block.Extreme):
         return True, extreme  # the window itself was read (or there is none)
     window = slot.window
     if extreme is None or window.lo <= extreme <= window.hi:

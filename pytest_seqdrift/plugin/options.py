@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from . import drift, probe
+from pytest_seqdrift import drift, probe
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

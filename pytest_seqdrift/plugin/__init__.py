@@ -37,19 +37,22 @@ from typing import Any
 import psycopg
 import pytest
 
-from . import advice, compat, render, summary
-from .api import check
-from .connections import CannotCheck, DatabaseId, Session, describe, open_session, session_for
-from .fixtures import (
+from pytest_seqdrift import render
+from pytest_seqdrift.checker import check
+from pytest_seqdrift.db.adapters import open_session, session_for
+from pytest_seqdrift.db.session import DatabaseId, Session, describe
+from pytest_seqdrift.errors import CannotCheck, SequenceDriftError
+from pytest_seqdrift.model import Finding, Report, printable
+from pytest_seqdrift.plugin import advice, compat, summary
+from pytest_seqdrift.plugin.fixtures import (
     PG_CLIENTS,
-    SequenceDriftError,
     assert_sequences_consistent,
     seqdrift_connection,
     seqdrift_snapshot,
 )
-from .history import ColumnKey, column_key
-from .listeners import Listening
-from .locate import (
+from pytest_seqdrift.plugin.history import ColumnKey, column_key
+from pytest_seqdrift.plugin.listeners import Listening
+from pytest_seqdrift.plugin.locate import (
     Located,
     django_database_names,
     django_ready,
@@ -60,8 +63,7 @@ from .locate import (
     uses_database,
     wrap,
 )
-from .model import Finding, Report, printable
-from .options import (
+from pytest_seqdrift.plugin.options import (
     DSN_OPTION,
     ENABLE,
     EXCLUDE,
@@ -76,8 +78,8 @@ from .options import (
     add_options,
     get_option,
 )
-from .probe import probe
-from .watch import Run, Watcher, finding_key
+from pytest_seqdrift.plugin.watch import Run, Watcher, finding_key
+from pytest_seqdrift.probe import probe
 
 __all__ = [
     "SeqdriftPlugin",

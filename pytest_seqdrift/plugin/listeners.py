@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
-from .history import Step
+from pytest_seqdrift.plugin.history import Step
 
 
 class Recorder(Protocol):

@@ -34,7 +34,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
 
-from .model import Column, Key, amended
+from pytest_seqdrift.model import Column, Key, amended
 
 # One row per unique or exclusion index that an insert into one of the given tables meets:
 # the table's own, or its leaf partitions' (and a row without an index for a relation

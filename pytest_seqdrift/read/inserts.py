@@ -25,9 +25,9 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import drift
-from .model import Column, Sequence, SequenceState, amended
-from .render import ordinal
+from pytest_seqdrift import drift
+from pytest_seqdrift.model import Column, Sequence, SequenceState, amended
+from pytest_seqdrift.render import ordinal
 
 # The triggers and rules that run when a row is inserted into one of the given tables:
 # on the table, or on one of its partitions (an insert is routed there). A trigger

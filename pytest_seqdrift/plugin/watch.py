@@ -14,11 +14,12 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import drift, render
-from .api import check
-from .connections import DatabaseId, describe, open_session
-from .history import History, Step
-from .model import Finding, Report
+from pytest_seqdrift import drift, render
+from pytest_seqdrift.checker import check
+from pytest_seqdrift.db.adapters import open_session
+from pytest_seqdrift.db.session import DatabaseId, describe
+from pytest_seqdrift.model import Finding, Report
+from pytest_seqdrift.plugin.history import History, Step
 
 FindingKey = tuple[Any, ...]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .model import Column, Finding, Report
+from pytest_seqdrift.model import Column, Finding, Report
 
 StepKind = Literal["migration", "revision", "load"]
 ColumnKey = tuple[str, str, str]  # schema, table, column

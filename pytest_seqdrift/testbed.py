@@ -44,7 +44,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from .connections import SeqdriftError
+from pytest_seqdrift.errors import SeqdriftError
 
 MIN_MAJOR = 14
 """The oldest PostgreSQL the test bed, the demo and the benchmarks start."""

@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import render
-from .locate import NO_DATABASE_HELP
-from .model import Report, printable
-from .watch import key_of
+from pytest_seqdrift import render
+from pytest_seqdrift.model import Report, printable
+from pytest_seqdrift.plugin.locate import NO_DATABASE_HELP
+from pytest_seqdrift.plugin.watch import key_of
 
 SECTION = "\x00section"  # the first line when a section is wanted: "=== sequence drift ==="
 

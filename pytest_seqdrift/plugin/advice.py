@@ -8,8 +8,8 @@ Pure: text in, text out.
 
 from __future__ import annotations
 
-from .history import Step
-from .model import Finding
+from pytest_seqdrift.model import Finding
+from pytest_seqdrift.plugin.history import Step
 
 
 def py_string(text: str) -> str:

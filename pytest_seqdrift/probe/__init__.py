@@ -50,22 +50,22 @@ from typing import Any, Literal
 
 from psycopg import sql
 
-from . import catalog, drift, fixsql, inserts, snapshot
-from .api import DEFAULT_LOCK_TIMEOUT_MS, check, read_sequence_states
-from .connections import (
+from pytest_seqdrift import drift, fixsql, snapshot
+from pytest_seqdrift.checker import DEFAULT_LOCK_TIMEOUT_MS, check
+from pytest_seqdrift.db.adapters import open_session
+from pytest_seqdrift.db.session import (
     LOCK_NOT_AVAILABLE,
     OBJECT_IN_USE,
     SEQUENCE_LIMIT_EXCEEDED,
     UNIQUE_VIOLATION,
-    CannotCheck,
     Session,
     constraint_name,
     describe,
     message_detail,
-    open_session,
     sqlstate,
 )
-from .model import (
+from pytest_seqdrift.errors import CannotCheck
+from pytest_seqdrift.model import (
     Bounds,
     Checked,
     Column,
@@ -76,6 +76,8 @@ from .model import (
     Status,
     printable,
 )
+from pytest_seqdrift.read import block, inserts
+from pytest_seqdrift.read.reader import read_sequence_states
 
 Mode = Literal["insert", "default"]
 DEFAULT_LIMIT = 10_000
@@ -816,14 +818,14 @@ def _top(session: Session, column: Column, seq: Sequence) -> int | None:
     where = _counted(column)
     if _numeric(column):
         ((top,),) = session.run(
-            sql.SQL("SELECT {}({}) FROM {}{}").format(agg, col, catalog.relation(column), where)
+            sql.SQL("SELECT {}({}) FROM {}{}").format(agg, col, block.relation(column), where)
         )
         return None if top is None else int(top)
     ((top, values),) = session.run(
         sql.SQL(
             "SELECT {agg}(v::numeric) FILTER (WHERE v ~ '^[-+]?[0-9]+$'), count(v) "
             "FROM (SELECT {col}::text AS v FROM {rel}{where}) AS r"
-        ).format(agg=agg, col=col, rel=catalog.relation(column), where=where)
+        ).format(agg=agg, col=col, rel=block.relation(column), where=where)
     )
     if top is None and values:
         raise _NotProbed(
@@ -931,7 +933,7 @@ def _prepared(
     if expected is not None and expected.first_collision is not None:
         source = sql.SQL("{} = {}").format(col, sql.Literal(expected.first_collision))
     pick = sql.SQL("SELECT {cols} FROM {rel} WHERE {source}{counted} LIMIT 1").format(
-        cols=cols, rel=catalog.relation(column), source=source, counted=_counted(column, "AND")
+        cols=cols, rel=block.relation(column), source=source, counted=_counted(column, "AND")
     )
     if not session.run(sql.SQL("SELECT EXISTS ({})").format(pick))[0][0]:
         raise _CannotCopy("the table has no row to copy")
@@ -967,7 +969,7 @@ def _prepared(
 # One row per INSERT statement, ``seqdrift.count`` times, in one round trip: each
 # EXECUTE is a statement of its own, so that AFTER triggers, statement triggers and
 # rules run after each row, as they do for an application's one-row INSERTs. Like
-# catalog.READ_BLOCK it takes its work and gives its answers through transaction-local
+# block.READ_BLOCK it takes its work and gives its answers through transaction-local
 # settings. It stops past the highest existing value, and at the first error, which it
 # answers with (SQLSTATE, constraint, detail, message); the rows of a failed run are
 # rolled back with its block (the probe ends there).
@@ -1391,7 +1393,7 @@ def _draw(session: Session, target: _Target) -> _Run:
     column = target.column
     values_query = _values_query(target)
     col = sql.Identifier(column.column)
-    rel = catalog.relation(column)
+    rel = block.relation(column)
     numeric = _numeric(column)
 
     def hits_query(values: list[Any]) -> sql.Composed:

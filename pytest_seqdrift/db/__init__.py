@@ -1,0 +1,1 @@
+"""Talking to PostgreSQL: one ``Session`` interface over every driver."""

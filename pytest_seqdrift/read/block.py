@@ -1,0 +1,266 @@
+"""The reads after discovery, and the PL/pgSQL block that runs them all at once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from psycopg import sql
+
+from pytest_seqdrift.model import Bounds, Column, Plan, SequenceState, Window
+
+# --- the reads ------------------------------------------------------------------------
+#
+# After discovery, every read is one of two kinds: a sequence's state, or a column's
+# windows (up to four min/max searches, see model.Plan). All the reads of a check run on
+# the server in one PL/pgSQL block (READ_BLOCK), the way the floor of the benchmarks
+# does them: one EXECUTE per read. A DO block needs no object of its own, so it runs
+# inside a READ ONLY transaction and on a replica. It takes no parameters and returns no
+# rows, so its reads go in and its answers come out through two transaction-local
+# settings (set_config(..., true)), which the check's own rollback clears.
+#
+# The reads are whole statements, written here: every name double-quoted with its
+# quotes doubled (what quote_ident and psycopg's Identifier do), every number an integer
+# formatted by Python. The same texts serve as statements of their own when the block
+# cannot run (PL/pgSQL not available to the role, statement_timeout hit).
+#
+# The block reads up to CHUNK reads in a subtransaction that it then rolls back on
+# purpose, which releases the locks they took: a transaction keeps its locks until it
+# ends, and PostgreSQL's lock table is shared and finite (reading thousands of tables in
+# one transaction fails with "out of shared memory"). PL/pgSQL variables, which hold
+# the answers, are not rolled back. A read that fails (a lock timeout, a privilege) ends
+# its subtransaction with the error, which becomes that read's answer; the next
+# subtransaction starts at the read after it.
+#
+# Not pg_sequence_last_value(), though it needs no query per sequence: it locks the
+# sequence until the end of the transaction (sequence.c keeps that lock in the top
+# transaction's resource owner), which no subtransaction can release.
+
+SET_WORK = "SELECT set_config('seqdrift.reads', %s, true), set_config('seqdrift.chunk', %s, true)"
+GET_RESULT = "SELECT current_setting('seqdrift.answers')"
+
+READ_BLOCK = r"""
+DO $seqdrift$
+DECLARE
+    reads text[] := current_setting('seqdrift.reads')::text[];
+    chunk int := current_setting('seqdrift.chunk')::int;
+    total int := coalesce(array_length(reads, 1), 0);
+    answers text[] := '{}';
+    a text; b text; c text; d text;
+    pos int := 1;
+    stop int;
+    at int;
+BEGIN
+    WHILE pos <= total LOOP
+        stop := least(total, pos + chunk - 1);
+        BEGIN
+            FOR i IN pos .. stop LOOP
+                at := i;
+                EXECUTE reads[i] INTO a, b, c, d;
+                answers := answers || concat_ws(E'\t', i - 1, coalesce(a, ''), coalesce(b, ''),
+                                                coalesce(c, ''), coalesce(d, ''));
+            END LOOP;
+            RAISE SQLSTATE 'SDREL';  -- roll the chunk back: its locks go
+        EXCEPTION
+            WHEN SQLSTATE 'SDREL' THEN NULL;
+            WHEN OTHERS THEN
+                answers := answers || concat(at - 1, E'\t!', SQLSTATE, ' ',
+                                             regexp_replace(SQLERRM, '\s+', ' ', 'g'));
+        END;
+        pos := at + 1;
+    END LOOP;
+    PERFORM set_config('seqdrift.answers', array_to_string(answers, E'\n'), true);
+END
+$seqdrift$
+"""
+
+
+@dataclass(frozen=True)
+class Extreme:
+    """The column's max (min, for an ascending window) over all its rows, read in place
+    of ``window``: one index probe, no range for the planner to estimate. It answers the
+    window whenever it falls inside it (see api._top_from)."""
+
+    window: Window
+
+    @property
+    def ascending(self) -> bool:
+        return self.window.ascending
+
+
+Slot = Window | Extreme | None
+
+
+class SequenceRef(Protocol):
+    """What reading a sequence's state needs: a ``model.Sequence`` or a
+    ``snapshot.SequenceKey``."""
+
+    @property
+    def oid(self) -> int: ...
+    @property
+    def schema(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class StateRead:
+    """A sequence's ``last_value`` and ``is_called``."""
+
+    seq: SequenceRef
+
+
+@dataclass(frozen=True)
+class ColumnRead:
+    """Up to four searches in one column, answered in their order."""
+
+    column: Column
+    slots: tuple[Slot, ...]
+
+
+@dataclass(frozen=True)
+class TextRead:
+    """A statement of its own that answers with up to four texts (keys.py's reads of
+    predicates and expressions)."""
+
+    text: str
+
+
+Read = StateRead | ColumnRead | TextRead
+# A read's answer: four texts (None for SQL NULL).
+Answer = tuple[str | None, ...]
+
+
+@dataclass(frozen=True)
+class ReadError:
+    sqlstate: str
+    message: str
+
+    @property
+    def out_of_resources(self) -> bool:
+        """Class 53, insufficient resources ("out of shared memory"): worth a retry on
+        its own, once the chunk's locks are gone."""
+        return self.sqlstate.startswith("53")
+
+
+def plan_slots(plan: Plan) -> tuple[Slot, ...]:
+    return (plan.first_pass, plan.after_wrap, plan.top, plan.last_on_grid)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _int8(value: int) -> str:
+    # quoted: -9223372036854775808 unquoted would be a numeric, and miss the index
+    return f"'{int(value)}'::int8"
+
+
+def read_text(read: Read) -> str:
+    """The statement that answers one read with four texts."""
+    if isinstance(read, TextRead):
+        return read.text
+    if isinstance(read, StateRead):
+        seq = read.seq
+        return (
+            "SELECT last_value::text, is_called::text, NULL, NULL FROM "
+            f"{_ident(seq.schema)}.{_ident(seq.name)}"
+        )
+    c = read.column
+    col = _ident(c.column)
+    rel = ("" if c.partitioned else "ONLY ") + f"{_ident(c.schema)}.{_ident(c.table)}"
+    slots = read.slots
+    # only the rows the column's keys can collide with (keys.py)
+    only = f" WHERE ({c.row_filter})" if c.row_filter else ""
+    also = f" AND ({c.row_filter})" if c.row_filter else ""
+    if sum(s is not None for s in slots) == 1 and isinstance(slots[2], Extreme):
+        # the first read of a column: its max (min), without a subquery
+        agg = "min" if slots[2].ascending else "max"
+        return f"SELECT NULL, NULL, {agg}({col})::text, NULL FROM {rel}{only}"
+    parts = []
+    for w in slots:
+        if w is None:
+            parts.append("NULL")
+            continue
+        agg = "min" if w.ascending else "max"
+        if isinstance(w, Extreme):
+            parts.append(f"(SELECT {agg}({col}) FROM {rel}{only})::text")
+            continue
+        where = f"{col} BETWEEN {_int8(w.lo)} AND {_int8(w.hi)}{also}"
+        if w.step != 1:
+            # numeric, so that the difference cannot overflow bigint
+            where += (
+                f" AND mod({col}::numeric - '{int(w.base)}'::numeric, '{int(w.step)}'::numeric) = 0"
+            )
+        elif c.type_range is None:
+            # a numeric column can hold fractions, which no sequence hands out
+            where += f" AND {col} = trunc({col})"
+        parts.append(f"(SELECT {agg}({col}) FROM {rel} WHERE {where})::text")
+    return "SELECT " + ", ".join(parts)
+
+
+def read_statement(read: Read) -> tuple[str, tuple[()]]:
+    """One read as a statement of its own (without parameters: the text is sent as it
+    is, and a ``%`` in a name is no placeholder)."""
+    return read_text(read), ()
+
+
+def work_params(reads: Seq[Read], chunk: int) -> list[Any]:
+    """SET_WORK's parameters: the reads as the text of an array literal (the block casts
+    it to text[]), built here rather than by the driver's array adapter, which costs
+    more than the reads' own formatting."""
+    quoted = ('"' + read_text(r).replace("\\", "\\\\").replace('"', '\\"') + '"' for r in reads)
+    return ["{" + ",".join(quoted) + "}", str(int(chunk))]
+
+
+def parse_result(text: str | None, count: int) -> list[Answer | ReadError]:
+    answers: list[Answer | ReadError | None] = [None] * count
+    for line in (text or "").split("\n"):
+        if not line:
+            continue
+        index, rest = line.split("\t", 1)
+        if rest.startswith("!"):
+            state, _, message = rest[1:].partition(" ")
+            answers[int(index)] = ReadError(state, message)
+        else:
+            answers[int(index)] = tuple(v or None for v in rest.split("\t"))
+    missing = [i for i, a in enumerate(answers) if a is None]
+    if missing:
+        raise ValueError(f"the read block answered {count - len(missing)} of {count} reads")
+    return answers  # type: ignore[return-value]
+
+
+def as_state(answer: Answer) -> SequenceState:
+    last_value, is_called = answer[0], answer[1]
+    assert last_value is not None
+    return SequenceState(int(last_value), is_called == "true")
+
+
+def as_int(value: str | None) -> int | None:
+    """A column value read as text; a numeric column's may read 12.00."""
+    return None if value is None else int(value.split(".")[0])
+
+
+def as_bounds(answer: Answer) -> Bounds:
+    first_pass, after_wrap, top, last_on_grid = (as_int(v) for v in answer)
+    return Bounds(first_pass, after_wrap, top, last_on_grid)
+
+
+def relation(column: Column) -> sql.Composed:
+    """The table to read: a partitioned parent with its partitions, any other table
+    without its inheritance children (its unique indexes cover only its own rows)."""
+    only = sql.SQL("") if column.partitioned else sql.SQL("ONLY ")
+    return sql.SQL("{}{}").format(only, sql.Identifier(column.schema, column.table))
+
+
+def row_count_query(column: Column, limit: int) -> tuple[sql.Composed, list[int]]:
+    """Count rows, but never more than ``limit``: cheap however large the table. (The
+    limit is a literal: with a parameter, a ``%`` in the table's name would be taken
+    for a placeholder.)"""
+    return (
+        sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) AS capped").format(
+            relation(column), sql.Literal(int(limit))
+        ),
+        [],
+    )
