@@ -359,16 +359,31 @@ class Session(ABC):
         return list(answers[1 : 1 + len(statements)])
 
     def _one(self, query: Query, params: Seq[Any], release_locks: bool) -> Rows | CannotCheck:
-        self.run("SAVEPOINT seqdrift_one")
         try:
-            rows = self.run(query, params)
+            with self.savepoint("seqdrift_one", rollback=release_locks):
+                return self.run(query, params)
         except self.Error as exc:
             if self.broken:
                 raise
-            self.run("ROLLBACK TO SAVEPOINT seqdrift_one")
             return CannotCheck(describe(exc))
-        self._end_savepoint("seqdrift_one", rollback=release_locks)
-        return rows
+
+    @contextmanager
+    def savepoint(self, name: str, *, rollback: bool = False) -> Iterator[None]:
+        """A savepoint around the block, released at its end; rolled back to first when
+        the block raises, or always with ``rollback`` (which undoes what the block wrote
+        and lets go of the locks it took). A lost connection is left alone."""
+        point = sql.Identifier(name)
+        self.run(sql.SQL("SAVEPOINT {}").format(point))
+        try:
+            yield
+        except BaseException:
+            if not (self.closed or self.broken):
+                self.run(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(point))
+                self.run(sql.SQL("RELEASE SAVEPOINT {}").format(point))
+            raise
+        if rollback:
+            self.run(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(point))
+        self.run(sql.SQL("RELEASE SAVEPOINT {}").format(point))
 
     def _end_savepoint(self, name: str, *, rollback: bool) -> None:
         if rollback:
