@@ -30,9 +30,8 @@ from pytest_seqdrift.model import (
     SequenceState,
     Skipped,
 )
+from pytest_seqdrift.options import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_THRESHOLD, CheckOptions
 from pytest_seqdrift.read import block, inserts, reader
-
-DEFAULT_LOCK_TIMEOUT_MS = 1000
 
 
 def check(
@@ -40,7 +39,7 @@ def check(
     *,
     schemas: Iterable[str] | None = None,
     exclude_tables: Seq[str] = (),
-    threshold: float = drift.DEFAULT_THRESHOLD,
+    threshold: float = DEFAULT_THRESHOLD,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     statement_timeout_ms: int | None = None,
     max_scan_rows: int | None = None,
@@ -69,21 +68,31 @@ def check(
     cannot be read (privileges, a lock held past the lock timeout) is listed in
     ``Report.skipped`` with the reason, and the rest is still checked.
     """
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], not {threshold!r}")
+    options = CheckOptions.of(
+        schemas=schemas,
+        exclude_tables=exclude_tables,
+        threshold=threshold,
+        lock_timeout_ms=lock_timeout_ms,
+        statement_timeout_ms=statement_timeout_ms,
+        max_scan_rows=max_scan_rows,
+    )
+    return run(conn, options, jobs=jobs)
+
+
+def run(conn: Any, options: CheckOptions, *, jobs: int = 1) -> Report:
+    """``check()`` with its options as one value (what the fix, the probe, the CLI and
+    the plugin call)."""
     if jobs < 1:
         raise ValueError(f"jobs must be 1 or more, not {jobs!r}")
-    if max_scan_rows is not None and max_scan_rows < 0:
-        raise ValueError(f"max_scan_rows must be 0 or more, not {max_scan_rows!r}")
     with (
         open_session(conn) as session,
         session.read_only(
-            lock_timeout_ms=lock_timeout_ms,
-            statement_timeout_ms=statement_timeout_ms,
+            lock_timeout_ms=options.lock_timeout_ms,
+            statement_timeout_ms=options.statement_timeout_ms,
             share=jobs > 1,
         ) as snapshot,
     ):
-        columns, sequences = reader.discover(session, schemas, exclude_tables)
+        columns, sequences = reader.discover(session, options.schemas, options.exclude_tables)
         report = Report()
         readable = [c for c in columns if c.skip_reason is None]
         for c in columns:
@@ -101,10 +110,10 @@ def check(
             elif c.type_range is None and c.data_type != "numeric":
                 note = f"a {c.data_type} column is not compared with a sequence"
                 report.checked.append(Checked(c, seq, "unchecked", note=note))
-            elif _too_big_to_scan(c, max_scan_rows):
+            elif _too_big_to_scan(c, options.max_scan_rows):
                 reason = (
                     f"no index leads with {c.column} and the table holds about "
-                    f"{c.estimated_rows:,} rows: not scanned (max_scan_rows={max_scan_rows})"
+                    f"{c.estimated_rows:,} rows: not scanned (max_scan_rows={options.max_scan_rows})"
                 )
                 report.skipped.append(_skipped(c, seq, reason))
             else:
@@ -121,8 +130,8 @@ def check(
         ]
         first += [block.StateRead(sequences[oid]) for oid in wanted]
         timeouts = {
-            "lock_timeout_ms": lock_timeout_ms,
-            "statement_timeout_ms": statement_timeout_ms,
+            "lock_timeout_ms": options.lock_timeout_ms,
+            "statement_timeout_ms": options.statement_timeout_ms,
         }
         answers = reader.read_shared(session, first, snapshot, jobs, timeouts)
         states = {
@@ -167,7 +176,7 @@ def check(
         counting = [
             (i, limit)
             for i, (c, seq, state, b) in enumerate(bounded)
-            if (limit := drift.row_count_wanted(c, seq, state, threshold, b)) is not None
+            if (limit := drift.row_count_wanted(c, seq, state, options.threshold, b)) is not None
         ]
         counted = session.batch(
             [block.row_count_query(bounded[i][0], limit) for i, limit in counting],
@@ -180,7 +189,7 @@ def check(
 
         for i, (c, seq, state, bounds) in enumerate(bounded):
             found, verdict = drift.assess(
-                c, seq, state, bounds, threshold=threshold, rows=rows_by_index.get(i)
+                c, seq, state, bounds, threshold=options.threshold, rows=rows_by_index.get(i)
             )
             if c.draws[0] > 1:  # judged on the column's walk; reported on the sequence
                 real = sequences[c.sequence_oid]

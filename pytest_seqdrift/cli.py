@@ -20,11 +20,11 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from pytest_seqdrift import __version__, fix, render
-from pytest_seqdrift.checker import DEFAULT_LOCK_TIMEOUT_MS, check
+from pytest_seqdrift.checker import check
 from pytest_seqdrift.db.session import MIN_SERVER_VERSION, describe
-from pytest_seqdrift.drift import DEFAULT_THRESHOLD
 from pytest_seqdrift.errors import CannotFix, SeqdriftError
 from pytest_seqdrift.model import FindingKind, Report, printable
+from pytest_seqdrift.options import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_THRESHOLD
 
 EXIT_OK, EXIT_FINDINGS, EXIT_CANNOT_CHECK = 0, 1, 2
 KINDS: tuple[FindingKind, ...] = ("collision", "overflow", "exhaustion")

@@ -32,8 +32,8 @@ from pytest_seqdrift.model import (
     Status,
     Window,
 )
+from pytest_seqdrift.options import DEFAULT_THRESHOLD
 
-DEFAULT_THRESHOLD = 0.8
 # Counting rows is only worth it where few values are left: beyond this many, the
 # "values left < rows" rule is left to the used-fraction threshold.
 ROW_COUNT_LIMIT = 1_000_000

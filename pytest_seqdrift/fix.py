@@ -31,11 +31,12 @@ from typing import Any
 from psycopg import sql
 
 from pytest_seqdrift import drift, fixsql
-from pytest_seqdrift.checker import DEFAULT_LOCK_TIMEOUT_MS, check
+from pytest_seqdrift.checker import check
 from pytest_seqdrift.db.adapters import session_for
 from pytest_seqdrift.db.session import describe
 from pytest_seqdrift.errors import CannotCheck, CannotFix
 from pytest_seqdrift.model import Bounds, Column, Finding, Report, Sequence, SequenceState, Skipped
+from pytest_seqdrift.options import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_THRESHOLD
 from pytest_seqdrift.read.reader import read_bounds, read_sequence_states
 from pytest_seqdrift.render import describe_finding, summary, what_happens
 
@@ -92,7 +93,7 @@ def review(
     *,
     schemas: Iterable[str] | None = None,
     exclude_tables: Seq[str] = (),
-    threshold: float = drift.DEFAULT_THRESHOLD,
+    threshold: float = DEFAULT_THRESHOLD,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     statement_timeout_ms: int | None = None,
     max_scan_rows: int | None = None,
@@ -326,7 +327,7 @@ def apply(
     *,
     schemas: Iterable[str] | None = None,
     exclude_tables: Seq[str] = (),
-    threshold: float = drift.DEFAULT_THRESHOLD,
+    threshold: float = DEFAULT_THRESHOLD,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     statement_timeout_ms: int | None = None,
     max_scan_rows: int | None = None,

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from pytest_seqdrift import drift, probe
+from pytest_seqdrift import probe
+from pytest_seqdrift.options import DEFAULT_THRESHOLD
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -114,7 +115,7 @@ FAIL = Option(
 THRESHOLD = Option(
     "--seqdrift-threshold",
     "seqdrift_threshold",
-    drift.DEFAULT_THRESHOLD,
+    DEFAULT_THRESHOLD,
     "share of a column's range used that counts as overflow or exhaustion",
     parse_share,
 )

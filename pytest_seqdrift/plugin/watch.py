@@ -14,11 +14,12 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_seqdrift import drift, render
+from pytest_seqdrift import render
 from pytest_seqdrift.checker import check
 from pytest_seqdrift.db.adapters import open_session
 from pytest_seqdrift.db.session import DatabaseId, describe
 from pytest_seqdrift.model import Finding, Report
+from pytest_seqdrift.options import DEFAULT_THRESHOLD
 from pytest_seqdrift.plugin.history import History, Step
 
 FindingKey = tuple[Any, ...]
@@ -71,7 +72,7 @@ class Watcher:
     """The ``listeners.Recorder`` of a test run."""
 
     exclude_tables: Seq[str] = ()
-    threshold: float = drift.DEFAULT_THRESHOLD
+    threshold: float = DEFAULT_THRESHOLD
     max_scan_rows: int | None = None
     # asked when a run ends: where it ran, when its end state should be kept for the
     # plugin (None: not wanted -- the plugin checks that database itself anyway)

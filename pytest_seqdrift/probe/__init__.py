@@ -50,8 +50,8 @@ from typing import Any, Literal
 
 from psycopg import sql
 
-from pytest_seqdrift import drift, fixsql, snapshot
-from pytest_seqdrift.checker import DEFAULT_LOCK_TIMEOUT_MS, check
+from pytest_seqdrift import fixsql, snapshot
+from pytest_seqdrift.checker import check
 from pytest_seqdrift.db.adapters import open_session
 from pytest_seqdrift.db.session import (
     LOCK_NOT_AVAILABLE,
@@ -76,6 +76,7 @@ from pytest_seqdrift.model import (
     Status,
     printable,
 )
+from pytest_seqdrift.options import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_THRESHOLD
 from pytest_seqdrift.read import block, inserts
 from pytest_seqdrift.read.reader import read_sequence_states
 
@@ -127,7 +128,7 @@ def probe(
     limit: int = DEFAULT_LIMIT,
     schemas: Iterable[str] | None = None,
     exclude_tables: Seq[str] = (),
-    threshold: float = drift.DEFAULT_THRESHOLD,
+    threshold: float = DEFAULT_THRESHOLD,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
 ) -> ProbeReport:
     """Check, then probe every unique sequence-backed column; restore every sequence."""
