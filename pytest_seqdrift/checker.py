@@ -19,7 +19,7 @@ from typing import Any
 
 from pytest_seqdrift import drift
 from pytest_seqdrift.db.adapters import open_session
-from pytest_seqdrift.errors import CannotCheck
+from pytest_seqdrift.errors import ReadFailure
 from pytest_seqdrift.model import (
     Bounds,
     Checked,
@@ -135,24 +135,24 @@ def run(conn: Any, options: CheckOptions, *, jobs: int = 1) -> Report:
         }
         answers = reader.read_shared(session, first, snapshot, jobs, timeouts)
         states = {
-            oid: a if isinstance(a, CannotCheck) else block.as_state(a)
+            oid: a if isinstance(a, ReadFailure) else block.as_state(a)
             for oid, a in zip(wanted, answers[len(judged) :], strict=True)
         }
 
         # 2. the plan's other windows, only where the max (min) says they can matter
         todo: list[tuple[Column, Sequence, SequenceState]] = []
-        results: list[Bounds | CannotCheck | None] = []
+        results: list[Bounds | ReadFailure | None] = []
         for c, top, answer in zip(judged, tops, answers[: len(judged)], strict=True):
             seq, state = sequences[c.sequence_oid], states[c.sequence_oid]
-            if isinstance(state, CannotCheck):
-                report.skipped.append(_skipped(c, seq, state.args[0]))
+            if isinstance(state, ReadFailure):
+                report.skipped.append(_skipped(c, seq, state.message))
                 continue
             if c.draws[0] > 1:  # the column sees every k-th value (inserts.py)
                 walk = inserts.per_insert(c, seq)
                 state = inserts.per_insert_state(c, seq, walk, state)
                 seq = walk
             todo.append((c, seq, state))
-            if isinstance(answer, CannotCheck):
+            if isinstance(answer, ReadFailure):
                 results.append(answer)
                 continue
             known, value = _top_from(top, block.as_int(answer[2]))
@@ -166,8 +166,8 @@ def run(conn: Any, options: CheckOptions, *, jobs: int = 1) -> Report:
             results[i] = bounds
         bounded: list[tuple[Column, Sequence, SequenceState, Bounds]] = []
         for (c, seq, state), result in zip(todo, results, strict=True):
-            if isinstance(result, CannotCheck):
-                report.skipped.append(_skipped(c, seq, result.args[0]))
+            if isinstance(result, ReadFailure):
+                report.skipped.append(_skipped(c, seq, result.message))
             else:
                 assert result is not None
                 bounded.append((c, seq, state, result))
@@ -184,7 +184,7 @@ def run(conn: Any, options: CheckOptions, *, jobs: int = 1) -> Report:
         )
         rows_by_index: dict[int, int] = {}
         for (i, _), count in zip(counting, counted, strict=True):
-            if not isinstance(count, CannotCheck):
+            if not isinstance(count, ReadFailure):
                 rows_by_index[i] = int(count[0][0])
 
         for i, (c, seq, state, bounds) in enumerate(bounded):

@@ -34,7 +34,7 @@ from pytest_seqdrift import drift, fixsql
 from pytest_seqdrift.checker import check
 from pytest_seqdrift.db.adapters import session_for
 from pytest_seqdrift.db.session import describe
-from pytest_seqdrift.errors import CannotCheck, CannotFix
+from pytest_seqdrift.errors import CannotFix, ReadFailure
 from pytest_seqdrift.model import Bounds, Column, Finding, Report, Sequence, SequenceState, Skipped
 from pytest_seqdrift.options import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_THRESHOLD
 from pytest_seqdrift.read.reader import read_bounds, read_sequence_states
@@ -152,14 +152,14 @@ def plan(conn: Any, report: Report, *, margin: int = 0) -> FixPlan:
     columns: list[tuple[Sequence, SequenceState, Column]] = []
     for seq in wanted:
         state = states[seq.oid]
-        if isinstance(state, CannotCheck):
-            raise CannotFix(f"cannot read sequence {seq.qualified}: {state.args[0]}")
+        if isinstance(state, ReadFailure):
+            raise CannotFix(f"cannot read sequence {seq.qualified}: {state.message}")
         columns += [(seq, state, c) for c in fed[seq.oid]]
     answers = read_bounds(session, [(c, drift.plan(c, seq, state)) for seq, state, c in columns])
     bounds: dict[int, list[tuple[Column, SequenceState, Bounds]]] = {s.oid: [] for s in wanted}
     for (seq, state, c), answer in zip(columns, answers, strict=True):
-        if isinstance(answer, CannotCheck):
-            raise CannotFix(f"cannot read {c.qualified_table}: {answer.args[0]}")
+        if isinstance(answer, ReadFailure):
+            raise CannotFix(f"cannot read {c.qualified_table}: {answer.message}")
         bounds[seq.oid].append((c, state, answer))
     for seq in wanted:
         fix = _fix_for(seq, bounds[seq.oid], margin)

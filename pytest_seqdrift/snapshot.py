@@ -15,7 +15,7 @@ from psycopg import sql
 
 from pytest_seqdrift.db.adapters import open_session
 from pytest_seqdrift.db.session import Session
-from pytest_seqdrift.errors import CannotCheck
+from pytest_seqdrift.errors import CannotCheck, ReadFailure
 from pytest_seqdrift.model import SequenceState
 from pytest_seqdrift.read.reader import read_sequence_states
 
@@ -62,7 +62,7 @@ def _read_states(session: Session) -> dict[SequenceKey, SequenceState]:
         key: state
         for key in keys
         # dropped meanwhile, or locked: nothing to record or restore
-        if not isinstance(state := states[key.oid], CannotCheck)
+        if not isinstance(state := states[key.oid], ReadFailure)
     }
 
 
@@ -100,9 +100,9 @@ def _restore(session: Session, states: Mapping[SequenceKey, SequenceState]) -> i
         ]
     )
     failed = [
-        (k, a) for (k, _), a in zip(changed, answers, strict=True) if isinstance(a, CannotCheck)
+        (k, a) for (k, _), a in zip(changed, answers, strict=True) if isinstance(a, ReadFailure)
     ]
     if failed:
-        names = ", ".join(f"{k.label} ({a.args[0]})" for k, a in failed)
+        names = ", ".join(f"{k.label} ({a.message})" for k, a in failed)
         raise CannotCheck(f"could not restore sequences: {names}")
     return len(changed)

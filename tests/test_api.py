@@ -10,6 +10,7 @@ from psycopg.pq import TransactionStatus
 
 from pytest_seqdrift import CannotCheck, check
 from pytest_seqdrift.db.drivers import PsycopgSession
+from pytest_seqdrift.errors import ReadFailure
 from pytest_seqdrift.model import Report
 
 SEED = """
@@ -198,7 +199,7 @@ def test_the_first_read_agrees_with_reading_every_window(db: psycopg.Connection[
         full = reader.read_bounds(session, [(c, drift.plan(c, s, st)) for c, s, st in plans])
     expected = []
     for (c, seq, state), bounds in zip(plans, full, strict=True):
-        assert not isinstance(bounds, CannotCheck)
+        assert not isinstance(bounds, ReadFailure)
         expected += drift.assess(c, seq, state, bounds)[0]
     assert len(columns) == 8
     judged = Report(findings=expected)
@@ -337,3 +338,13 @@ def test_jobs_read_on_several_connections_and_agree(
     assert opened == []
     with pytest.raises(ValueError, match="jobs"):
         check(db, jobs=0)
+
+
+def test_a_read_block_answer_that_is_not_one_is_a_clear_error_not_a_traceback() -> None:
+    from pytest_seqdrift.read import block
+
+    answers = block.parse_result("0\t5\ttrue\t\t\n2\t!55P03 canceling statement", 3)
+    assert answers == [("5", "true", None, None), None, ReadFailure("canceling statement", "55P03")]
+    for garbage in ("no tab here", "x\t1", "7\t1\t2\t3\t4"):
+        with pytest.raises(CannotCheck, match="the read block answered what no read asked"):
+            block.parse_result(garbage, 3)

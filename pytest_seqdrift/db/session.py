@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pytest_seqdrift.errors import CannotCheck
+from pytest_seqdrift.errors import CannotCheck, ReadFailure
 from pytest_seqdrift.model import printable
 
 Query = str | sql.SQL | sql.Composed
@@ -76,6 +76,10 @@ def sqlstate(exc: BaseException) -> str | None:
     diag = getattr(exc, "diag", None)
     state = getattr(diag, "sqlstate", None) or getattr(exc, "sqlstate", None)
     return state or getattr(exc, "pgcode", None)
+
+
+def _failure(exc: BaseException) -> ReadFailure:
+    return ReadFailure(describe(exc), sqlstate(exc))
 
 
 def constraint_name(exc: BaseException) -> str | None:
@@ -322,7 +326,7 @@ class Session(ABC):
 
     def batch(
         self, statements: Seq[Statement], *, release_locks: bool = False, replay: bool = True
-    ) -> list[Rows | CannotCheck]:
+    ) -> list[Rows | ReadFailure]:
         """Run statements in as few round trips as the driver allows. When one fails (a
         lock timeout, a privilege), run them again one by one, each under a savepoint, so
         that the failure is reported against its statement and the rest still answer --
@@ -352,20 +356,20 @@ class Session(ABC):
             self.run("ROLLBACK TO SAVEPOINT seqdrift_batch")
             if not replay:
                 self.run("RELEASE SAVEPOINT seqdrift_batch")
-                return [CannotCheck(describe(exc))] * len(statements)
+                return [_failure(exc)] * len(statements)
             results = [self._one(q, p, release_locks) for q, p in statements]
             self._end_savepoint("seqdrift_batch", rollback=release_locks)
             return results
         return list(answers[1 : 1 + len(statements)])
 
-    def _one(self, query: Query, params: Seq[Any], release_locks: bool) -> Rows | CannotCheck:
+    def _one(self, query: Query, params: Seq[Any], release_locks: bool) -> Rows | ReadFailure:
         try:
             with self.savepoint("seqdrift_one", rollback=release_locks):
                 return self.run(query, params)
         except self.Error as exc:
             if self.broken:
                 raise
-            return CannotCheck(describe(exc))
+            return _failure(exc)
 
     @contextmanager
     def savepoint(self, name: str, *, rollback: bool = False) -> Iterator[None]:

@@ -64,7 +64,7 @@ from pytest_seqdrift.db.session import (
     message_detail,
     sqlstate,
 )
-from pytest_seqdrift.errors import CannotCheck
+from pytest_seqdrift.errors import CannotCheck, ReadFailure
 from pytest_seqdrift.model import (
     Bounds,
     Checked,
@@ -394,7 +394,7 @@ def _put_back(
         return []
     keys = list(states)
     now = read_sequence_states(session, keys)
-    moved = [k for k in keys if not isinstance(now[k.oid], CannotCheck) and now[k.oid] != states[k]]
+    moved = [k for k in keys if not isinstance(now[k.oid], ReadFailure) and now[k.oid] != states[k]]
     if not moved:
         return []
     params = [
@@ -404,7 +404,7 @@ def _put_back(
         [states[k].is_called for k in moved],
     ]
     (rows,) = session.batch([(_SETVAL_ALL, params)])
-    if isinstance(rows, CannotCheck):
+    if isinstance(rows, ReadFailure):
         snapshot.restore(session, states)
     return moved
 

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from psycopg import sql
 
+from pytest_seqdrift.errors import CannotCheck, ReadFailure
 from pytest_seqdrift.model import Bounds, Column, Plan, SequenceState, Window
 
 # --- the reads ------------------------------------------------------------------------
@@ -132,18 +133,6 @@ Read = StateRead | ColumnRead | TextRead
 Answer = tuple[str | None, ...]
 
 
-@dataclass(frozen=True)
-class ReadError:
-    sqlstate: str
-    message: str
-
-    @property
-    def out_of_resources(self) -> bool:
-        """Class 53, insufficient resources ("out of shared memory"): worth a retry on
-        its own, once the chunk's locks are gone."""
-        return self.sqlstate.startswith("53")
-
-
 def plan_slots(plan: Plan) -> tuple[Slot, ...]:
     return (plan.first_pass, plan.after_wrap, plan.top, plan.last_on_grid)
 
@@ -214,26 +203,30 @@ def work_params(reads: Seq[Read], chunk: int) -> list[Any]:
     return ["{" + ",".join(quoted) + "}", str(int(chunk))]
 
 
-def parse_result(text: str | None, count: int) -> list[Answer | ReadError]:
-    answers: list[Answer | ReadError | None] = [None] * count
+def parse_result(text: str | None, count: int) -> list[Answer | ReadFailure | None]:
+    """The read block's answers, in the order of the reads: four texts, or the failure
+    the block caught; None for a read the answer does not cover (the caller reads it
+    again on its own). A text that is not the block's answer at all raises
+    ``CannotCheck``."""
+    answers: list[Answer | ReadFailure | None] = [None] * count
     for line in (text or "").split("\n"):
         if not line:
             continue
-        index, rest = line.split("\t", 1)
+        index, tab, rest = line.partition("\t")
+        if not (tab and index.isdigit() and int(index) < count):
+            raise CannotCheck(f"the read block answered what no read asked: {line[:60]!r}")
         if rest.startswith("!"):
             state, _, message = rest[1:].partition(" ")
-            answers[int(index)] = ReadError(state, message)
+            answers[int(index)] = ReadFailure(message, state)
         else:
             answers[int(index)] = tuple(v or None for v in rest.split("\t"))
-    missing = [i for i, a in enumerate(answers) if a is None]
-    if missing:
-        raise ValueError(f"the read block answered {count - len(missing)} of {count} reads")
-    return answers  # type: ignore[return-value]
+    return answers
 
 
 def as_state(answer: Answer) -> SequenceState:
     last_value, is_called = answer[0], answer[1]
-    assert last_value is not None
+    if last_value is None:  # a sequence always has a last_value
+        raise CannotCheck(f"a sequence answered without its last_value: {answer!r}")
     return SequenceState(int(last_value), is_called == "true")
 
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from pytest_seqdrift.db.session import Session
-from pytest_seqdrift.errors import CannotCheck
+from pytest_seqdrift.errors import CannotCheck, ReadFailure
 from pytest_seqdrift.model import Bounds, Column, Plan, Sequence, SequenceState
 from pytest_seqdrift.read import block, discovery, inserts, keys
 
@@ -41,8 +41,8 @@ def _shaped(
         return columns
     found = session.batch([keys.keys_query(columns), inserts.triggers_query(columns)])
     for answer in found:
-        if isinstance(answer, CannotCheck):
-            raise answer
+        if isinstance(answer, ReadFailure):
+            raise CannotCheck(answer.message)
     key_rows, hook_rows = found
     candidates = keys.parse_candidates(key_rows)  # type: ignore[arg-type]
     wanted = keys.texts_wanted(columns, candidates)
@@ -50,7 +50,7 @@ def _shaped(
     if wanted:
         answers = _read(session, [block.TextRead(w.statement()) for w in wanted])
         for w, a in zip(wanted, answers, strict=True):
-            texts[w] = a.args[0] if isinstance(a, CannotCheck) else a
+            texts[w] = a.message if isinstance(a, ReadFailure) else a
     columns = keys.attach(columns, candidates, texts)
     return inserts.attach(columns, sequences, inserts.parse_hooks(hook_rows))  # type: ignore[arg-type]
 
@@ -60,7 +60,7 @@ def _chunks(items: Seq[T]) -> Iterator[Seq[T]]:
         yield items[start : start + CHUNK]
 
 
-def _read(session: Session, reads: Seq[block.Read]) -> list[block.Answer | CannotCheck]:
+def _read(session: Session, reads: Seq[block.Read]) -> list[block.Answer | ReadFailure]:
     """Every read's answer, in order: one PL/pgSQL block on the server for all of them
     (block.READ_BLOCK, one round trip), or where that block cannot run, the reads as
     statements of their own."""
@@ -72,30 +72,27 @@ def _read(session: Session, reads: Seq[block.Read]) -> list[block.Answer | Canno
         (block.GET_RESULT, ()),
     ]
     *_, result = session.batch(statements, replay=False)
-    if isinstance(result, CannotCheck):
+    if isinstance(result, ReadFailure):
         return _read_one_by_one(session, reads)
-    out: list[block.Answer | CannotCheck] = []
+    out: list[block.Answer | ReadFailure] = []
     retry: list[int] = []
     for i, answer in enumerate(block.parse_result(result[0][0], len(reads))):
-        if isinstance(answer, block.ReadError):
-            if answer.out_of_resources:
-                retry.append(i)
-            out.append(CannotCheck(answer.message))
-        else:
-            out.append(answer)
+        if answer is None or (isinstance(answer, ReadFailure) and answer.out_of_resources):
+            retry.append(i)  # read again on its own, once the chunk's locks are gone
+        out.append(answer or ReadFailure("not answered"))
     for i, again in zip(retry, _read_one_by_one(session, [reads[i] for i in retry]), strict=True):
         out[i] = again
     return out
 
 
-def _read_one_by_one(session: Session, reads: Seq[block.Read]) -> list[block.Answer | CannotCheck]:
+def _read_one_by_one(session: Session, reads: Seq[block.Read]) -> list[block.Answer | ReadFailure]:
     """The reads as statements, pipelined per chunk, each chunk's locks let go once its
     rows are in (``Session.batch(release_locks=True)``); a failing read is reported on
     its own."""
-    out: list[block.Answer | CannotCheck] = []
+    out: list[block.Answer | ReadFailure] = []
     for chunk in _chunks(reads):
         answers = session.batch([block.read_statement(r) for r in chunk], release_locks=True)
-        out += [a if isinstance(a, CannotCheck) else a[0] for a in answers]
+        out += [a if isinstance(a, ReadFailure) else a[0] for a in answers]
     return out
 
 
@@ -109,7 +106,7 @@ def read_shared(
     snapshot: str | None,
     jobs: int,
     timeouts: dict[str, Any],
-) -> list[block.Answer | CannotCheck]:
+) -> list[block.Answer | ReadFailure]:
     """``_read``, split between ``jobs`` connections on the same snapshot: one read
     block on each, at once (each block runs on a server process, and so on a core, of
     its own)."""
@@ -141,17 +138,17 @@ def read_shared(
 
 def read_sequence_states(
     session: Session, wanted: Seq[block.SequenceRef]
-) -> dict[int, SequenceState | CannotCheck]:
+) -> dict[int, SequenceState | ReadFailure]:
     """Every given sequence's state by OID (``last_value`` and ``is_called``), or why it
     could not be read. check(), the snapshots and the fix all read states through here."""
     answers = _read(session, [block.StateRead(seq) for seq in wanted])
     return {
-        seq.oid: a if isinstance(a, CannotCheck) else block.as_state(a)
+        seq.oid: a if isinstance(a, ReadFailure) else block.as_state(a)
         for seq, a in zip(wanted, answers, strict=True)
     }
 
 
-def read_bounds(session: Session, items: Seq[tuple[Column, Plan]]) -> list[Bounds | CannotCheck]:
+def read_bounds(session: Session, items: Seq[tuple[Column, Plan]]) -> list[Bounds | ReadFailure]:
     """Each plan's windows, read in full."""
     answers = _read(session, [block.ColumnRead(c, block.plan_slots(p)) for c, p in items])
-    return [a if isinstance(a, CannotCheck) else block.as_bounds(a) for a in answers]
+    return [a if isinstance(a, ReadFailure) else block.as_bounds(a) for a in answers]
