@@ -19,6 +19,7 @@ from typing import Any
 
 from pytest_seqdrift import drift
 from pytest_seqdrift.db.adapters import open_session
+from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.errors import ReadFailure
 from pytest_seqdrift.model import (
     Bounds,
@@ -84,6 +85,7 @@ def run(conn: Any, options: CheckOptions, *, jobs: int = 1) -> Report:
     the plugin call)."""
     if jobs < 1:
         raise ValueError(f"jobs must be 1 or more, not {jobs!r}")
+    report = Report()
     with (
         open_session(conn) as session,
         session.read_only(
@@ -93,119 +95,172 @@ def run(conn: Any, options: CheckOptions, *, jobs: int = 1) -> Report:
         ) as snapshot,
     ):
         columns, sequences = reader.discover(session, options.schemas, options.exclude_tables)
-        report = Report()
-        readable = [c for c in columns if c.skip_reason is None]
-        for c in columns:
-            if c.skip_reason is not None:
-                report.skipped.append(_skipped(c, sequences[c.sequence_oid], c.skip_reason))
-
-        # 1. every sequence's state and every column's max (min), in one read
-        judged: list[Column] = []
-        for c in readable:
-            seq = sequences[c.sequence_oid]
-            if c.unjudged is not None:
-                report.checked.append(Checked(c, seq, "unchecked", note=c.unjudged))
-            elif not c.plain_default:
-                report.checked.append(Checked(c, seq, "unchecked", note=_unplain(c)))
-            elif c.type_range is None and c.data_type != "numeric":
-                note = f"a {c.data_type} column is not compared with a sequence"
-                report.checked.append(Checked(c, seq, "unchecked", note=note))
-            elif _too_big_to_scan(c, options.max_scan_rows):
-                reason = (
-                    f"no index leads with {c.column} and the table holds about "
-                    f"{c.estimated_rows:,} rows: not scanned (max_scan_rows={options.max_scan_rows})"
-                )
-                report.skipped.append(_skipped(c, seq, reason))
-            else:
-                judged.append(c)
-        wanted = sorted({c.sequence_oid for c in judged})  # the states judging needs
-        tops = [_top_slot(c, inserts.per_insert(c, sequences[c.sequence_oid])) for c in judged]
-        # the maxima before the states: inside a caller's READ COMMITTED transaction each
-        # read sees rows committed up to its start, so this order keeps every max older
-        # than the state it is compared with (in the check's own REPEATABLE READ
-        # transaction, the snapshot taken by discovery already does)
-        first: list[block.Read] = [
-            block.ColumnRead(c, (None, None, top, None))
-            for c, top in zip(judged, tops, strict=True)
-        ]
-        first += [block.StateRead(sequences[oid]) for oid in wanted]
-        timeouts = {
-            "lock_timeout_ms": options.lock_timeout_ms,
-            "statement_timeout_ms": options.statement_timeout_ms,
-        }
-        answers = reader.read_shared(session, first, snapshot, jobs, timeouts)
-        states = {
-            oid: a if isinstance(a, ReadFailure) else block.as_state(a)
-            for oid, a in zip(wanted, answers[len(judged) :], strict=True)
-        }
-
-        # 2. the plan's other windows, only where the max (min) says they can matter
-        todo: list[tuple[Column, Sequence, SequenceState]] = []
-        results: list[Bounds | ReadFailure | None] = []
-        for c, top, answer in zip(judged, tops, answers[: len(judged)], strict=True):
-            seq, state = sequences[c.sequence_oid], states[c.sequence_oid]
-            if isinstance(state, ReadFailure):
-                report.skipped.append(_skipped(c, seq, state.message))
-                continue
-            if c.draws[0] > 1:  # the column sees every k-th value (inserts.py)
-                walk = inserts.per_insert(c, seq)
-                state = inserts.per_insert_state(c, seq, walk, state)
-                seq = walk
-            todo.append((c, seq, state))
-            if isinstance(answer, ReadFailure):
-                results.append(answer)
-                continue
-            known, value = _top_from(top, block.as_int(answer[2]))
-            if known and not drift.may_collide_at(c, seq, state, value):
-                results.append(Bounds(None, None, value, None))
-            else:
-                results.append(None)
-        deeper = [i for i, r in enumerate(results) if r is None]
-        plans = [(todo[i][0], drift.plan(*todo[i])) for i in deeper]
-        for i, bounds in zip(deeper, reader.read_bounds(session, plans), strict=True):
-            results[i] = bounds
-        bounded: list[tuple[Column, Sequence, SequenceState, Bounds]] = []
-        for (c, seq, state), result in zip(todo, results, strict=True):
-            if isinstance(result, ReadFailure):
-                report.skipped.append(_skipped(c, seq, result.message))
-            else:
-                assert result is not None
-                bounded.append((c, seq, state, result))
-
-        # 3. row counts, only where "fewer values left than rows" could decide
-        counting = [
-            (i, limit)
-            for i, (c, seq, state, b) in enumerate(bounded)
-            if (limit := drift.row_count_wanted(c, seq, state, options.threshold, b)) is not None
-        ]
-        counted = session.batch(
-            [block.row_count_query(bounded[i][0], limit) for i, limit in counting],
-            release_locks=True,
-        )
-        rows_by_index: dict[int, int] = {}
-        for (i, _), count in zip(counting, counted, strict=True):
-            if not isinstance(count, ReadFailure):
-                rows_by_index[i] = int(count[0][0])
-
+        judged = _to_judge(columns, sequences, options, report)
+        tops, states = _first_read(session, judged, sequences, snapshot, jobs, options)
+        bounded = _bounds(session, judged, sequences, tops, states, report)
+        rows = _row_counts(session, bounded, options.threshold)
         for i, (c, seq, state, bounds) in enumerate(bounded):
-            found, verdict = drift.assess(
-                c, seq, state, bounds, threshold=options.threshold, rows=rows_by_index.get(i)
-            )
-            if c.draws[0] > 1:  # judged on the column's walk; reported on the sequence
-                real = sequences[c.sequence_oid]
-                found = [replace(f, sequence=real) for f in found]
-                verdict = replace(verdict, sequence=real)
-            report.findings.extend(found)
-            if c.note:
-                verdict = replace(verdict, note=_joined(c.note, verdict.note))
-            if not c.indexed:
-                verdict = replace(verdict, note=_joined(verdict.note, _scanned(c)))
-            report.checked.append(verdict)
+            _judge(report, c, seq, state, bounds, sequences, options.threshold, rows.get(i))
     report.checked.sort(
         key=lambda v: (v.column.schema, v.column.table, v.column.column, v.sequence.qualified)
     )
     _one_fix_per_sequence(report)
     return report
+
+
+# what judging one column takes: its sequence (or its walk, drawn twice per insert), the
+# sequence's state, and the bounds read from the table
+_Bounded = tuple[Column, Sequence, SequenceState, Bounds]
+# a column's first read: what was asked (its extreme, or its top window) and the answer
+_Top = tuple[block.Slot, block.Answer | ReadFailure]
+
+
+def _to_judge(
+    columns: list[Column], sequences: dict[int, Sequence], options: CheckOptions, report: Report
+) -> list[Column]:
+    """The columns the arithmetic can judge; the others go into the report now, as
+    skipped (with why) or unchecked (with why)."""
+    judged: list[Column] = []
+    for c in columns:
+        if c.skip_reason is not None:
+            report.skipped.append(_skipped(c, sequences[c.sequence_oid], c.skip_reason))
+    for c in columns:
+        seq = sequences[c.sequence_oid]
+        if c.skip_reason is not None:
+            continue
+        if c.unjudged is not None:
+            report.checked.append(Checked(c, seq, "unchecked", note=c.unjudged))
+        elif not c.plain_default:
+            report.checked.append(Checked(c, seq, "unchecked", note=_unplain(c)))
+        elif c.type_range is None and c.data_type != "numeric":
+            note = f"a {c.data_type} column is not compared with a sequence"
+            report.checked.append(Checked(c, seq, "unchecked", note=note))
+        elif _too_big_to_scan(c, options.max_scan_rows):
+            reason = (
+                f"no index leads with {c.column} and the table holds about "
+                f"{c.estimated_rows:,} rows: not scanned (max_scan_rows={options.max_scan_rows})"
+            )
+            report.skipped.append(_skipped(c, seq, reason))
+        else:
+            judged.append(c)
+    return judged
+
+
+def _first_read(
+    session: Session,
+    judged: list[Column],
+    sequences: dict[int, Sequence],
+    snapshot: str | None,
+    jobs: int,
+    options: CheckOptions,
+) -> tuple[list[_Top], dict[int, SequenceState | ReadFailure]]:
+    """Every column's max (min) and the state of every sequence they need, in one read."""
+    wanted = sorted({c.sequence_oid for c in judged})
+    slots = [_top_slot(c, inserts.per_insert(c, sequences[c.sequence_oid])) for c in judged]
+    # the maxima before the states: inside a caller's READ COMMITTED transaction each
+    # read sees rows committed up to its start, so this order keeps every max older
+    # than the state it is compared with (in the check's own REPEATABLE READ
+    # transaction, the snapshot taken by discovery already does)
+    reads: list[block.Read] = [
+        block.ColumnRead(c, (None, None, slot, None)) for c, slot in zip(judged, slots, strict=True)
+    ]
+    reads += [block.StateRead(sequences[oid]) for oid in wanted]
+    timeouts = {
+        "lock_timeout_ms": options.lock_timeout_ms,
+        "statement_timeout_ms": options.statement_timeout_ms,
+    }
+    answers = reader.read_shared(session, reads, snapshot, jobs, timeouts)
+    states = {
+        oid: a if isinstance(a, ReadFailure) else block.as_state(a)
+        for oid, a in zip(wanted, answers[len(judged) :], strict=True)
+    }
+    return list(zip(slots, answers[: len(judged)], strict=True)), states
+
+
+def _bounds(
+    session: Session,
+    judged: list[Column],
+    sequences: dict[int, Sequence],
+    tops: list[_Top],
+    states: dict[int, SequenceState | ReadFailure],
+    report: Report,
+) -> list[_Bounded]:
+    """Each column's bounds: its max (min) alone where that settles the verdict, the
+    plan's other windows read only where the max says they can matter. A column whose
+    sequence or table could not be read is skipped, with why."""
+    todo: list[tuple[Column, Sequence, SequenceState]] = []
+    results: list[Bounds | ReadFailure | None] = []
+    for c, (slot, answer) in zip(judged, tops, strict=True):
+        seq, state = sequences[c.sequence_oid], states[c.sequence_oid]
+        if isinstance(state, ReadFailure):
+            report.skipped.append(_skipped(c, seq, state.message))
+            continue
+        if c.draws[0] > 1:  # the column sees every k-th value (inserts.py)
+            walk = inserts.per_insert(c, seq)
+            state = inserts.per_insert_state(c, seq, walk, state)
+            seq = walk
+        todo.append((c, seq, state))
+        if isinstance(answer, ReadFailure):
+            results.append(answer)
+            continue
+        known, value = _top_from(slot, block.as_int(answer[2]))
+        if known and not drift.may_collide_at(c, seq, state, value):
+            results.append(Bounds(None, None, value, None))
+        else:
+            results.append(None)
+    deeper = [i for i, r in enumerate(results) if r is None]
+    plans = [(todo[i][0], drift.plan(*todo[i])) for i in deeper]
+    for i, read in zip(deeper, reader.read_bounds(session, plans), strict=True):
+        results[i] = read
+    bounded: list[_Bounded] = []
+    for (c, seq, state), result in zip(todo, results, strict=True):
+        if isinstance(result, ReadFailure):
+            report.skipped.append(_skipped(c, seq, result.message))
+        elif result is not None:  # every None was read above
+            bounded.append((c, seq, state, result))
+    return bounded
+
+
+def _row_counts(session: Session, bounded: list[_Bounded], threshold: float) -> dict[int, int]:
+    """Row counts by index into ``bounded``, only where "fewer values left than rows"
+    could decide the verdict (usually nowhere); a count that fails is left out."""
+    counting = [
+        (i, limit)
+        for i, (c, seq, state, b) in enumerate(bounded)
+        if (limit := drift.row_count_wanted(c, seq, state, threshold, b)) is not None
+    ]
+    counted = session.batch(
+        [block.row_count_query(bounded[i][0], limit) for i, limit in counting],
+        release_locks=True,
+    )
+    return {
+        i: int(count[0][0])
+        for (i, _), count in zip(counting, counted, strict=True)
+        if not isinstance(count, ReadFailure)
+    }
+
+
+def _judge(
+    report: Report,
+    c: Column,
+    seq: Sequence,
+    state: SequenceState,
+    bounds: Bounds,
+    sequences: dict[int, Sequence],
+    threshold: float,
+    rows: int | None,
+) -> None:
+    found, verdict = drift.assess(c, seq, state, bounds, threshold=threshold, rows=rows)
+    if c.draws[0] > 1:  # judged on the column's walk; reported on the sequence
+        real = sequences[c.sequence_oid]
+        found = [replace(f, sequence=real) for f in found]
+        verdict = replace(verdict, sequence=real)
+    report.findings.extend(found)
+    if c.note:
+        verdict = replace(verdict, note=_joined(c.note, verdict.note))
+    if not c.indexed:
+        verdict = replace(verdict, note=_joined(verdict.note, _scanned(c)))
+    report.checked.append(verdict)
 
 
 def _one_fix_per_sequence(report: Report) -> None:

@@ -14,20 +14,28 @@ import re
 import sys
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from pytest_seqdrift import __version__, fix, render
-from pytest_seqdrift.checker import check
+from pytest_seqdrift import __version__, checker, fix, render
 from pytest_seqdrift.db.session import MIN_SERVER_VERSION, describe
 from pytest_seqdrift.errors import CannotFix, SeqdriftError
 from pytest_seqdrift.model import FindingKind, Report, printable
-from pytest_seqdrift.options import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_THRESHOLD
+from pytest_seqdrift.options import (
+    DEFAULT_LOCK_TIMEOUT_MS,
+    DEFAULT_THRESHOLD,
+    CheckOptions,
+    parse_duration,
+    parse_rows,
+    parse_threshold,
+)
 
 EXIT_OK, EXIT_FINDINGS, EXIT_CANNOT_CHECK = 0, 1, 2
 KINDS: tuple[FindingKind, ...] = ("collision", "overflow", "exhaustion")
+T = TypeVar("T")
+
 CONNECT_TIMEOUT_S = 10  # unless the DSN, PGCONNECT_TIMEOUT or a service file says otherwise
 
 
@@ -38,40 +46,22 @@ class Stop(SeqdriftError):
 # --- argument types ---------------------------------------------------------------------
 
 
-def _threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError("must be a share between 0 (exclusive) and 1, e.g. 0.8")
-    return value
+def _text(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An option's parser (pytest_seqdrift.options) as an argparse type."""
 
+    def parsed(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-_DURATION = re.compile(r"\s*(\d+)\s*(ms|s|min)?\s*")
-_UNIT_MS = {None: 1, "ms": 1, "s": 1000, "min": 60_000}
-
-
-def _duration(text: str) -> int:
-    """Milliseconds: ``500``, ``500ms``, ``5s`` or ``1min``; 0 means no limit."""
-    m = _DURATION.fullmatch(text)
-    if m is None:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 500, 500ms, 5s, 1min)")
-    return int(m[1]) * _UNIT_MS[m[2]]
+    return parsed
 
 
 def _jobs(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"not a number of connections: {text!r} (1 or more)")
     return int(text)
-
-
-def _count(text: str) -> int:
-    """A number of rows: 0 or more; 1000, 1_000 and 1,000 all read as a thousand."""
-    cleaned = text.strip().replace("_", "").replace(",", "")
-    if not cleaned.isdigit():
-        raise argparse.ArgumentTypeError(f"not a number of rows: {text!r} (e.g. 1000000)")
-    return int(cleaned)
 
 
 def _fail_on(text: str) -> frozenset[str]:
@@ -169,7 +159,7 @@ def _common(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument(
         "--exhaustion-threshold",
-        type=_threshold,
+        type=_text(parse_threshold),
         default=DEFAULT_THRESHOLD,
         metavar="SHARE",
         help="share of a column's range used that counts as overflow or exhaustion "
@@ -185,7 +175,7 @@ def _common(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument(
         "--lock-timeout",
-        type=_duration,
+        type=_text(parse_duration),
         default=DEFAULT_LOCK_TIMEOUT_MS,
         metavar="MS",
         help="give up on a table locked by another session after this long: 500, 500ms, "
@@ -201,7 +191,7 @@ def _common(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument(
         "--max-scan-rows",
-        type=_count,
+        type=_text(parse_rows),
         default=None,
         metavar="N",
         help="skip a column that no index leads with when its table holds more than about "
@@ -209,7 +199,7 @@ def _common(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument(
         "--statement-timeout",
-        type=_duration,
+        type=_text(parse_duration),
         default=None,
         metavar="MS",
         help="cancel any statement that runs longer than this (default: the server's)",
@@ -384,15 +374,15 @@ def _exit_code(report: Report, fail_on: frozenset[str], *, hint: str = "") -> in
     return EXIT_FINDINGS if any(f.kind in fail_on for f in report.findings) else EXIT_OK
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "schemas": args.schemas,
-        "exclude_tables": args.exclude_table,
-        "threshold": args.exhaustion_threshold,
-        "lock_timeout_ms": args.lock_timeout,
-        "statement_timeout_ms": args.statement_timeout,
-        "max_scan_rows": args.max_scan_rows,
-    }
+def _options(args: argparse.Namespace) -> CheckOptions:
+    return CheckOptions.of(
+        schemas=args.schemas,
+        exclude_tables=args.exclude_table,
+        threshold=args.exhaustion_threshold,
+        lock_timeout_ms=args.lock_timeout,
+        statement_timeout_ms=args.statement_timeout,
+        max_scan_rows=args.max_scan_rows,
+    )
 
 
 # --- the commands -----------------------------------------------------------------------
@@ -401,7 +391,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 def _run_check(args: argparse.Namespace) -> int:
     with connect(args.dsn, read_only=True) as conn:
         _known_schemas(conn, args.schemas)
-        report = check(conn, **_options(args), jobs=args.jobs)
+        report = checker.run(conn, _options(args), jobs=args.jobs)
     # not one column readable: the line on stderr says so (exit 2), and nothing says
     # "no drift"; the JSON still lists every skipped column, the text with --verbose
     readable = render.cannot_check(report) is None
@@ -426,14 +416,14 @@ def _run_fix(args: argparse.Namespace) -> int:
     if not args.apply:
         with connect(args.dsn, read_only=True) as conn:
             _known_schemas(conn, args.schemas)
-            fix_plan = fix.review(conn, margin=args.margin, **_options(args))
+            fix_plan = fix.review(conn, _options(args), margin=args.margin)
             source = _source(conn)
         _exit_code(fix_plan.report, args.fail_on)  # exit 2, and no script, when nothing was read
         emit(fix.script(fix_plan, source=source, margin=args.margin))
         return EXIT_OK
     with connect(args.dsn, read_only=False) as conn:
         _known_schemas(conn, args.schemas)
-        applied = fix.apply(conn, margin=args.margin, **_options(args))
+        applied = fix.apply(conn, _options(args), margin=args.margin)
     if not applied.changes:
         _exit_code(applied.after, args.fail_on)  # not one column read: stop, print nothing
     emit(_applied(applied))

@@ -22,7 +22,6 @@ wraps onto existing ids), are never run: their advice is printed as commented SQ
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from collections.abc import Sequence as Seq
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,13 +29,12 @@ from typing import Any
 
 from psycopg import sql
 
-from pytest_seqdrift import drift, fixsql
-from pytest_seqdrift.checker import check
+from pytest_seqdrift import checker, drift, fixsql
 from pytest_seqdrift.db.adapters import session_for
 from pytest_seqdrift.db.session import describe
 from pytest_seqdrift.errors import CannotFix, ReadFailure
 from pytest_seqdrift.model import Bounds, Column, Finding, Report, Sequence, SequenceState, Skipped
-from pytest_seqdrift.options import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_THRESHOLD
+from pytest_seqdrift.options import CheckOptions
 from pytest_seqdrift.read.reader import read_bounds, read_sequence_states
 from pytest_seqdrift.render import describe_finding, summary, what_happens
 
@@ -90,28 +88,15 @@ class Applied:
 
 def review(
     conn: Any,
+    options: CheckOptions,
     *,
-    schemas: Iterable[str] | None = None,
-    exclude_tables: Seq[str] = (),
-    threshold: float = DEFAULT_THRESHOLD,
-    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
-    statement_timeout_ms: int | None = None,
-    max_scan_rows: int | None = None,
     margin: int = 0,
 ) -> FixPlan:
     """Check, then plan the fix, reading only (``seqdrift fix`` without ``--apply``)."""
-    report = check(
-        conn,
-        schemas=schemas,
-        exclude_tables=exclude_tables,
-        threshold=threshold,
-        lock_timeout_ms=lock_timeout_ms,
-        statement_timeout_ms=statement_timeout_ms,
-        max_scan_rows=max_scan_rows,
-    )
+    report = checker.run(conn, options)
     session = session_for(conn)
     with session.read_only(
-        lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms
+        lock_timeout_ms=options.lock_timeout_ms, statement_timeout_ms=options.statement_timeout_ms
     ):
         return plan(conn, report, margin=margin)
 
@@ -324,13 +309,8 @@ def _write_transaction(
 
 def apply(
     conn: Any,
+    options: CheckOptions,
     *,
-    schemas: Iterable[str] | None = None,
-    exclude_tables: Seq[str] = (),
-    threshold: float = DEFAULT_THRESHOLD,
-    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
-    statement_timeout_ms: int | None = None,
-    max_scan_rows: int | None = None,
     margin: int = 0,
 ) -> Applied:
     """Fix every collision that a ``setval`` can fix, in one transaction, then check
@@ -340,29 +320,23 @@ def apply(
     table stays locked past the lock timeout or a privilege is missing (then nothing has
     been changed).
     """
-    options: dict[str, Any] = {
-        "schemas": schemas,
-        "exclude_tables": exclude_tables,
-        "threshold": threshold,
-        "lock_timeout_ms": lock_timeout_ms,
-        "statement_timeout_ms": statement_timeout_ms,
-        "max_scan_rows": max_scan_rows,
-    }
-    before = check(conn, **options)
+    before = checker.run(conn, options)
     fed = _clears(before)
     if not fed:
         return Applied(plan(conn, before, margin=margin), [], before)
     session = session_for(conn)
     changes: list[Change] = []
     with _write_transaction(
-        conn, lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms
+        conn,
+        lock_timeout_ms=options.lock_timeout_ms,
+        statement_timeout_ms=options.statement_timeout_ms,
     ):
         for column in _tables(before, fed):
             try:
                 session.run(_table_lock(column))
             except session.Error as exc:
                 raise CannotFix(
-                    f"cannot lock {column.qualified_table} (waited up to {lock_timeout_ms} ms): "
+                    f"cannot lock {column.qualified_table} (waited up to {options.lock_timeout_ms} ms): "
                     f"{describe(exc)}; nothing was changed"
                 ) from exc
         fix_plan = plan(conn, before, margin=margin)
@@ -382,5 +356,5 @@ def apply(
             except session.Error as exc:
                 raise CannotFix(f"cannot set {fix.sequence.qualified}: {describe(exc)}") from exc
             changes.append(Change(fix, SequenceState(int(value), True)))
-    after = check(conn, **options)
+    after = checker.run(conn, options)
     return Applied(fix_plan, changes, after)
