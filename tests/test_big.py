@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from cli_support import dsn, seqdrift
+from support.cli import dsn, seqdrift
 
 from pytest_seqdrift import check, checker
 from pytest_seqdrift.db.drivers import PsycopgSession

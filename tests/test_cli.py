@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from cli_support import SEED_FINDING
+from support.cli import SEED_FINDING
 
 SEED = """
 CREATE TABLE profile_billingaddress (id serial PRIMARY KEY, street text);

@@ -16,7 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from cli_support import (
+from psycopg import sql
+from support.cli import (
     SEED_FINDING,
     SEQDRIFT,
     Conn,
@@ -29,7 +30,6 @@ from cli_support import (
     sequence_states,
     table_contents,
 )
-from psycopg import sql
 
 SEED = """
 CREATE TABLE profile_billingaddress (id serial PRIMARY KEY, street text);

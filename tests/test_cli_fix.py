@@ -10,7 +10,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from cli_support import (
+from hypothesis import given
+from hypothesis import strategies as st
+from psycopg import sql
+from support.cli import (
     Conn,
     clean_env,
     dsn,
@@ -23,9 +26,6 @@ from cli_support import (
     sequence_states,
     table_contents,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-from psycopg import sql
 
 from pytest_seqdrift import check, fixsql
 from pytest_seqdrift.model import INT_RANGES, Bounds, Column, Sequence, SequenceState

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from cli_support import dsn, seqdrift
+from support.cli import dsn, seqdrift
 
 from pytest_seqdrift import check
 from pytest_seqdrift.db.drivers import PsycopgSession

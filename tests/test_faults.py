@@ -25,8 +25,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from cli_support import SEQDRIFT, clean_env, dsn, one_line, seqdrift, sequence_states
 from psycopg.pq import TransactionStatus
+from support.cli import SEQDRIFT, clean_env, dsn, one_line, seqdrift, sequence_states
 
 from pytest_seqdrift import CannotCheck, check
 from pytest_seqdrift.probe import probe

@@ -224,7 +224,12 @@ def test_a_module_imported_later_is_patched_when_it_is_first_imported(
 
     def patch(module: Any, recorder: Any) -> Any:
         original = module.apply
-        module.apply = lambda: seen.append("patched") or original()
+
+        def patched() -> Any:
+            seen.append("patched")
+            return original()
+
+        module.apply = patched
         return lambda: setattr(module, "apply", original)
 
     listening = Listening(Watcher(), patches={name: patch})
@@ -289,7 +294,7 @@ def test_which_django_migrations_are_checked_after() -> None:
 
 def test_a_source_printed_by_a_revision_message_stays_short() -> None:
     info = type("Info", (), {"up_revision_id": "abc", "is_upgrade": True})()
-    info.up_revision = type("Script", (), {"doc": "x" * 100})()  # type: ignore[attr-defined]
+    info.up_revision = type("Script", (), {"doc": "x" * 100})()
     step = listeners._alembic_step(info)
     assert step.message is not None
     assert len(step.message) == 72

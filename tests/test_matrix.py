@@ -17,8 +17,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from cli_support import SEED_FINDING
 from psycopg import sql
+from support.cli import SEED_FINDING
 
 from pytest_seqdrift import check
 from pytest_seqdrift.model import Finding, Report

@@ -22,7 +22,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from cli_support import (
+from psycopg import sql
+from support.cli import (
     dsn,
     psql_path,
     run_psql_file,
@@ -30,7 +31,6 @@ from cli_support import (
     sequence_states,
     table_contents,
 )
-from psycopg import sql
 
 from pytest_seqdrift import check, render, snapshot
 from pytest_seqdrift.alembic import assert_revisions_consistent

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from cli_support import login_role
 from psycopg import sql
+from support.cli import login_role
 
 from pytest_seqdrift import check
 
@@ -48,7 +48,7 @@ def test_unreadable_is_skipped_never_taken_for_never_used(db: Conn) -> None:
             db.execute(sql.SQL(grant).format(ident))
         with psycopg.connect(db.info.dsn, user=role, autocommit=True) as conn:
             # the ambiguity: NULL for the sequence never used and for the hidden one alike
-            nulls = dict(
+            nulls: dict[str, int | None] = dict(
                 conn.execute(
                     "SELECT sequencename::text, last_value FROM pg_sequences "
                     "WHERE sequencename IN ('unused_open_id_seq', 'unused_hidden_id_seq')"

@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from cli_support import dsn, login_role, seqdrift, sequence_states, table_contents
 from psycopg import sql
+from support.cli import dsn, login_role, seqdrift, sequence_states, table_contents
 
 from pytest_seqdrift import check
 

@@ -1,7 +1,7 @@
 """An outside corpus of less common table shapes, judged against PostgreSQL itself.
 
 No expected number is written down here. For each shape, a truth oracle
-(tests/shapes_support.py) runs the application's own INSERT -- the id taken the way the
+(tests/support/shapes.py) runs the application's own INSERT -- the id taken the way the
 application takes it -- one at a time, in a transaction that is rolled back, and counts
 the inserts that go in before PostgreSQL refuses one with a unique or exclusion
 violation. ``check()`` and ``probe()`` must then say the same:
@@ -29,9 +29,9 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
-from cli_support import dsn, login_role, seqdrift
 from psycopg import sql
-from shapes_support import (
+from support.cli import dsn, login_role, seqdrift
+from support.shapes import (
     Judged,
     Truth,
     Where,

@@ -1,0 +1,1 @@
+"""Helpers the tests share: import them as ``from support.cli import ...``."""
