@@ -1,22 +1,10 @@
 """``seqdrift fix``: move drifted sequences past their tables' ids, never backwards.
 
-The engine of the command, without pytest. From a check's report it takes every
-sequence with a collision and every column that sequence feeds, reads their state and
-bounds again, and for each sequence picks the furthest target over its columns (a
-shared sequence must clear every table it feeds): the max existing value, plus
-``margin`` ids of headroom (``fixsql.collision_target``). A sequence whose next value
-already lies beyond that target is left alone.
-
-* ``plan()`` does the reading inside whatever transaction the caller holds, and
-  ``script()`` prints the result as one transaction for ``psql -f``;
-* ``apply()`` runs it: one transaction that first locks every affected table in
-  ``SHARE ROW EXCLUSIVE`` mode (no writer can add an id while it looks), then reads,
-  then sets the sequences, then commits. Each ``setval`` still reads ``last_value`` in
-  its own statement (``GREATEST``), so even a ``nextval`` from elsewhere cannot make it
-  move a sequence back.
-
-Overflow and exhaustion, and collisions no ``setval`` can clear (a CYCLE sequence that
-wraps onto existing ids), are never run: their advice is printed as commented SQL.
+A shared sequence goes past the furthest of the tables it feeds. ``apply()`` locks those
+tables (``SHARE ROW EXCLUSIVE``: no writer adds an id while it reads) before it sets the
+sequences, and each ``setval`` takes ``GREATEST`` with ``last_value`` in its own
+statement, so a ``nextval`` from elsewhere cannot make it move a sequence back. What
+``setval`` cannot fix (overflow, exhaustion, a CYCLE wrap) is printed as commented SQL.
 """
 
 from __future__ import annotations
@@ -140,7 +128,7 @@ def plan(conn: Any, report: Report, *, margin: int = 0) -> FixPlan:
         if isinstance(state, ReadFailure):
             raise CannotFix(f"cannot read sequence {seq.qualified}: {state.message}")
         columns += [(seq, state, c) for c in fed[seq.oid]]
-    answers = read_bounds(session, [(c, drift.plan(c, seq, state)) for seq, state, c in columns])
+    answers = read_bounds(session, [(c, drift.search(c, seq, state)) for seq, state, c in columns])
     bounds: dict[int, list[tuple[Column, SequenceState, Bounds]]] = {s.oid: [] for s in wanted}
     for (seq, state, c), answer in zip(columns, answers, strict=True):
         if isinstance(answer, ReadFailure):

@@ -1,26 +1,17 @@
-"""Connection adapters: the engine talks to a ``Session``, whatever the driver.
+"""The ``Session``: what the engine runs queries through, whatever the driver.
 
-``open_session(conn)`` takes what a user has in hand — a psycopg 3 or psycopg2
-connection, a SQLAlchemy ``Engine`` or ``Connection`` (psycopg 3 or psycopg2 dialect), a
-Django connection (``django.db.connection`` or ``connections[alias]``) — unwraps it to
-the driver's own connection, and yields a session with one interface: ``run``,
-``query_dicts``, ``batch``, ``read_only`` and ``scratch``. Queries are composed with
-``psycopg.sql`` whatever the driver (the psycopg2 session renders them to text), and a
-database error is recognised by its SQLSTATE (``sqlstate(exc)``), not by its class, so
-the engine never names a driver.
+Queries are composed with ``psycopg.sql`` for every driver, and a database error is told
+apart by its SQLSTATE (``sqlstate(exc)``), never by its class. A session leaves the
+connection as it found it:
 
-A session runs the check inside a transaction it owns, and leaves the connection as it
-found it:
-
-* an idle connection gets its own ``REPEATABLE READ, READ ONLY`` transaction, rolled
-  back at the end. The snapshot is taken by the first (discovery) query, before any
-  sequence is read, so every column bound is older than the sequence state it is
-  compared with: concurrent inserts cannot produce a false finding;
-* a connection inside the user's own transaction (also a SQLAlchemy ``Connection``'s or
-  a Django ``atomic`` block's) gets a savepoint, rolled back at the end: the user's
-  transaction, its settings and its snapshot are left alone, and the check sees the
-  user's uncommitted rows;
-* a connection in a failed transaction cannot be checked: that is an error.
+* an idle connection gets a ``REPEATABLE READ, READ ONLY`` transaction of the session's
+  own, rolled back at the end. Its snapshot is taken by discovery, before any sequence is
+  read, so every bound read is older than the sequence state it is compared with:
+  concurrent inserts cannot make a false finding;
+* inside the caller's transaction (a SQLAlchemy ``Connection``'s, a Django ``atomic``
+  block's) it works in a savepoint that it rolls back: the caller's settings and
+  snapshot are untouched, and the caller's uncommitted rows are seen;
+* a connection in a failed transaction is refused.
 """
 
 from __future__ import annotations
