@@ -245,7 +245,8 @@ CROSS JOIN LATERAL (
     SELECT EXISTS (
         SELECT FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
         WHERE i.indrelid = t.oid AND i.indkey[0] = a.attnum AND i.indisvalid
-          AND i.indpred IS NULL AND ic.relam = 403
+          AND i.indpred IS NULL
+          AND ic.relam = (SELECT am.oid FROM pg_am am WHERE am.amname = 'btree')
     ) AS indexed
     OFFSET 0  -- evaluated once per row, not once per use
 ) ix
