@@ -186,7 +186,7 @@ def _bounds(
     report: Report,
 ) -> list[_Bounded]:
     """Each column's bounds: its max (min) alone where that settles the verdict, the
-    plan's other windows read only where the max says they can matter. A column whose
+    search's other windows read only where the max says they can matter. A column whose
     sequence or table could not be read is skipped, with why."""
     todo: list[tuple[Column, Sequence, SequenceState]] = []
     results: list[Bounds | ReadFailure | None] = []
@@ -209,8 +209,8 @@ def _bounds(
         else:
             results.append(None)
     deeper = [i for i, r in enumerate(results) if r is None]
-    plans = [(todo[i][0], drift.plan(*todo[i])) for i in deeper]
-    for i, read in zip(deeper, reader.read_bounds(session, plans), strict=True):
+    searches = [(todo[i][0], drift.search(*todo[i])) for i in deeper]
+    for i, read in zip(deeper, reader.read_bounds(session, searches), strict=True):
         results[i] = read
     bounded: list[_Bounded] = []
     for (c, seq, state), result in zip(todo, results, strict=True):

@@ -2,8 +2,8 @@
 
 Everything is computed in *forward* coordinates, where the sequence always walks
 upwards: a value ``v`` of a sequence with a negative increment is handled as ``-v``.
-That way one set of formulas serves both directions, and ``forward()`` / ``backward()``
-are the only places that know about signs.
+That way one set of formulas serves both directions, and ``_Walk.flip()`` (its own
+inverse: actual to forward and back) is the only place that knows about signs.
 
 The walk of ``nextval`` that these functions describe:
 
@@ -26,7 +26,7 @@ from pytest_seqdrift.model import (
     Column,
     Finding,
     FindingKind,
-    Plan,
+    Search,
     Sequence,
     SequenceState,
     Status,
@@ -51,9 +51,10 @@ def next_value(seq: Sequence, state: SequenceState) -> int | None:
     return None
 
 
-class _Stream:
-    """A sequence and its column, in forward coordinates. Built once per distinct shape
-    (see ``_stream``): a check judges thousands of columns of a handful of shapes."""
+class _Walk:
+    """The walk of a sequence's values into its column, in forward coordinates. Built
+    once per distinct shape (see ``_walk``): a check judges thousands of columns of a
+    handful of shapes."""
 
     __slots__ = ("sign", "step", "lo", "hi", "type_lo", "type_hi", "cycle", "cap", "floor", "top")
 
@@ -73,7 +74,12 @@ class _Stream:
         self.cap = hi if type_hi is None else min(hi, type_hi)
         # the first forward value that both the sequence and the column allow
         self.floor = lo if type_lo is None else max(lo, type_lo)
-        self.top = self._far_end()
+        # every storable value, searched from the far end: finds the max existing value
+        # (the min, for a negative increment)
+        self.top: Window | None = None
+        if self.floor <= self.cap:
+            a, b = sorted((self.flip(self.floor), self.flip(self.cap)))
+            self.top = Window(lo=a, hi=b, base=0, step=1, ascending=sign < 0)
 
     def reaches_limit(self, start: int) -> bool:
         """Does the walk from ``start`` run into the sequence's own limit (MAXVALUE), rather
@@ -89,10 +95,8 @@ class _Stream:
         """Values after a wrap start at ``lo``: can the column store that?"""
         return self.type_lo is None or self.lo >= self.type_lo
 
-    def forward(self, value: int) -> int:
-        return self.sign * value
-
-    def backward(self, value: int) -> int:
+    def flip(self, value: int) -> int:
+        """An actual value in forward coordinates, or a forward one as actual."""
         return self.sign * value
 
     def window(self, lo: int, hi: int, base: int) -> Window | None:
@@ -100,46 +104,35 @@ class _Stream:
         only the values the walk from ``base`` reaches."""
         if lo > hi:
             return None
-        a, b = sorted((self.backward(lo), self.backward(hi)))
-        return Window(lo=a, hi=b, base=self.backward(base), step=self.step, ascending=self.sign > 0)
-
-    def far_end(self) -> Window | None:
-        """Every storable value, searched from the far end: finds the max existing value
-        (the min, for a negative increment)."""
-        return self.top
-
-    def _far_end(self) -> Window | None:
-        if self.floor > self.cap:
-            return None
-        a, b = sorted((self.backward(self.floor), self.backward(self.cap)))
-        return Window(lo=a, hi=b, base=0, step=1, ascending=self.sign < 0)
+        a, b = sorted((self.flip(lo), self.flip(hi)))
+        return Window(lo=a, hi=b, base=self.flip(base), step=self.step, ascending=self.sign > 0)
 
 
-def _stream(column: Column, seq: Sequence) -> _Stream:
+def _walk(column: Column, seq: Sequence) -> _Walk:
     return _shaped(column.type_range, seq.increment, seq.min_value, seq.max_value, seq.cycle)
 
 
 @functools.lru_cache(maxsize=4096)
 def _shaped(
     type_range: tuple[int, int] | None, increment: int, min_value: int, max_value: int, cycle: bool
-) -> _Stream:
+) -> _Walk:
     sign = 1 if increment > 0 else -1
     lo, hi = sorted((sign * min_value, sign * max_value))
     if type_range is None:
         type_lo = type_hi = None
     else:
         type_lo, type_hi = sorted((sign * type_range[0], sign * type_range[1]))
-    return _Stream(sign, abs(increment), lo, hi, type_lo, type_hi, cycle)
+    return _Walk(sign, abs(increment), lo, hi, type_lo, type_hi, cycle)
 
 
-def plan(column: Column, seq: Sequence, state: SequenceState) -> Plan:
+def search(column: Column, seq: Sequence, state: SequenceState) -> Search:
     """What to read from the column, given where its sequence stands."""
-    s = _stream(column, seq)
+    s = _walk(column, seq)
     nv = next_value(seq, state)
-    top = s.far_end()
+    top = s.top
     if nv is None:
-        return Plan(first_pass=None, after_wrap=None, top=top)
-    n = s.forward(nv)
+        return Search(first_pass=None, after_wrap=None, top=top)
+    n = s.flip(nv)
     lo = n if s.type_lo is None else max(n, s.type_lo)
     first_pass = s.window(lo, s.cap, n)
     last_on_grid = None
@@ -147,40 +140,40 @@ def plan(column: Column, seq: Sequence, state: SequenceState) -> Plan:
         last_on_grid = replace(first_pass, ascending=not first_pass.ascending)
     wraps = s.cycle and s.reaches_limit(n) and s.wrap_storable
     after_wrap = s.window(s.floor, s.cap, s.lo) if wraps else None
-    return Plan(first_pass=first_pass, after_wrap=after_wrap, top=top, last_on_grid=last_on_grid)
+    return Search(first_pass=first_pass, after_wrap=after_wrap, top=top, last_on_grid=last_on_grid)
 
 
 def top_window(column: Column, seq: Sequence) -> Window | None:
-    """The plan's ``top``, which does not depend on the sequence's state: every storable
+    """The search's ``top``, which does not depend on the sequence's state: every storable
     value, searched from the far end."""
-    return _stream(column, seq).far_end()
+    return _walk(column, seq).top
 
 
-def may_collide(plan: Plan, top: int | None) -> bool:
-    """Given the max (min) existing value, can any window of the plan hold a value?
-    When not, the plan's other windows need not be read: they are empty."""
+def may_collide(search: Search, top: int | None) -> bool:
+    """Given the max (min) existing value, can any window of the search hold a value?
+    When not, the search's other windows need not be read: they are empty."""
     if top is None:
         return False  # nothing storable exists at all
-    if plan.after_wrap is not None:
+    if search.after_wrap is not None:
         return True  # a cycling walk comes back to the low values
-    w = plan.first_pass
+    w = search.first_pass
     if w is None:
         return False
     return top >= w.lo if w.ascending else top <= w.hi
 
 
 def may_collide_at(column: Column, seq: Sequence, state: SequenceState, top: int | None) -> bool:
-    """``may_collide(plan(column, seq, state), top)`` without building the plan: check()
+    """``may_collide(search(column, seq, state), top)`` without building the search: check()
     asks it of every column, and almost every answer is no."""
     nv = next_value(seq, state)
     if top is None or nv is None:
         return False
-    s = _stream(column, seq)
-    n = s.forward(nv)
+    s = _walk(column, seq)
+    n = s.flip(nv)
     if s.cycle and s.reaches_limit(n) and s.wrap_storable:
         return True
     lo = n if s.type_lo is None else max(n, s.type_lo)
-    return lo <= s.cap and s.forward(top) >= lo
+    return lo <= s.cap and s.flip(top) >= lo
 
 
 @dataclass(frozen=True)
@@ -193,18 +186,18 @@ class Collision:
 def first_collision(
     column: Column, seq: Sequence, state: SequenceState, bounds: Bounds
 ) -> Collision | None:
-    """The first existing value the sequence will hand out, from the plan's answers."""
+    """The first existing value the sequence will hand out, from the search's answers."""
     nv = next_value(seq, state)
     if nv is None:
         return None
-    s = _stream(column, seq)
-    n = s.forward(nv)
+    s = _walk(column, seq)
+    n = s.flip(nv)
     if bounds.first_pass is not None:
-        v = s.forward(bounds.first_pass)
+        v = s.flip(bounds.first_pass)
         return Collision(bounds.first_pass, (v - n) // s.step, after_wrap=False)
     if bounds.after_wrap is not None:
         before_wrap = (s.cap - n) // s.step + 1 if n <= s.cap else 0
-        v = s.forward(bounds.after_wrap)
+        v = s.flip(bounds.after_wrap)
         return Collision(bounds.after_wrap, before_wrap + (v - s.lo) // s.step, after_wrap=True)
     return None
 
@@ -219,14 +212,14 @@ class Capacity:
 
 def capacity(column: Column, seq: Sequence, state: SequenceState) -> Capacity:
     """How much of the effective range (sequence ∩ column type) is left."""
-    return _capacity(_stream(column, seq), next_value(seq, state))
+    return _capacity(_walk(column, seq), next_value(seq, state))
 
 
 @functools.lru_cache(maxsize=65536)  # asked twice per column by check()
-def _capacity(s: _Stream, nv: int | None) -> Capacity:
+def _capacity(s: _Walk, nv: int | None) -> Capacity:
     if nv is None:
         return Capacity("exhaustion", 0, 1.0, ends=True)
-    n = s.forward(nv)
+    n = s.flip(nv)
     if n > s.cap or (s.type_lo is not None and n < s.type_lo):
         # the very next value cannot be stored: out of the column's range
         return Capacity("overflow", 0, 1.0, ends=True)

@@ -133,7 +133,7 @@ class Window:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Search:
     """What must be read from a column, once the sequence's next value is known."""
 
     first_pass: Window | None  # values the sequence reaches before it ends or wraps
@@ -146,7 +146,7 @@ class Plan:
 
 @dataclass(frozen=True)
 class Bounds:
-    """Answers to a Plan, read from the table."""
+    """Answers to a Search, read from the table."""
 
     first_pass: int | None
     after_wrap: int | None

@@ -131,8 +131,8 @@ def test_one_statement_reads_agree_with_the_per_table_reads(db: psycopg.Connecti
         for c in columns:
             seq, state = sequences[c.sequence_oid], states[c.sequence_oid]
             assert isinstance(state, SequenceState)
-            plan = drift.plan(c, seq, state)
-            reads.append(block.ColumnRead(c, block.plan_slots(plan)))
+            plan = drift.search(c, seq, state)
+            reads.append(block.ColumnRead(c, block.search_slots(plan)))
             reads.append(block.ColumnRead(c, (None, None, checker._top_slot(c, seq), None)))
         before = session.statements
         in_the_block = reader._read(session, reads)
@@ -196,7 +196,7 @@ def test_the_first_read_agrees_with_reading_every_window(db: psycopg.Connection[
             state = states[c.sequence_oid]
             assert isinstance(state, SequenceState)
             plans.append((c, sequences[c.sequence_oid], state))
-        full = reader.read_bounds(session, [(c, drift.plan(c, s, st)) for c, s, st in plans])
+        full = reader.read_bounds(session, [(c, drift.search(c, s, st)) for c, s, st in plans])
     expected = []
     for (c, seq, state), bounds in zip(plans, full, strict=True):
         assert not isinstance(bounds, ReadFailure)

@@ -1,7 +1,7 @@
 """Property tests: the arithmetic of ``drift.py`` against a brute-force ``nextval`` stepper.
 
 No database here. The stepper below reproduces PostgreSQL's ``nextval`` one call at a
-time; a reference ``first_in`` answers a ``Plan`` the way ``catalog.bounds_query`` does in
+time; a reference ``first_in`` answers a ``Search`` the way ``catalog.bounds_query`` does in
 SQL. Everything ``drift`` computes in closed form must agree with walking the sequence.
 
 Definitions the tests pin down (they are the engine's, checked to be consistent):
@@ -226,7 +226,7 @@ def brute_top(case: Case) -> int | None:
     return max(reach) if case.increment > 0 else min(reach)
 
 
-# --- reference: how the database answers a Plan ----------------------------------------
+# --- reference: how the database answers a Search ----------------------------------------
 
 
 def first_in(window: Window | None, existing: frozenset[int]) -> int | None:
@@ -241,7 +241,7 @@ def first_in(window: Window | None, existing: frozenset[int]) -> int | None:
     return min(hits) if window.ascending else max(hits)
 
 
-def bounds_from_reference(plan: model.Plan, existing: frozenset[int]) -> Bounds:
+def bounds_from_reference(plan: model.Search, existing: frozenset[int]) -> Bounds:
     return Bounds(
         first_pass=first_in(plan.first_pass, existing),
         after_wrap=first_in(plan.after_wrap, existing),
@@ -251,7 +251,7 @@ def bounds_from_reference(plan: model.Plan, existing: frozenset[int]) -> Bounds:
 
 
 def engine_bounds(case: Case, column: Column) -> Bounds:
-    return bounds_from_reference(drift.plan(column, case.seq, case.state), case.existing)
+    return bounds_from_reference(drift.search(column, case.seq, case.state), case.existing)
 
 
 # --- strategies ----------------------------------------------------------------------
@@ -402,7 +402,7 @@ def test_reading_the_max_first_skips_only_empty_windows(
     """check() reads each column's max first and the other windows only when
     may_collide() says they can hold a value: whenever it says no, they are empty."""
     column = make_column(case.type_range, case.unique)
-    plan = drift.plan(column, case.seq, case.state)
+    plan = drift.search(column, case.seq, case.state)
     full = bounds_from_reference(plan, case.existing)
     if not drift.may_collide(plan, full.top):
         assert (full.first_pass, full.after_wrap, full.last_on_grid) == (None, None, None)
@@ -413,7 +413,7 @@ def test_may_collide_at_answers_as_the_plan_does(
     case: Case, top: int | None, make_column: MakeColumn
 ) -> None:
     column = make_column(case.type_range, case.unique)
-    plan = drift.plan(column, case.seq, case.state)
+    plan = drift.search(column, case.seq, case.state)
     for t in (top, brute_top(case)):
         expected = drift.may_collide(plan, t)
         assert drift.may_collide_at(column, case.seq, case.state, t) == expected

@@ -9,12 +9,12 @@ from typing import Any, Protocol
 from psycopg import sql
 
 from pytest_seqdrift.errors import CannotCheck, ReadFailure
-from pytest_seqdrift.model import Bounds, Column, Plan, SequenceState, Window
+from pytest_seqdrift.model import Bounds, Column, Search, SequenceState, Window
 
 # --- the reads ------------------------------------------------------------------------
 #
 # After discovery, every read is one of two kinds: a sequence's state, or a column's
-# windows (up to four min/max searches, see model.Plan). All the reads of a check run on
+# windows (up to four min/max searches, see model.Search). All the reads of a check run on
 # the server in one PL/pgSQL block (READ_BLOCK), the way the floor of the benchmarks
 # does them: one EXECUTE per read. A DO block needs no object of its own, so it runs
 # inside a READ ONLY transaction and on a replica. It takes no parameters and returns no
@@ -133,8 +133,8 @@ Read = StateRead | ColumnRead | TextRead
 Answer = tuple[str | None, ...]
 
 
-def plan_slots(plan: Plan) -> tuple[Slot, ...]:
-    return (plan.first_pass, plan.after_wrap, plan.top, plan.last_on_grid)
+def search_slots(search: Search) -> tuple[Slot, ...]:
+    return (search.first_pass, search.after_wrap, search.top, search.last_on_grid)
 
 
 def _ident(name: str) -> str:

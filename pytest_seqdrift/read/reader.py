@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.errors import CannotCheck, ReadFailure
-from pytest_seqdrift.model import Bounds, Column, Plan, Sequence, SequenceState
+from pytest_seqdrift.model import Bounds, Column, Search, Sequence, SequenceState
 from pytest_seqdrift.read import block, discovery, inserts, keys
 
 # Columns (sequences) read per statement: each read holds an AccessShareLock on a table
@@ -148,7 +148,7 @@ def read_sequence_states(
     }
 
 
-def read_bounds(session: Session, items: Seq[tuple[Column, Plan]]) -> list[Bounds | ReadFailure]:
-    """Each plan's windows, read in full."""
-    answers = _read(session, [block.ColumnRead(c, block.plan_slots(p)) for c, p in items])
+def read_bounds(session: Session, items: Seq[tuple[Column, Search]]) -> list[Bounds | ReadFailure]:
+    """Each search's windows, read in full."""
+    answers = _read(session, [block.ColumnRead(c, block.search_slots(p)) for c, p in items])
     return [a if isinstance(a, ReadFailure) else block.as_bounds(a) for a in answers]
