@@ -769,11 +769,11 @@ def profile_a(
         found = [(r[0], r[2]) for r in rows if r[4].endswith(module) and r[5] == function]
         return found[0] if found else (0.0, 0)
 
-    checks, n_checks = cumulative("pytest_seqdrift/api.py", "check")
+    checks, n_checks = cumulative("pytest_seqdrift/checker.py", "check")
     n = max(1, n_checks)
     waits, _ = cumulative("psycopg/connection.py", "wait")
-    discovery, _ = cumulative("pytest_seqdrift/connections.py", "query_dicts")
-    block, _ = cumulative("pytest_seqdrift/api.py", "_read")
+    discovery, _ = cumulative("pytest_seqdrift/db/session.py", "query_dicts")
+    block, _ = cumulative("pytest_seqdrift/read/reader.py", "_read")
     print(
         f"{len(result.data['steps'])} steps and the set-up check: {result.in_setup * 1000:.0f} ms "
         f"under the profiler (its own cost included); {n_checks} check() calls, "
