@@ -1,4 +1,6 @@
-"""Find a PostgreSQL server to start, and start it safely, also as root.
+"""The test bed: find a PostgreSQL server and start it safely, also as root, for the
+tests, the demo and the benchmarks. The product never starts a server and never imports
+this module (tests/test_layers.py holds it to that).
 
 Where the server binaries come from, in this order:
 

@@ -47,7 +47,6 @@ class PsycopgSession(Session):
 
     def _execute(self, query: Query, params: Params) -> Rows:
         with psycopg.Cursor(self.conn, row_factory=tuple_row) as cur:
-            # without parameters, the text is sent as it is: a % in a name is no placeholder
             cur.execute(query, params or None)
             return cur.fetchall() if cur.description is not None else []
 

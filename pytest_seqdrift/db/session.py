@@ -69,6 +69,15 @@ def sqlstate(exc: BaseException) -> str | None:
     return state or getattr(exc, "pgcode", None)
 
 
+def _names_without_parameters(query: Query, params: Params) -> None:
+    """A statement composed with names (``sql.Identifier``) carries its values as
+    ``sql.Literal``, never as parameters: given parameters, the driver looks for
+    placeholders in the whole text, names included, and a table may be called
+    ``100% %s``. Without parameters the text is sent as it is."""
+    if params and isinstance(query, sql.Composed):
+        raise TypeError(f"a statement with names takes no parameters: {query!r}")
+
+
 def _failure(exc: BaseException) -> ReadFailure:
     return ReadFailure(describe(exc), sqlstate(exc))
 
@@ -130,6 +139,7 @@ class Session(ABC):
     # -- the interface the engine uses ---------------------------------------------------
 
     def run(self, query: Query, params: Params = None) -> Rows:
+        _names_without_parameters(query, params)
         self.statements += 1
         self.round_trips += 1
         return self._execute(query, params)
@@ -331,6 +341,8 @@ class Session(ABC):
         enclosing transaction is not affected."""
         if not statements:
             return []
+        for query, params in statements:
+            _names_without_parameters(query, params)
         if self._status() == _IDLE:
             # savepoints need a transaction: open one for the batch
             with self.transaction():

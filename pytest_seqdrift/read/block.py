@@ -190,8 +190,7 @@ def read_text(read: Read) -> str:
 
 
 def read_statement(read: Read) -> tuple[str, tuple[()]]:
-    """One read as a statement of its own (without parameters: the text is sent as it
-    is, and a ``%`` in a name is no placeholder)."""
+    """One read as a statement of its own (no parameters: it names the table)."""
     return read_text(read), ()
 
 
@@ -248,9 +247,7 @@ def relation(column: Column) -> sql.Composed:
 
 
 def row_count_query(column: Column, limit: int) -> tuple[sql.Composed, list[int]]:
-    """Count rows, but never more than ``limit``: cheap however large the table. (The
-    limit is a literal: with a parameter, a ``%`` in the table's name would be taken
-    for a placeholder.)"""
+    """Count rows, but never more than ``limit``: cheap however large the table."""
     return (
         sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) AS capped").format(
             relation(column), sql.Literal(int(limit))

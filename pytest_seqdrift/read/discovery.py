@@ -1,8 +1,7 @@
-"""The SQL that reads PostgreSQL: discovery in one query, then batched reads.
+"""Discovery: every sequence-backed column and its sequence, in one catalog query.
 
-Objects are matched by OID, never by name. Every name that goes back into SQL is
-quoted as an identifier (``psycopg.sql.Identifier``, or ``_ident`` for the texts the
-read block runs); numbers are integers formatted by Python.
+Objects are matched by OID, never by name; a sequence named only in a text is found by
+name where the role may look it up.
 """
 
 from __future__ import annotations
