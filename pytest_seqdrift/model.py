@@ -155,7 +155,33 @@ class Bounds:
 
 
 @dataclass(frozen=True)
+class Collision:
+    """What a collision says: the first existing value the sequence will hand out, after
+    how many inserts that succeed, and the max (min) existing value."""
+
+    first_collision: int
+    inserts_until_collision: int  # 0: the very next insert fails
+    max_existing: int | None
+    after_wrap: bool  # reached once a CYCLE sequence has wrapped
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What an overflow or an exhaustion says: how many values are left before the
+    column's type (overflow) or the sequence (exhaustion) runs out, and the share used."""
+
+    values_left: int
+    used_fraction: float
+
+
+@dataclass(frozen=True)
 class Finding:
+    """A column whose inserts will fail. ``kind`` says which fields go together: a
+    ``collision`` has ``first_collision``, ``inserts_until_collision``, ``max_existing``
+    and ``after_wrap`` (as ``.collision``); an ``overflow`` or ``exhaustion`` has
+    ``values_left`` and ``used_fraction`` (as ``.capacity``). Built otherwise, it
+    raises ``ValueError``."""
+
     kind: FindingKind
     column: Column
     sequence: Sequence
@@ -168,6 +194,30 @@ class Finding:
     used_fraction: float | None = None
     fix_sql: str = ""
     note: str | None = None  # what the numbers assume (a partial key, two draws per insert)
+
+    def __post_init__(self) -> None:
+        collision = (self.first_collision, self.inserts_until_collision)
+        capacity = (self.values_left, self.used_fraction)
+        if self.kind == "collision":
+            wrong = None in collision or capacity != (None, None)
+        else:
+            wrong = None in capacity or collision != (None, None) or self.after_wrap
+        if wrong:
+            raise ValueError(f"fields that do not go with a {self.kind} finding: {self!r}")
+
+    @property
+    def collision(self) -> Collision:
+        if self.first_collision is None or self.inserts_until_collision is None:
+            raise ValueError(f"a {self.kind} finding has no collision")
+        return Collision(
+            self.first_collision, self.inserts_until_collision, self.max_existing, self.after_wrap
+        )
+
+    @property
+    def capacity(self) -> Capacity:
+        if self.values_left is None or self.used_fraction is None:
+            raise ValueError(f"a {self.kind} finding has no capacity")
+        return Capacity(self.values_left, self.used_fraction)
 
 
 @dataclass(frozen=True)

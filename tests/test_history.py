@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -116,3 +117,27 @@ def test_the_fix_in_each_tool_s_terms() -> None:
 def test_no_tool_form_where_setval_is_no_fix() -> None:
     commented = "-- not fixable by setval; widen the type instead:\n-- ALTER TABLE ..."
     assert advice.fix_for(Step("revision", "0002"), finding("t", commented)) == []
+
+
+def test_a_finding_holds_only_the_fields_of_its_kind() -> None:
+    """A collision's numbers and a capacity's never mix: each kind is read through
+    its own typed view, and a finding built otherwise is refused."""
+    col = column("t")
+    hit = Finding("collision", col, SEQ, 1, first_collision=7, inserts_until_collision=6)
+    assert hit.collision.first_collision == 7
+    assert hit.collision.inserts_until_collision == 6
+    full = Finding("exhaustion", col, SEQ, None, values_left=0, used_fraction=1.0)
+    assert full.capacity.values_left == 0
+    for wrong in (
+        {"kind": "collision", "first_collision": 7},
+        {"kind": "collision", "first_collision": 7, "inserts_until_collision": 6, "values_left": 3},
+        {"kind": "overflow", "values_left": 3},
+        {"kind": "overflow", "values_left": 3, "used_fraction": 0.9, "first_collision": 7},
+        {"kind": "exhaustion", "values_left": 3, "used_fraction": 0.9, "after_wrap": True},
+    ):
+        with pytest.raises(ValueError, match="do not go with"):
+            Finding(column=col, sequence=SEQ, next_value=1, **wrong)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="has no collision"):
+        _ = full.collision
+    with pytest.raises(ValueError, match="has no capacity"):
+        _ = hit.capacity
