@@ -11,7 +11,7 @@ from psycopg import sql
 
 from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.model import Column, Sequence
-from pytest_seqdrift.probe.sequences import _ran_out, _setval, _state
+from pytest_seqdrift.probe.sequences import _ran_out, _read_state, _set_state
 from pytest_seqdrift.probe.target import _as_int, _counted, _NotProbed, _numeric, _Run, _Target
 from pytest_seqdrift.read import block
 
@@ -53,9 +53,9 @@ def _default(target: _Target) -> sql.Composable:
 def _peek(session: Session, target: _Target) -> int | None:
     """The value the column's default yields next, leaving its sequence where it was.
     None: the default yields NULL (or no integer), or its sequence has run out."""
-    start = _state(session, target.sequence)
+    start = _read_state(session, target.sequence)
     values, _ = _values(session, target, _values_query(target), 1)
-    _setval(session, target.sequence, start)
+    _set_state(session, target.sequence, start)
     return _as_int(values[0]) if values else None
 
 
@@ -86,7 +86,7 @@ def _values(
     """``n`` values of the default (NULLs left out); fewer, and True, where its sequence
     runs out first. The failed batch drew values that are lost: the sequence is put back
     and the values before the end are drawn again, one at a time."""
-    start = _state(session, target.sequence)
+    start = _read_state(session, target.sequence)
     session.run("SAVEPOINT seqdrift_draw")
     ran_out = False
     try:
@@ -95,7 +95,7 @@ def _values(
         if not _ran_out(exc):
             raise
         session.run("ROLLBACK TO SAVEPOINT seqdrift_draw")
-        _setval(session, target.sequence, start)
+        _set_state(session, target.sequence, start)
         rows = []
         for _ in range(n):
             try:

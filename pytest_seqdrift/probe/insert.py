@@ -20,8 +20,8 @@ from pytest_seqdrift.db.session import (
     message_detail,
     sqlstate,
 )
-from pytest_seqdrift.model import Finding
-from pytest_seqdrift.probe.sequences import _ran_out, _setval, _state
+from pytest_seqdrift.model import Finding, SequenceState
+from pytest_seqdrift.probe.sequences import _ran_out, _read_state, _set_state
 from pytest_seqdrift.probe.table import _immediate, _prepare_table, _Table
 from pytest_seqdrift.probe.target import (
     _as_int,
@@ -67,7 +67,7 @@ def _insert(
                 first = value if drawn + len(values) == 0 else first
                 return _Run(until, value, until + 1, True, first, tuple(stored[:3]), True), table
         else:
-            start = _state(session, target.sequence)
+            start = _read_state(session, target.sequence)
             session.run("SAVEPOINT seqdrift_batch_insert")
             try:
                 values = [row[0] for row in session.run(insert(n))]
@@ -255,13 +255,13 @@ def _key_value(detail: str | None, column: str) -> int | None:
 def _plain_value(session: Session, target: _Target) -> int | None:
     """For a plain default on a table that no trigger or rule rewrites, the value that
     collided is the sequence's last value, whatever the detail says."""
-    return _state(session, target.sequence)[0] if target.column.plain_default else None
+    return _read_state(session, target.sequence).last_value if target.column.plain_default else None
 
 
 def _locate(
     session: Session,
     target: _Target,
-    start: tuple[int, bool],
+    start: SequenceState,
     insert: Callable[[int], sql.Composed],
     n: int,
     hint: int | None = None,
@@ -279,15 +279,15 @@ def _locate(
     fails, the multi-row INSERT drew its values in another order than smaller ones do:
     ``_Unreproducible``."""
     seq = target.sequence
-    _setval(session, seq, start)
-    state: tuple[int, bool] | None = start  # the sequence's state before the next chunk
+    _set_state(session, seq, start)
+    state: SequenceState | None = start  # the sequence's state before the next chunk
     done, bound = 0, n  # ``done`` inserts went in; the one that fails is before ``bound``
     first: int | None = None
     guided = [] if hint is None or not 0 <= hint < n else [hint, 1] if hint else [1]
     while done < bound:
         k = min(guided.pop(0) if guided else max(1, (bound - done) // 2), bound - done)
         if k > 1 and state is None:
-            state = _state(session, seq)
+            state = _read_state(session, seq)
         session.run("SAVEPOINT seqdrift_one_insert")
         try:
             rows = session.run(insert(k))
@@ -296,7 +296,7 @@ def _locate(
                 raise
             session.run("ROLLBACK TO SAVEPOINT seqdrift_one_insert")
             if k > 1 and state is not None:  # the failing insert is in this chunk: halve it
-                _setval(session, seq, state)
+                _set_state(session, seq, state)
                 bound = done + k
                 guided = []
                 continue

@@ -20,7 +20,7 @@ from pytest_seqdrift.probe.draw import _draw, _peek, _top
 from pytest_seqdrift.probe.insert import _insert
 from pytest_seqdrift.probe.merge import _merge
 from pytest_seqdrift.probe.report import Mode, Probed, ProbeReport, _joined
-from pytest_seqdrift.probe.sequences import _put_back, _restore, _setval, _state
+from pytest_seqdrift.probe.sequences import _put_back, _put_back_at_end, _read_state, _set_state
 from pytest_seqdrift.probe.shortcut import _clean, _insert_paths, _settled
 from pytest_seqdrift.probe.target import (
     _CannotCopy,
@@ -109,7 +109,7 @@ def _probe(
                 result.probed.append(probed)
     finally:
         if not session.broken:  # a lost connection: its error is the one to raise
-            result.restored += _restore(session, before, lock_timeout_ms)
+            result.restored += _put_back_at_end(session, before, lock_timeout_ms)
     _merge(result)
     return result
 
@@ -189,13 +189,13 @@ def _probe_here(
         )
     target = _Target(column, seq, top, _distance(verdict, seq), limit, at_least_once)
     target = replace(target, first=verdict.next_value if judged else _peek(session, target))
-    start = _state(session, seq)
+    start = _read_state(session, seq)
 
     def start_over() -> None:
         """Back to where this column's probe began: its savepoint, every sequence."""
         session.run("ROLLBACK TO SAVEPOINT seqdrift_column")
         _put_back(session, states)
-        _setval(session, seq, start)
+        _set_state(session, seq, start)
 
     if mode == "default":
         run = _draw(session, target)

@@ -15,14 +15,67 @@ from pytest_seqdrift.model import Sequence, SequenceState
 from pytest_seqdrift.read.reader import read_sequence_states
 
 
-def _restore(
+def _read_state(session: Session, seq: Sequence) -> SequenceState:
+    """Where one sequence is now."""
+    ((last_value, is_called),) = session.run(
+        sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(seq.schema, seq.name))
+    )
+    return SequenceState(int(last_value), bool(is_called))
+
+
+def _set_state(session: Session, seq: Sequence, state: SequenceState) -> None:
+    """Move one sequence back to a state read before (``_read_state``)."""
+    session.run(
+        sql.SQL("SELECT setval({}::regclass, {}, {})").format(
+            sql.Literal(seq.qualified), sql.Literal(state.last_value), sql.Literal(state.is_called)
+        )
+    )
+
+
+# Every sequence of ``_put_back``'s that moved, set back in one statement: each setval
+# takes its sequence by name, as recorded.
+_SETVAL_ALL = """
+SELECT setval(format('%%I.%%I', u.nsp, u.name)::regclass, u.lv, u.ic)
+FROM unnest(%s::text[], %s::text[], %s::int8[], %s::bool[]) AS u(nsp, name, lv, ic)
+"""
+
+
+def _put_back(
+    session: Session, states: Mapping[snapshot.SequenceKey, SequenceState]
+) -> list[snapshot.SequenceKey]:
+    """Every sequence of ``states`` that moved since, set back to its recorded state;
+    returns them. The sequences are read with the check's read block (no XML, its
+    locks let go), and set back in one statement. Sequences dropped since, or no
+    longer readable, are left alone, as ``snapshot.restore`` leaves them. Where the
+    setval fails (a sequence the role cannot ``setval``), ``snapshot.restore`` does it
+    again and says which one."""
+    if not states:
+        return []
+    keys = list(states)
+    now = read_sequence_states(session, keys)
+    moved = [k for k in keys if not isinstance(now[k.oid], CannotCheck) and now[k.oid] != states[k]]
+    if not moved:
+        return []
+    params = [
+        [k.schema for k in moved],
+        [k.name for k in moved],
+        [states[k].last_value for k in moved],
+        [states[k].is_called for k in moved],
+    ]
+    (rows,) = session.batch([(_SETVAL_ALL, params)])
+    if isinstance(rows, CannotCheck):
+        snapshot.restore(session, states)
+    return moved
+
+
+def _put_back_at_end(
     session: Session, states: Mapping[snapshot.SequenceKey, SequenceState], lock_timeout_ms: int
 ) -> int:
-    """The final restore, once the probe's savepoint or transaction is rolled back:
-    every sequence that moved is put back (usually none: each probed column was already
-    followed by a ``_put_back``; this one is for a probe that failed half-way). Within
-    the lock timeout: a sequence a migration holds (ALTER SEQUENCE) must not hang the
-    test run; it could not have been drawn from either."""
+    """``_put_back`` once more, once the probe's savepoint or transaction is rolled
+    back: usually nothing has moved (each probed column was already followed by a
+    ``_put_back``); this one is for a probe that failed half-way. Within the lock
+    timeout: a sequence a migration holds (ALTER SEQUENCE) must not hang the test run;
+    it could not have been drawn from either."""
     timeout = [f"{int(lock_timeout_ms)}ms"]
     if session.in_transaction:
         # the caller's transaction: its settings are its own, back after the savepoint
@@ -45,57 +98,6 @@ def _restore(
         # itself). A lost restore leaves a sequence ahead: gaps, never a collision.
         session.run("SELECT set_config('synchronous_commit', 'off', true)")
         return len(_put_back(session, states))
-
-
-# Put back every sequence of ``states`` that moved, in one statement: the names travel
-# as parameters (never in the text), and each setval takes its sequence by name, as
-# recorded.
-_SETVAL_ALL = """
-SELECT setval(format('%%I.%%I', u.nsp, u.name)::regclass, u.lv, u.ic)
-FROM unnest(%s::text[], %s::text[], %s::int8[], %s::bool[]) AS u(nsp, name, lv, ic)
-"""
-
-
-def _put_back(
-    session: Session, states: Mapping[snapshot.SequenceKey, SequenceState]
-) -> list[snapshot.SequenceKey]:
-    """``snapshot.restore`` in two round trips: every recorded sequence is read (the
-    check's read block: no XML, its locks let go) and those that moved are put back
-    exactly; returns them. Sequences dropped since, or no longer readable, are left
-    alone, as ``snapshot.restore`` leaves them. Where the setval fails (a sequence the
-    role cannot ``setval``), ``snapshot.restore`` does it again and says which one."""
-    if not states:
-        return []
-    keys = list(states)
-    now = read_sequence_states(session, keys)
-    moved = [k for k in keys if not isinstance(now[k.oid], CannotCheck) and now[k.oid] != states[k]]
-    if not moved:
-        return []
-    params = [
-        [k.schema for k in moved],
-        [k.name for k in moved],
-        [states[k].last_value for k in moved],
-        [states[k].is_called for k in moved],
-    ]
-    (rows,) = session.batch([(_SETVAL_ALL, params)])
-    if isinstance(rows, CannotCheck):
-        snapshot.restore(session, states)
-    return moved
-
-
-def _state(session: Session, seq: Sequence) -> tuple[int, bool]:
-    ((last_value, is_called),) = session.run(
-        sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(seq.schema, seq.name))
-    )
-    return int(last_value), bool(is_called)
-
-
-def _setval(session: Session, seq: Sequence, state: tuple[int, bool]) -> None:
-    session.run(
-        sql.SQL("SELECT setval({}::regclass, {}, {})").format(
-            sql.Literal(seq.qualified), sql.Literal(state[0]), sql.Literal(state[1])
-        )
-    )
 
 
 def _ran_out(exc: BaseException) -> bool:
