@@ -109,6 +109,7 @@ def _in_one_statement(
     start_over()
     prepared, insert = _prepared(session, target, None)
     _immediate(session, column, prepared.deferrable)
+    # rolled back to and kept where the INSERT is rejected, as in _insert
     session.run("SAVEPOINT seqdrift_batch_insert")
     try:
         session.run(insert(rows))
@@ -143,6 +144,7 @@ def _multi_row_collides(
     start_over()
     table, insert = _prepared(session, target, expected)
     _immediate(session, target.column, table.deferrable)
+    # rolled back to and kept where the INSERT is rejected, as in _insert
     session.run("SAVEPOINT seqdrift_batch_insert")
     try:
         session.run(insert(arith + 1))

@@ -87,6 +87,8 @@ def _values(
     runs out first. The failed batch drew values that are lost: the sequence is put back
     and the values before the end are drawn again, one at a time."""
     start = _read_state(session, target.sequence)
+    # one savepoint for the batch and its replay: rolled back to and kept where the
+    # sequence runs out, released at the end; any other error is left to the column's
     session.run("SAVEPOINT seqdrift_draw")
     ran_out = False
     try:

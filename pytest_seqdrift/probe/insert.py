@@ -68,6 +68,8 @@ def _insert(
                 return _Run(until, value, until + 1, True, first, tuple(stored[:3]), True), table
         else:
             start = _read_state(session, target.sequence)
+            # not session.savepoint(): where the batch is rejected, its savepoint is
+            # rolled back to and kept, and the replay (_locate) runs in it
             session.run("SAVEPOINT seqdrift_batch_insert")
             try:
                 values = [row[0] for row in session.run(insert(n))]
@@ -288,6 +290,8 @@ def _locate(
         k = min(guided.pop(0) if guided else max(1, (bound - done) // 2), bound - done)
         if k > 1 and state is None:
             state = _read_state(session, seq)
+        # rolled back to and kept where the chunk fails as expected (the replay goes on
+        # in it); any other error is left to the column's savepoint
         session.run("SAVEPOINT seqdrift_one_insert")
         try:
             rows = session.run(insert(k))

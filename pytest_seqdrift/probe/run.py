@@ -159,13 +159,8 @@ def _probe_column(
     fails in there leaves the probe's transaction as it was. ``states``: every
     sequence's state before the probe, to start over from (a trigger may draw from
     another sequence than the default's)."""
-    session.run("SAVEPOINT seqdrift_column")
-    try:
+    with session.savepoint("seqdrift_column", rollback=True):
         return _probe_here(session, verdict, report, mode, limit, at_least_once, states or {})
-    finally:
-        if not session.broken:
-            session.run("ROLLBACK TO SAVEPOINT seqdrift_column")
-            session.run("RELEASE SAVEPOINT seqdrift_column")
 
 
 def _probe_here(
@@ -193,6 +188,7 @@ def _probe_here(
 
     def start_over() -> None:
         """Back to where this column's probe began: its savepoint, every sequence."""
+        # rolled back to and kept: the probe goes on in it, and _probe_column ends it
         session.run("ROLLBACK TO SAVEPOINT seqdrift_column")
         _put_back(session, states)
         _set_state(session, seq, start)

@@ -79,14 +79,9 @@ def _put_back_at_end(
     timeout = [f"{int(lock_timeout_ms)}ms"]
     if session.in_transaction:
         # the caller's transaction: its settings are its own, back after the savepoint
-        session.run("SAVEPOINT seqdrift_restore")
-        try:
+        with session.savepoint("seqdrift_restore", rollback=True):
             session.run("SELECT set_config('lock_timeout', %s, true)", timeout)
             return len(_put_back(session, states))
-        finally:
-            if not session.broken:
-                session.run("ROLLBACK TO SAVEPOINT seqdrift_restore")
-                session.run("RELEASE SAVEPOINT seqdrift_restore")
     with session.transaction():
         session.run("SELECT set_config('lock_timeout', %s, true)", timeout)
         # Our own transaction: its COMMIT need not wait for a WAL flush (a setval
