@@ -1,6 +1,7 @@
 """The insert probe: copy an existing row with the column left to its default until
-past the highest existing value, and let the key under test collide. A multi-row
-INSERT that collides is replayed in halving chunks to find which insert did."""
+past the highest existing value, and let the key under test collide. Triggers, defaults
+and constraints take part as in production. A multi-row INSERT that collides is
+replayed in halving chunks to find which insert did."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def _insert(
     one row per INSERT statement."""
     table, insert = _prepared(session, target, expected)
     if one_row is None:
+        # as an application inserts: a multi-row INSERT runs AFTER triggers, statement
+        # triggers and rules once all its rows are in, and draws values in another order
         one_row = bool(table.deciders or table.hooks)
     drawn, first, stored = 0, None, []
     sizes = target.batches()
@@ -119,9 +122,8 @@ def _prepared(
     col = sql.Identifier(column.column)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.copyable)
     # copy the row that holds the colliding value where there is one: under a composite
-    # key such as (id, region) it carries the rest of the key that makes the copy collide
-    # values go in as literals, never as parameters: a parameter makes the driver look
-    # for placeholders in the whole text, names included ("100% %s" is a table name)
+    # key such as (id, region) it carries the rest of the key that makes the copy collide.
+    # Values go in as literals, never as parameters (why: db/drivers.py, _execute)
     source: sql.Composable = sql.SQL("TRUE")
     if expected is not None and expected.first_collision is not None:
         source = sql.SQL("{} = {}").format(col, sql.Literal(expected.first_collision))
@@ -275,11 +277,10 @@ def _locate(
 
     The replay keeps the rows of every chunk that goes in and halves the chunk that
     fails, until one row fails on its own: a few statements per collision, whatever the
-    distance, where one insert at a time took three round trips per value. ``hint``,
-    the arithmetic's count of inserts that succeed, is tried first (that many rows, then
-    one): where the arithmetic is right, two inserts find the collision. Where no chunk
-    fails, the multi-row INSERT drew its values in another order than smaller ones do:
-    ``_Unreproducible``."""
+    distance. ``hint``, the arithmetic's count of inserts that succeed, is tried first
+    (that many rows, then one): where the arithmetic is right, two inserts find the
+    collision. Where no chunk fails, the multi-row INSERT drew its values in another
+    order than smaller ones do: ``_Unreproducible``."""
     seq = target.sequence
     _set_state(session, seq, start)
     state: SequenceState | None = start  # the sequence's state before the next chunk

@@ -84,6 +84,9 @@ def _probe(
     # clean columns whose table has a trigger or rule that may store another value than
     # the default's are not settled: the insert probe inserts once even there
     rewriting = {i for i, (rewrites, _, _) in paths.items() if rewrites}
+    # nextval is not rolled back: every sequence is read before the first one runs, and
+    # put back to these states after each column and at the end. So a probe killed
+    # half-way leaves a sequence only ahead of where it was (gaps), never behind
     before = snapshot.read_states(session)
     try:
         with session.scratch(lock_timeout_ms=lock_timeout_ms):
@@ -97,6 +100,7 @@ def _probe(
                 except (session.Error, CannotCheck, _NotProbed) as exc:
                     if session.broken:  # a lost connection ends the probe
                         raise
+                    # any other failure is the column's note; the rest is probed
                     probed = _unprobed(verdict, mode, exc)
                 # every column is probed from the states the arithmetic judged: a
                 # sequence shared with (or drawn by a trigger of) a column probed

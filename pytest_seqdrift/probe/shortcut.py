@@ -98,7 +98,7 @@ def _settled(
     ``insert`` mode only where no trigger or rule can change the value an insert
     stores, and with the note of the fallback ``_prepare_table`` would have taken -- in
     ``_insert_paths`` (one catalog query for all of them). ``_probe_column`` says the same
-    of each one, in about eight round trips (tests/test_probe.py compares the two)."""
+    of each one (tests/test_probe.py compares the two)."""
     notes: dict[int, str | None] = dict.fromkeys(clean)
     if mode == "insert":
         notes = {}
