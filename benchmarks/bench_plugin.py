@@ -221,7 +221,7 @@ def per_test_overhead(dsn: str, tables: int, tests: int, rows: int, repeat: int)
 
 def where_the_time_goes(dsn: str, tables: int, repeat: int) -> None:
     """probe() in this process on the same migrated schema: its check, and the rest. A
-    clean column is settled without a statement of its own (probe._settled): what the
+    clean column is settled without a statement of its own (probe.shortcut._settled): what the
     probe adds to its check is one catalog query, whatever the number of tables."""
     with psycopg.connect(dsn) as conn:
         conn.execute(

@@ -21,10 +21,13 @@ from psycopg import errors, sql
 from psycopg.pq import TransactionStatus
 
 from pytest_seqdrift import check, snapshot
-from pytest_seqdrift import probe as probe_module
 from pytest_seqdrift.db.drivers import PsycopgSession
 from pytest_seqdrift.model import Checked, Finding, Report, SequenceState
 from pytest_seqdrift.probe import Mode, Probed, ProbeReport, probe
+from pytest_seqdrift.probe import disagreement as probe_disagreement
+from pytest_seqdrift.probe import insert as probe_insert
+from pytest_seqdrift.probe import run as probe_run
+from pytest_seqdrift.probe import sequences as probe_sequences
 from pytest_seqdrift.snapshot import SequenceKey
 
 Conn = psycopg.Connection[Any]
@@ -254,14 +257,18 @@ def _raise_after(original: Callable[..., Any], how: str) -> Callable[..., Any]:
     return wrapper
 
 
-@pytest.mark.parametrize(("mode", "where"), [("insert", "_locate"), ("default", "_draw")])
+@pytest.mark.parametrize(
+    ("mode", "module", "where"),
+    [("insert", probe_insert, "_locate"), ("default", probe_run, "_draw")],
+    ids=["insert-_locate", "default-_draw"],
+)
 def test_an_interrupted_probe_restores_and_reraises(
-    db: Conn, monkeypatch: pytest.MonkeyPatch, mode: Mode, where: str
+    db: Conn, monkeypatch: pytest.MonkeyPatch, mode: Mode, module: Any, where: str
 ) -> None:
     """An error of ours (not of the database's shape) ends the probe, and every
     sequence is restored all the same."""
     db.execute(SEED_STORY)
-    monkeypatch.setattr(probe_module, where, _raise_after(getattr(probe_module, where), "python"))
+    monkeypatch.setattr(module, where, _raise_after(getattr(module, where), "python"))
     with unchanged(db), pytest.raises(RuntimeError):
         probe(db, mode=mode)
     # the connection is left as the probe found it
@@ -269,23 +276,27 @@ def test_an_interrupted_probe_restores_and_reraises(
     assert db.info.transaction_status == TransactionStatus.IDLE
 
 
-@pytest.mark.parametrize(("mode", "where"), [("insert", "_locate"), ("default", "_draw")])
+@pytest.mark.parametrize(
+    ("mode", "module", "where"),
+    [("insert", probe_insert, "_locate"), ("default", probe_run, "_draw")],
+    ids=["insert-_locate", "default-_draw"],
+)
 def test_a_server_error_probing_a_column_is_its_note(
-    db: Conn, monkeypatch: pytest.MonkeyPatch, mode: Mode, where: str
+    db: Conn, monkeypatch: pytest.MonkeyPatch, mode: Mode, module: Any, where: str
 ) -> None:
     """An error the server raises half-way through one column's probe (its
     transaction aborted) becomes that column's note; the arithmetic's finding stands,
     the next column is probed as if nothing happened, and every sequence is restored."""
     db.execute(SEED_STORY)
     db.execute("CREATE TABLE u (id serial PRIMARY KEY, v int); INSERT INTO u (id) VALUES (3)")
-    original = getattr(probe_module, where)
+    original = getattr(module, where)
     failing = _raise_after(original, "server")
 
     def on_t_only(session: PsycopgSession, target: Any, *args: Any, **kwargs: Any) -> Any:
         call = failing if target.column.table == "t" else original
         return call(session, target, *args, **kwargs)
 
-    monkeypatch.setattr(probe_module, where, on_t_only)
+    monkeypatch.setattr(module, where, on_t_only)
     with unchanged(db):
         result = probe(db, mode=mode)
     monkeypatch.undo()
@@ -318,9 +329,9 @@ def _terminate(db: Conn) -> None:
 
 
 KILL_POINTS = [
-    ("insert", probe_module, "_locate", "after"),  # a batch collided: the sequence moved
-    ("default", probe_module, "_draw", "after"),  # values drawn
-    ("insert", probe_module, "_put_back", "before"),  # a column probed, nothing put back yet
+    ("insert", probe_insert, "_locate", "after"),  # a batch collided: the sequence moved
+    ("default", probe_run, "_draw", "after"),  # values drawn
+    ("insert", probe_run, "_put_back", "before"),  # a column probed, nothing put back yet
 ]
 
 
@@ -407,8 +418,18 @@ def test_the_probe_reads_states_before_it_draws(db: Conn, monkeypatch: pytest.Mo
 
         monkeypatch.setattr(module, name, wrapper)
 
-    for name in ("_peek", "_insert", "_draw", "_locate", "_put_back"):
-        spy(probe_module, name)
+    # each where it is looked up: the final restore's _put_back in sequences, the
+    # re-probe's _insert in disagreement
+    for module, name in [
+        (probe_run, "_peek"),
+        (probe_run, "_insert"),
+        (probe_disagreement, "_insert"),
+        (probe_run, "_draw"),
+        (probe_insert, "_locate"),
+        (probe_run, "_put_back"),
+        (probe_sequences, "_put_back"),
+    ]:
+        spy(module, name)
     spy(snapshot, "read_states")
     spy(snapshot, "restore")
 
@@ -903,13 +924,13 @@ WITH_FINDING = {"cyc_t"}  # wraps onto 2 after 5
 def _probed_tables(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The tables whose columns go through ``_probe_column``, the probe of its own."""
     seen: list[str] = []
-    original = probe_module._probe_column
+    original = probe_run._probe_column
 
     def spy(session: Any, verdict: Checked, *args: Any) -> Probed:
         seen.append(verdict.column.table)
         return original(session, verdict, *args)
 
-    monkeypatch.setattr(probe_module, "_probe_column", spy)
+    monkeypatch.setattr(probe_run, "_probe_column", spy)
     return seen
 
 
@@ -925,7 +946,7 @@ def test_a_settled_column_is_reported_exactly_as_its_probe_would_report_it(
     with unchanged(db):
         fast = probe(fast_session, mode=mode)
     probed = _probed_tables(monkeypatch)
-    monkeypatch.setattr(probe_module, "_settled", lambda *args: {})
+    monkeypatch.setattr(probe_run, "_settled", lambda *args: {})
     full_session = PsycopgSession(db)
     with unchanged(db):
         full = probe(full_session, mode=mode)
@@ -981,7 +1002,7 @@ def test_two_columns_of_one_sequence_are_reported_as_their_probe_reports_them(
     )
     with unchanged(db):
         fast = probe(db, mode=mode)
-    monkeypatch.setattr(probe_module, "_settled", lambda *args: {})
+    monkeypatch.setattr(probe_run, "_settled", lambda *args: {})
     with unchanged(db):
         full = probe(db, mode=mode)
     monkeypatch.undo()

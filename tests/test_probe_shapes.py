@@ -22,8 +22,8 @@ from psycopg import errors
 from test_probe import MODES, checked_for, collision_for, numbers, probed_for, saw, unchanged
 
 from pytest_seqdrift import check, snapshot
-from pytest_seqdrift import probe as probe_module
 from pytest_seqdrift.probe import Mode, probe
+from pytest_seqdrift.probe import table as probe_table
 
 Conn = psycopg.Connection[Any]
 
@@ -286,7 +286,7 @@ def test_a_multi_row_collision_the_replay_cannot_find_falls_back_to_one_row_inse
     shape = DRAWING[0]
     db.execute(shape.sql)
     blind = "SELECT true, true, false, 'none'::text WHERE %(table)s::oid IS NULL"
-    monkeypatch.setattr(probe_module, "_HOOKS", blind)
+    monkeypatch.setattr(probe_table, "_HOOKS", blind)
     with unchanged(db):
         result = probe(db)
     assert collision_for(result.report, "t") is not None
