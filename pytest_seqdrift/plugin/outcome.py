@@ -169,8 +169,7 @@ class Reporter:
     ) -> dict[str, Any]:
         """A finding as it travels to the controller: the CLI's JSON fields, the words
         of its failure, and what introduced it where known."""
-        d = render.finding_dict(f)
-        d["what"] = render.what_happens(f)
+        d = render.finding_record(f)
         watcher = self.state.watcher
         step = watcher.origin(database, f) or watcher.origin(
             self.state.template_of(database) if database is not None else None, f
