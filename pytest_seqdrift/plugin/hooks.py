@@ -15,8 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_seqdrift import render
-from pytest_seqdrift.checker import check
+from pytest_seqdrift import checker, render
 from pytest_seqdrift.errors import CannotCheck
 from pytest_seqdrift.plugin import compat, summary
 from pytest_seqdrift.plugin.fixtures import PG_CLIENTS
@@ -54,12 +53,7 @@ class SeqdriftPlugin:
         self.config = config
         self.settings = s = Settings.from_config(config)
         self.run = summary.Run()
-        self.watcher = Watcher(
-            exclude_tables=s.exclude,
-            threshold=s.threshold,
-            max_scan_rows=s.max_scan_rows,
-            run_context=self._run_context,
-        )
+        self.watcher = Watcher(options=s.options, run_context=self._run_context)
         self.state = State(s, self.watcher)
         self.setups = SetupChecks(self.state)
         self.reporter = Reporter(self.state)
@@ -128,13 +122,13 @@ class SeqdriftPlugin:
         return self.state.override
 
     def pytest_report_header(self, config: pytest.Config) -> str:
-        s = self.settings
+        s, exclude = self.settings, self.settings.options.exclude_tables
         dsn = "set" if get_option(config, DSN_OPTION) else "none"
         return (
             f"seqdrift: probe={s.mode} limit={s.limit} scope={s.scope} "
-            f"on-drift={'fail' if s.fail else 'warn'} threshold={s.threshold} dsn={dsn}"
+            f"on-drift={'fail' if s.fail else 'warn'} threshold={s.options.threshold} dsn={dsn}"
             + (" (probed)" if s.probe_dsn else "")
-            + (f" exclude={','.join(s.exclude)}" if s.exclude else "")
+            + (f" exclude={','.join(exclude)}" if exclude else "")
         )
 
     # -- set-up ------------------------------------------------------------------------
@@ -261,12 +255,7 @@ class SeqdriftPlugin:
             return
         try:
             with psycopg.connect(dsn, autocommit=True, application_name="pytest-seqdrift") as conn:
-                report = check(
-                    conn,
-                    exclude_tables=self.settings.exclude,
-                    threshold=self.settings.threshold,
-                    max_scan_rows=self.settings.max_scan_rows,
-                )
+                report = checker.run(conn, self.settings.options)
         except (CannotCheck, psycopg.Error) as exc:
             self.run.notes.append(f"end of session: could not check --seqdrift-dsn: {exc}")
             return

@@ -6,13 +6,13 @@ once, where it was found), not what an earlier test was failed for.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import psycopg
 import pytest
 
-from pytest_seqdrift import render
-from pytest_seqdrift.checker import check
+from pytest_seqdrift import checker, render
 from pytest_seqdrift.db.adapters import open_session, session_for
 from pytest_seqdrift.db.session import DatabaseId, Session, describe
 from pytest_seqdrift.model import Finding, Report
@@ -72,7 +72,7 @@ def judge(
 ) -> tuple[Report, list[str]]:
     """Probe a test database (read-only check anything else): its report and notes."""
     s, kwargs = settings, kwargs or {}
-    exclude = [*s.exclude, *(kwargs.get("exclude_tables") or ())]
+    exclude = [*s.options.exclude_tables, *(kwargs.get("exclude_tables") or ())]
     schemas = kwargs.get("schemas")
     if located.test_database or s.probe_dsn:
         result = probe(
@@ -81,7 +81,7 @@ def judge(
             limit=kwargs.get("limit") or s.limit,
             schemas=schemas,
             exclude_tables=exclude,
-            threshold=s.threshold,
+            threshold=s.options.threshold,
         )
         notes = [
             f"{p.column.label}: {p.note}" for p in result.probed if p.note and "empty" not in p.note
@@ -93,13 +93,12 @@ def judge(
             if not p.passed_max
         ]
         return result.report, notes
-    report = check(
-        session,
-        schemas=schemas,
-        exclude_tables=exclude,
-        threshold=s.threshold,
-        max_scan_rows=s.max_scan_rows,
+    options = dataclasses.replace(
+        s.options,
+        schemas=None if schemas is None else tuple(schemas),
+        exclude_tables=tuple(exclude),
     )
+    report = checker.run(session, options)
     note = (
         f"{located.source} is not known to be a test database: checked read-only, "
         "not probed (--seqdrift-probe-dsn opts in)"

@@ -18,6 +18,7 @@ import pytest
 from pytest_seqdrift.db.session import DatabaseId
 from pytest_seqdrift.errors import CannotCheck
 from pytest_seqdrift.model import Finding
+from pytest_seqdrift.options import CheckOptions
 from pytest_seqdrift.plugin.history import ColumnKey, column_key
 from pytest_seqdrift.plugin.options import (
     EXCLUDE,
@@ -29,6 +30,7 @@ from pytest_seqdrift.plugin.options import (
     REPORT,
     SCOPE,
     THRESHOLD,
+    Option,
     get_option,
 )
 from pytest_seqdrift.plugin.watch import Watcher
@@ -51,25 +53,25 @@ class Settings:
     mode: str
     limit: int
     fail: bool
-    threshold: float
-    max_scan_rows: int | None
     probe_dsn: bool
     report_path: str | None
-    exclude: tuple[str, ...]
+    # every check's options: --seqdrift-exclude, --seqdrift-threshold and
+    # --seqdrift-max-scan-rows (a marker's schemas and exclude_tables add to them)
+    options: CheckOptions
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
-        return cls(
-            scope=get_option(config, SCOPE),
-            mode=get_option(config, PROBE),
-            limit=get_option(config, PROBE_LIMIT),
-            fail=get_option(config, FAIL),
-            threshold=get_option(config, THRESHOLD),
-            max_scan_rows=get_option(config, MAX_SCAN_ROWS),
-            probe_dsn=get_option(config, PROBE_DSN),
-            report_path=get_option(config, REPORT),
-            exclude=get_option(config, EXCLUDE),
+        def get(opt: Option) -> Any:
+            return get_option(config, opt)
+
+        # read in this order: a usage error names the first bad option
+        scope, mode, limit, fail = get(SCOPE), get(PROBE), get(PROBE_LIMIT), get(FAIL)
+        threshold, max_scan_rows = get(THRESHOLD), get(MAX_SCAN_ROWS)
+        probe_dsn, report_path, exclude = get(PROBE_DSN), get(REPORT), get(EXCLUDE)
+        options = CheckOptions.of(
+            exclude_tables=exclude, threshold=threshold, max_scan_rows=max_scan_rows
         )
+        return cls(scope, mode, limit, fail, probe_dsn, report_path, options)
 
 
 @dataclass
