@@ -26,6 +26,10 @@ class SeqdriftWarning(UserWarning):
     """Base class of pytest-seqdrift's warnings: drift found while not failing on it."""
 
 
+# where users import it from (and filter it by): the name pytest prints for it
+SeqdriftWarning.__module__ = "pytest_seqdrift.plugin"
+
+
 @dataclass
 class Born:
     """Drift found in the set-up of a test database, to report at the set-up of the
