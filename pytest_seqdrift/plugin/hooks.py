@@ -49,6 +49,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 class SeqdriftPlugin:
+    """Registered with ``--seqdrift`` only: follows which phase of which test runs,
+    and hands each phase's work to its parts, which share one ``State``."""
+
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.settings = s = Settings.from_config(config)
