@@ -86,9 +86,9 @@ probes: list[float] = []
 def pytest_configure(config):
     # time the plugin's own work where it happens: around its call to probe() (without
     # --seqdrift nothing calls it)
-    import pytest_seqdrift.plugin as plugin
+    import pytest_seqdrift.plugin.probing as probing
 
-    original = plugin.probe
+    original = probing.probe
 
     def timed_probe(*args, **kwargs):
         start = time.perf_counter()
@@ -97,7 +97,7 @@ def pytest_configure(config):
         finally:
             probes.append(time.perf_counter() - start)
 
-    plugin.probe = timed_probe
+    probing.probe = timed_probe
 
 
 def pytest_runtest_logreport(report):

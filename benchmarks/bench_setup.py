@@ -370,7 +370,7 @@ def _timed(cls, name, key):
     plugin = key != "apply"  # the plugin's own work: profiled, its collections counted
 
     def timed(*args, **kwargs):
-        outermost = plugin and gc_state["depth"] == 0  # _check_setup nests in another
+        outermost = plugin and gc_state["depth"] == 0  # SetupChecks.check nests in check_django
         gc_state["depth"] += plugin
         if outermost and profiler is not None:
             profiler.enable()
@@ -396,15 +396,17 @@ def pytest_configure(config):
     _timed(Migration, "apply", "apply")  # Django's own work in each migration, both ways
     if config.getoption("seqdrift", default=None) is None:
         return
-    from pytest_seqdrift.plugin import SeqdriftPlugin
+    from pytest_seqdrift.plugin.outcome import Reporter
+    from pytest_seqdrift.plugin.probing import Prober
+    from pytest_seqdrift.plugin.setups import SetupChecks
     from pytest_seqdrift.plugin.watch import Watcher
 
     _timed(Watcher, "step_applied", "steps")  # after each migration: the check (or not)
-    _timed(SeqdriftPlugin, "_check_django_setup", "setup_check")  # once: the test database
-    _timed(SeqdriftPlugin, "_probe", "probes")  # after a probed test's body
+    _timed(SetupChecks, "check_django", "setup_check")  # once: the test database
+    _timed(Prober, "probe", "probes")  # after a probed test's body
     # at each test's set-up: is its database checked yet? (and, nested, the check itself)
-    _timed(SeqdriftPlugin, "_check_setup", "check_setup")
-    _timed(SeqdriftPlugin, "_finish", "finish")  # after each phase: its report
+    _timed(SetupChecks, "check", "check_setup")
+    _timed(Reporter, "finish", "finish")  # after each phase: its report
 
 
 def pytest_collection_finish(session):

@@ -307,6 +307,64 @@ def for_terminal(report: Report, *, colour: bool = False, verbose: bool = False)
     return "\n".join(lines)
 
 
+# --- the pytest plugin's summary, from the findings' dict form --------------------------
+# Under pytest-xdist a finding reaches the controller as ``finding_record``'s dict (a
+# test report's property), not as a ``Finding``: the summary renders it from there.
+
+
+def record_lines(record: dict[str, Any], lead: str) -> list[str]:
+    """A finding in the summary, from ``finding_record``'s dict (and ``introduced_by``
+    where known): the words of its failure, its origin, the first line of its fix."""
+    say = Paint(False)
+    d = record
+    lines = [say(f"{lead}{d['schema']}.{d['table']}.{d['column']}: {d['what']}")]
+    if d.get("introduced_by"):
+        lines.append(say(f"    introduced by {d['introduced_by']}"))
+    lines.append(say(f"    fix: {d['fix_sql'].splitlines()[0] if d['fix_sql'] else '-'}"))
+    return lines
+
+
+def run_clean(*, setups: int, steps: int, probed_tests: int) -> str:
+    """``no sequence drift (2 test database set-ups checked, 1 test probed)``."""
+    done = [
+        f"{plural(setups, 'test database set-up')} checked" if setups else "",
+        f"{plural(steps, 'migration step')} followed" if steps else "",
+        f"{plural(probed_tests, 'test')} probed" if probed_tests else "",
+    ]
+    return f"no sequence drift ({', '.join(d for d in done if d)})"
+
+
+def run_counts(
+    *,
+    born: int,
+    born_databases: int,
+    findings: int,
+    probed_tests: int,
+    failures: int,
+    errors: int,
+    cannot: int,
+) -> str:
+    """The summary's last line: ``1 finding in the set-up of 1 test database; 2
+    findings in 3 probed tests; 2 tests failed because of pytest-seqdrift``."""
+    parts = []
+    if born:
+        parts.append(
+            f"{plural(born, 'finding')} in the set-up of {plural(born_databases, 'test database')}"
+        )
+    if probed_tests or findings:
+        parts.append(f"{plural(findings, 'finding')} in {plural(probed_tests, 'probed test')}")
+    line = "; ".join(parts)
+    if failures or errors:
+        said = [
+            plural(failures, "test") + " failed" if failures else "",
+            plural(errors, "error") + " at a test's set-up" if errors else "",
+        ]
+        line += f"; {' and '.join(x for x in said if x)} because of pytest-seqdrift"
+        if cannot:
+            line += f" ({cannot} could not be checked)"
+    return line
+
+
 # --- GitHub Actions workflow commands --------------------------------------------------
 
 
@@ -377,6 +435,13 @@ def finding_dict(f: Finding) -> dict[str, Any]:
     if f.note:
         d["note"] = f.note
     return d
+
+
+def finding_record(f: Finding) -> dict[str, Any]:
+    """``finding_dict`` and the words of the finding's failure (``what``): a finding as
+    it travels from a pytest-xdist worker to the controller (where only dicts go), for
+    ``record_lines`` to render there."""
+    return {**finding_dict(f), "what": what_happens(f)}
 
 
 def checked_dict(c: Checked) -> dict[str, Any]:

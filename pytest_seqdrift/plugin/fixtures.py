@@ -10,10 +10,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_seqdrift import render, snapshot
-from pytest_seqdrift.checker import check
+from pytest_seqdrift import checker, render, snapshot
 from pytest_seqdrift.errors import SequenceDriftError
 from pytest_seqdrift.model import Report, SequenceState
+from pytest_seqdrift.options import CheckOptions
 from pytest_seqdrift.plugin.locate import (
     ALEMBIC_ENGINE_FIXTURE,
     DJANGO_DATABASE_FIXTURES,
@@ -103,7 +103,8 @@ def assert_sequences_consistent(request: pytest.FixtureRequest) -> Any:
     ) -> Report:
         __tracebackhide__ = True
         target = _located(request).connection if conn is None else conn
-        report = check(target, schemas=schemas, exclude_tables=exclude_tables)
+        options = CheckOptions.of(schemas=schemas, exclude_tables=exclude_tables)
+        report = checker.run(target, options)
         if report.findings:
             raise SequenceDriftError(report, render.text(report))
         return report

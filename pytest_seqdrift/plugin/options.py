@@ -2,7 +2,9 @@
 
 The command line wins over the ini file, tested with ``is None`` (an explicit
 ``--seqdrift-fail=false`` beats ``seqdrift_fail = true``). Values are validated here,
-so a typo in ``pytest.ini`` is a usage error, not a silent default.
+so a typo in ``pytest.ini`` is a usage error, not a silent default: the threshold, the
+row count and the table patterns by the parsers the CLI uses too
+(``pytest_seqdrift.options``), after the name of the flag or ini option.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ from typing import Any
 import pytest
 
 from pytest_seqdrift import probe
-from pytest_seqdrift.options import DEFAULT_THRESHOLD
+from pytest_seqdrift.options import (
+    DEFAULT_THRESHOLD,
+    parse_pattern,
+    parse_rows,
+    parse_threshold,
+)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -27,13 +34,6 @@ def parse_bool(text: str) -> bool:
     if value in _FALSE:
         return False
     raise ValueError(f"expected true or false, not {text!r}")
-
-
-def parse_share(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"expected a share in (0, 1], not {text!r}")
-    return value
 
 
 def parse_positive(text: str) -> int:
@@ -117,15 +117,8 @@ THRESHOLD = Option(
     "seqdrift_threshold",
     DEFAULT_THRESHOLD,
     "share of a column's range used that counts as overflow or exhaustion",
-    parse_share,
+    parse_threshold,
 )
-
-
-def parse_rows(text: str) -> int:
-    value = int(text.replace("_", "").replace(",", ""))
-    if value < 0:
-        raise ValueError(f"expected a number of rows, 0 or more, not {text!r}")
-    return value
 
 
 MAX_SCAN_ROWS = Option(
@@ -136,12 +129,6 @@ MAX_SCAN_ROWS = Option(
     "more than about this many rows, instead of scanning it",
     parse_rows,
 )
-
-
-def parse_pattern(text: str) -> str:
-    if not text.strip():
-        raise ValueError("expected a table name or pattern, not an empty one")
-    return text.strip()
 
 
 EXCLUDE = Option(

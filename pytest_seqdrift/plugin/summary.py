@@ -1,5 +1,6 @@
 """The run's summary, on the controller: what every test report carried (xdist
-workers' included), gathered, and the lines of the ``sequence drift`` section.
+workers' included), gathered, and the lines of the ``sequence drift`` section -- the
+findings and the counts in ``render``'s words, from the dicts the reports carried.
 
 No pytest here: the plugin hands over each report's ``seqdrift`` property and writes
 the lines it gets back.
@@ -51,10 +52,7 @@ class Run:
         """The ``--seqdrift-dsn`` database's findings at the end, but those reported
         already; they are added, and returned."""
         known = {json.dumps(key_of(f)) for f in self.findings} | set(self.born)
-        fresh = [
-            {"test": "(end of session)", **render.finding_dict(f), "what": render.what_happens(f)}
-            for f in report.findings
-        ]
+        fresh = [{"test": "(end of session)", **render.finding_record(f)} for f in report.findings]
         fresh = [f for f in fresh if json.dumps(key_of(f)) not in known]
         self.findings += fresh
         return fresh
@@ -92,9 +90,9 @@ class Run:
         for (source, test), found in sources.items():
             lines.append(f"set-up of {source} (reported at {test}):")
             for f in found:
-                lines += _finding_lines(f, "  ")
+                lines += render.record_lines(f, "  ")
         for f in self.findings:
-            lines += _finding_lines(f, f"{f['test']}: ")
+            lines += render.record_lines(f, f"{f['test']}: ")
         return [*lines, *self._notes(verbose, True), self._counts_line()]
 
     def _notes(self, verbose: bool, count: bool) -> list[str]:
@@ -111,12 +109,9 @@ class Run:
                 "(pytest-django's, pytest-postgresql's, alembic_engine, or your own "
                 "seqdrift_connection fixture) and no migration ran"
             )
-        done = [
-            f"{render.plural(self.setups, 'test database set-up')} checked" if self.setups else "",
-            f"{render.plural(self.steps, 'migration step')} followed" if self.steps else "",
-            f"{render.plural(self.probed_tests, 'test')} probed" if self.probed_tests else "",
-        ]
-        line = f"no sequence drift ({', '.join(d for d in done if d)})"
+        line = render.run_clean(
+            setups=self.setups, steps=self.steps, probed_tests=self.probed_tests
+        )
         if scope_all and not self.probed_tests:
             line += (
                 "; with --seqdrift-scope=all no test was probed: none used a database "
@@ -125,41 +120,17 @@ class Run:
         return line
 
     def _counts_line(self) -> str:
-        parts = []
-        if self.born:
-            sources = len({f["source"] for f in self.born.values()})
-            parts.append(
-                f"{render.plural(len(self.born), 'finding')} in the set-up of "
-                f"{render.plural(sources, 'test database')}"
-            )
-        if self.probed_tests or self.findings:
-            parts.append(
-                f"{render.plural(len(self.findings), 'finding')} in "
-                f"{render.plural(self.probed_tests, 'probed test')}"
-            )
         errors = sum(phase == "setup" for _, phase in self.failed.values())
-        failures = len(self.failed) - errors
-        cannot = sum(why == "could not check" for why, _ in self.failed.values())
-        line = "; ".join(parts)
-        if self.failed:
-            said = [
-                render.plural(failures, "test") + " failed" if failures else "",
-                render.plural(errors, "error") + " at a test's set-up" if errors else "",
-            ]
-            line += f"; {' and '.join(x for x in said if x)} because of pytest-seqdrift"
-            if cannot:
-                line += f" ({cannot} could not be checked)"
-        return line
+        return render.run_counts(
+            born=len(self.born),
+            born_databases=len({f["source"] for f in self.born.values()}),
+            findings=len(self.findings),
+            probed_tests=self.probed_tests,
+            failures=len(self.failed) - errors,
+            errors=errors,
+            cannot=sum(why == "could not check" for why, _ in self.failed.values()),
+        )
 
 
 def _public(f: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in f.items() if k not in ("test", "source", "what")}
-
-
-def _finding_lines(f: dict[str, Any], lead: str) -> list[str]:
-    """A finding in the summary: the words of its failure, its origin, its fix."""
-    lines = [f"{lead}{f['schema']}.{f['table']}.{f['column']}: {f['what']}"]
-    if f.get("introduced_by"):
-        lines.append(f"    introduced by {f['introduced_by']}")
-    lines.append(f"    fix: {f['fix_sql'].splitlines()[0] if f['fix_sql'] else '-'}")
-    return lines

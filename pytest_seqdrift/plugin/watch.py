@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_seqdrift import render
-from pytest_seqdrift.checker import check
+from pytest_seqdrift import checker, render
 from pytest_seqdrift.db.adapters import open_session
 from pytest_seqdrift.db.session import DatabaseId, describe
 from pytest_seqdrift.model import Finding, Report
-from pytest_seqdrift.options import DEFAULT_THRESHOLD
+from pytest_seqdrift.options import CheckOptions
 from pytest_seqdrift.plugin.history import History, Step
 
 FindingKey = tuple[Any, ...]
@@ -71,9 +69,7 @@ RunContext = tuple[str, str | None]
 class Watcher:
     """The ``listeners.Recorder`` of a test run."""
 
-    exclude_tables: Seq[str] = ()
-    threshold: float = DEFAULT_THRESHOLD
-    max_scan_rows: int | None = None
+    options: CheckOptions = CheckOptions()  # every check's (the run's exclude_tables too)
     # asked when a run ends: where it ran, when its end state should be kept for the
     # plugin (None: not wanted -- the plugin checks that database itself anyway)
     run_context: Callable[[], RunContext | None] = lambda: None
@@ -148,13 +144,8 @@ class Watcher:
         return database, report, connect
 
     def check(self, connection: Any) -> Report:
-        """The read-only check with the run's settings (its ``exclude_tables`` too)."""
-        return check(
-            connection,
-            exclude_tables=self.exclude_tables,
-            threshold=self.threshold,
-            max_scan_rows=self.max_scan_rows,
-        )
+        """The read-only check with the run's options (its ``exclude_tables`` too)."""
+        return checker.run(connection, self.options)
 
     # -- what the plugin asks ------------------------------------------------------------
 

@@ -1,0 +1,281 @@
+"""The hooks: the options and the marker always; with ``--seqdrift``, the
+``SeqdriftPlugin`` whose hooks follow each test's phases -- its set-up checked
+(``setups``), its body probed (``probing``), each phase's outcome reported
+(``outcome``) -- and gather the run's summary on the controller (``summary``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pytest_seqdrift import checker, render
+from pytest_seqdrift.errors import CannotCheck
+from pytest_seqdrift.plugin import compat, summary
+from pytest_seqdrift.plugin.fixtures import PG_CLIENTS
+from pytest_seqdrift.plugin.history import ColumnKey, column_key
+from pytest_seqdrift.plugin.listeners import Listening
+from pytest_seqdrift.plugin.locate import (
+    django_database_names,
+    django_ready,
+    django_resets_sequences,
+    migration_fixture,
+    postgresql_fixture_kind,
+    uses_database,
+)
+from pytest_seqdrift.plugin.options import DSN_OPTION, ENABLE, add_options, get_option
+from pytest_seqdrift.plugin.outcome import PROPERTY, Outcome, Reporter
+from pytest_seqdrift.plugin.probing import MARKER, Prober, handed_databases, marker_kwargs
+from pytest_seqdrift.plugin.setups import SetupChecks, claims_folder
+from pytest_seqdrift.plugin.state import Settings, State, driver_errors
+from pytest_seqdrift.plugin.watch import Watcher, finding_key
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER)
+    compat.mend_pytest_alembic()  # before collection; see compat.py
+    if get_option(config, ENABLE):
+        config.pluginmanager.register(SeqdriftPlugin(config), "seqdrift-plugin")
+
+
+class SeqdriftPlugin:
+    """Registered with ``--seqdrift`` only: follows which phase of which test runs,
+    and hands each phase's work to its parts, which share one ``State``."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.settings = s = Settings.from_config(config)
+        self.run = summary.Run()
+        self.watcher = Watcher(options=s.options, run_context=self._run_context)
+        self.state = State(s, self.watcher)
+        self.setups = SetupChecks(self.state)
+        self.reporter = Reporter(self.state)
+        self.prober = Prober(self.state, self.reporter)
+        self.listening = Listening(self.watcher)
+        self.phase: str | None = None
+        self.fixtures: list[str] = []  # the fixtures being set up, innermost last
+        self.pending: Outcome = Outcome()  # set-up findings not reported yet
+        workerinput = getattr(config, "workerinput", None)
+        if workerinput is not None and "testrunuid" in workerinput:
+            self.state.claims = claims_folder(str(workerinput["testrunuid"]))
+            self.state.claims.mkdir(parents=True, exist_ok=True)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.listening.stop()
+        if self.state.claims is not None and not hasattr(config, "workerinput"):
+            shutil.rmtree(self.state.claims, ignore_errors=True)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """pytest-xdist, on the controller: the folder its workers claim findings in."""
+        self.state.claims = claims_folder(str(node.workerinput["testrunuid"]))
+
+    # -- which tests ------------------------------------------------------------------
+
+    def _marked_or_migrating(self, item: pytest.Item) -> str | None:
+        """Why the test is a migration test, known before it runs."""
+        if item.get_closest_marker("seqdrift") is not None:
+            return "it is marked @pytest.mark.seqdrift"
+        name = migration_fixture(getattr(item, "fixturenames", ()))
+        return None if name is None else f"it uses {name}"
+
+    def _uses_database(self, item: pytest.Item) -> bool:
+        names = getattr(item, "fixturenames", ())
+        if uses_database(names) or item.get_closest_marker("django_db") is not None:
+            return True
+        if any(name in self.state.fixture_databases for name in names):
+            return True
+        return bool(item.stash.get(PG_CLIENTS, None))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            names = getattr(item, "fixturenames", None)
+            if names is None or "seqdrift_connection" in names:
+                continue
+            defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+            clients = [n for n in names if postgresql_fixture_kind(_func(defs, n)) == "client"]
+            if clients:
+                item.stash[PG_CLIENTS] = clients
+            feeds = any(name in names for name in self._override_arguments(item))
+            if self._marked_or_migrating(item) or self._uses_database(item) or feeds:
+                names.append("seqdrift_connection")  # set up with the test's own fixtures
+
+    def _override_arguments(self, item: pytest.Item) -> tuple[str, ...]:
+        """The fixtures the user's own ``seqdrift_connection`` takes, as this test would
+        see it; () where it is ours. A test that uses one of them uses that database."""
+        manager = getattr(item.session, "_fixturemanager", None)
+        try:
+            found = manager.getfixturedefs("seqdrift_connection", item) if manager else None
+        except (TypeError, AttributeError):  # another pytest's signature: not known
+            return ()
+        if not found or found[-1].func.__module__ == "pytest_seqdrift.fixtures":
+            return ()
+        self.state.override = tuple(a for a in found[-1].argnames if a != "request")
+        return self.state.override
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        s, exclude = self.settings, self.settings.options.exclude_tables
+        dsn = "set" if get_option(config, DSN_OPTION) else "none"
+        return (
+            f"seqdrift: probe={s.mode} limit={s.limit} scope={s.scope} "
+            f"on-drift={'fail' if s.fail else 'warn'} threshold={s.options.threshold} dsn={dsn}"
+            + (" (probed)" if s.probe_dsn else "")
+            + (f" exclude={','.join(exclude)}" if exclude else "")
+        )
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def _run_context(self) -> tuple[str, str | None] | None:
+        """Where a migration run that just ended ran, and in which fixture, when its end
+        state is wanted: in a fixture (set-up drift), before the tests, or in a test
+        body (for a database the test does not hand over); not in a teardown."""
+        if self.phase == "teardown" or "django_db_setup" in self.fixtures:
+            return None  # nothing to report / its own set-up check follows
+        if self.fixtures:
+            return f"in fixture {self.fixtures[-1]!r}", self.fixtures[-1]
+        return ("in the test body" if self.phase == "call" else "before the tests"), None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Generator[None, Any, Any]:
+        django = fixturedef.argname == "django_db_setup" and django_ready()
+        names_before = django_database_names() if django else {}
+        self.fixtures.append(fixturedef.argname)
+        try:
+            value = yield
+        finally:
+            self.fixtures.pop()
+        if postgresql_fixture_kind(fixturedef.func) == "process" and hasattr(
+            value, "template_dbname"
+        ):
+            templates = self.state.templates
+            templates[(str(value.port), str(value.dbname))] = str(value.template_dbname)
+        if django:
+            self.setups.check_django(request, names_before, self.pending)
+        self.setups.take_runs(self.pending)
+        return value
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        marker_kwargs(item)  # a mistyped marker fails before the test's set-up
+        self.phase = "setup"
+        try:
+            yield
+        finally:
+            self.phase = None
+        outcome, self.pending = self.pending, Outcome()
+        for located in handed_databases(item):
+            self.setups.check(located, outcome)  # once a database: django_db_setup's are done
+        self.setups.take_runs(outcome)
+        if self._resets_before_probe(item):
+            self._record_reset(item)
+        self.reporter.finish(item, "setup", outcome)
+
+    def _resets_before_probe(self, item: pytest.Item) -> bool:
+        marker = item.get_closest_marker("django_db")
+        names = getattr(item, "fixturenames", ())
+        if not django_resets_sequences(marker, names):
+            return False
+        return bool(self._marked_or_migrating(item) or self.settings.scope == "all")
+
+    def _record_reset(self, item: pytest.Item) -> None:
+        """pytest-django's ``reset_sequences=True`` has just set every sequence back to
+        its start: the columns drifted now (and not before) are the reset's doing."""
+        drifted: set[ColumnKey] = set()
+        for located in handed_databases(item):
+            try:
+                report = self.watcher.check(located.connection)
+            except driver_errors():
+                continue
+            drifted |= {
+                column_key(f.column)
+                for f in report.findings
+                if finding_key(f) not in self.state.born_keys
+            }
+        self.state.reset_made[item.nodeid] = drifted
+
+    # -- the probe, right after the test body ------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        steps_before = self.watcher.steps
+        self.phase = "call"
+        try:
+            result = yield  # the test body; raises if it failed, and then there is no probe
+        finally:
+            self.phase = "teardown"
+        outcome, self.pending = self.pending, Outcome()
+        runs = self.watcher.take_runs()  # migrations the body ran, to the end
+        why = self._marked_or_migrating(item)
+        if why is None and self.watcher.steps > steps_before:
+            why = "it ran migrations"
+        if why is None and self.settings.scope == "all" and self._uses_database(item):
+            why = "scope"
+        if why is not None:
+            self.prober.probe(item, why, runs, outcome)
+        self.reporter.finish(item, "call", outcome)
+        return result
+
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        self.state.reset_made.pop(item.nodeid, None)
+
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        self.phase, self.state.phase_item = None, nodeid
+
+    # -- gathering, on the controller --------------------------------------------------
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for key, value in report.user_properties:
+            if key == PROPERTY and isinstance(value, dict) and value.get("phase") == report.when:
+                self.run.gather(value)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if hasattr(self.config, "workerinput"):
+            return  # workers write nothing: the controller has every finding
+        self._check_dsn_at_end(session)
+        path = self.settings.report_path
+        if path:
+            findings = self.run.report_findings()
+            out = {"version": render.JSON_VERSION, "findings": findings}
+            Path(path).write_text(json.dumps(out, indent=2) + "\n")
+
+    def _check_dsn_at_end(self, session: pytest.Session) -> None:
+        """The --seqdrift-dsn database outlives the tests: check it once more, read-only."""
+        dsn = get_option(self.config, DSN_OPTION)
+        if not dsn:
+            return
+        try:
+            with psycopg.connect(dsn, autocommit=True, application_name="pytest-seqdrift") as conn:
+                report = checker.run(conn, self.settings.options)
+        except (CannotCheck, psycopg.Error) as exc:
+            self.run.notes.append(f"end of session: could not check --seqdrift-dsn: {exc}")
+            return
+        fresh = self.run.end_of_session(report)
+        if fresh and self.settings.fail and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        verbose = self.config.getoption("verbose") > 0
+        lines = self.run.lines(verbose=verbose, scope_all=self.settings.scope == "all")
+        if lines and lines[0] is summary.SECTION:
+            terminalreporter.write_sep("=", "sequence drift (pytest-seqdrift)")
+            lines = lines[1:]
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def _func(defs: Any, name: str) -> Any:
+    found = defs.get(name) if hasattr(defs, "get") else None
+    return found[-1].func if found else None

@@ -1,0 +1,291 @@
+"""The probe after a test's body: which databases the test used, what each holds now,
+and which of its drift is the test's to be failed for -- not its set-up's (reported
+once, where it was found), not what an earlier test was failed for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import psycopg
+import pytest
+
+from pytest_seqdrift import checker, render
+from pytest_seqdrift.db.adapters import open_session, session_for
+from pytest_seqdrift.db.session import DatabaseId, Session, describe
+from pytest_seqdrift.model import Finding, Report
+from pytest_seqdrift.plugin.history import column_key
+from pytest_seqdrift.plugin.locate import Located, wrap
+from pytest_seqdrift.plugin.outcome import HEADER, Outcome, Reporter
+from pytest_seqdrift.plugin.state import Settings, State, driver_errors
+from pytest_seqdrift.plugin.watch import Run, finding_key
+from pytest_seqdrift.probe import probe
+
+MARKER = (
+    "seqdrift(*, probe=None, limit=None, schemas=None, exclude_tables=None): a migration "
+    "test whose database pytest-seqdrift probes for sequence drift after the test body"
+)
+_MARKER_KEYWORDS = {"probe", "limit", "schemas", "exclude_tables"}
+
+
+def marker_kwargs(item: pytest.Item) -> dict[str, Any]:
+    """The keywords of the test's ``seqdrift`` marker; a mistyped one fails the test."""
+    marker = item.get_closest_marker("seqdrift")
+    if marker is None:
+        return {}
+    problems = []
+    unknown = sorted(set(marker.kwargs) - _MARKER_KEYWORDS)
+    if marker.args or unknown:
+        problems.append(
+            f"takes only the keywords {', '.join(sorted(_MARKER_KEYWORDS))}; got "
+            f"positional {marker.args!r} and unknown {unknown}"
+        )
+    kwargs = dict(marker.kwargs)
+    if kwargs.get("probe") not in (None, "insert", "default"):
+        problems.append(f"probe must be 'insert' or 'default', not {kwargs['probe']!r}")
+    limit = kwargs.get("limit")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        problems.append(f"limit must be a whole number of at least 1, not {limit!r}")
+    for key in ("schemas", "exclude_tables"):
+        value = kwargs.get(key)
+        if value is not None and (
+            isinstance(value, str) or not all(isinstance(v, str) for v in value)
+        ):
+            problems.append(f"{key} must be a list of strings, not {value!r}")
+    if problems:
+        pytest.fail(f"@pytest.mark.seqdrift {'; '.join(problems)}", pytrace=False)
+    return kwargs
+
+
+def handed_databases(item: pytest.Item) -> list[Located]:
+    """The databases the test's ``seqdrift_connection`` handed it."""
+    funcargs = getattr(item, "funcargs", {})
+    if "seqdrift_connection" not in funcargs:
+        return []
+    return wrap(funcargs["seqdrift_connection"], "fixture seqdrift_connection")
+
+
+def judge(
+    settings: Settings, session: Session, located: Located, kwargs: dict[str, Any] | None = None
+) -> tuple[Report, list[str]]:
+    """Probe a test database (read-only check anything else): its report and notes."""
+    s, kwargs = settings, kwargs or {}
+    exclude = [*s.options.exclude_tables, *(kwargs.get("exclude_tables") or ())]
+    schemas = kwargs.get("schemas")
+    if located.test_database or s.probe_dsn:
+        result = probe(
+            session,
+            mode=kwargs.get("probe") or s.mode,  # type: ignore[arg-type]
+            limit=kwargs.get("limit") or s.limit,
+            schemas=schemas,
+            exclude_tables=exclude,
+            threshold=s.options.threshold,
+        )
+        notes = [
+            f"{p.column.label}: {p.note}" for p in result.probed if p.note and "empty" not in p.note
+        ]
+        notes += [
+            f"{p.column.label}: the probe stopped at its limit ({p.drawn} values) before "
+            "passing the highest existing value; the arithmetic's answer stands"
+            for p in result.probed
+            if not p.passed_max
+        ]
+        return result.report, notes
+    options = dataclasses.replace(
+        s.options,
+        schemas=None if schemas is None else tuple(schemas),
+        exclude_tables=tuple(exclude),
+    )
+    report = checker.run(session, options)
+    note = (
+        f"{located.source} is not known to be a test database: checked read-only, "
+        "not probed (--seqdrift-probe-dsn opts in)"
+    )
+    return report, [note]
+
+
+class Prober:
+    """Probes a test's databases after its body, into the phase's ``Outcome``."""
+
+    def __init__(self, state: State, reporter: Reporter) -> None:
+        self.state = state
+        self.reporter = reporter
+
+    def probe(self, item: pytest.Item, why: str, runs: list[Run], outcome: Outcome) -> None:
+        """Probe the test's databases after its body. A migration test fails on any drift
+        but what the set-up already reported; under ``--seqdrift-scope=all`` a test that
+        is not one fails only on drift that outlives its own transaction and that no
+        earlier test was failed for."""
+        kwargs = marker_kwargs(item)
+        with contextlib.ExitStack() as stack:
+            databases = handed_databases(item)
+            names = set(getattr(item, "fixturenames", ()))
+            if names & set(self.state.fixture_databases):  # else no round trip to ask
+                databases += self._fixture_databases(item, stack, _ids(databases))
+            self._probe_databases(item, why, runs, databases, kwargs, outcome)
+
+    def _fixture_databases(
+        self, item: pytest.Item, stack: contextlib.ExitStack, located: set[DatabaseId]
+    ) -> list[Located]:
+        """The databases the test's fixtures migrated, but for those ``located``
+        already, on connections of our own (closed with ``stack``): probed where they
+        live on a server pytest-postgresql started, checked read-only elsewhere."""
+        names = set(getattr(item, "fixturenames", ()))
+        servers = {port for port, _ in self.state.templates}
+        found = []
+        for name, (database, connect) in self.state.fixture_databases.items():
+            if name not in names or database in located:
+                continue
+            located.add(database)
+            try:
+                conn = psycopg.connect(
+                    **connect, autocommit=True, application_name="pytest-seqdrift"
+                )
+            except psycopg.Error:
+                continue
+            stack.callback(conn.close)
+            source = f"the database of fixture {name!r} ({database.name})"
+            found.append(Located(conn, source, test_database=database.port in servers))
+        return found
+
+    def _probe_databases(
+        self,
+        item: pytest.Item,
+        why: str,
+        runs: list[Run],
+        databases: list[Located],
+        kwargs: dict[str, Any],
+        outcome: Outcome,
+    ) -> None:
+        scope_only = why == "scope"
+        outcome.why = "--seqdrift-scope=all" if scope_only else f"a migration test: {why}"
+        outcome.probed = []
+        reset = self.state.reset_made.get(item.nodeid, set())
+        add = self.reporter.add_probed
+        probed: set[DatabaseId] = set()
+        for located in databases:  # pytest-django: every PostgreSQL alias
+            prefix = f"{located.source}: " if len(databases) > 1 else ""
+            failure = None
+            try:
+                with open_session(located.connection) as session:
+                    database = session.database_id()
+                    own_transaction = session.in_transaction
+                    found, notes = judge(self.state.settings, session, located, kwargs)
+                    if scope_only:
+                        found, more = self._outliving(session, found, own_transaction)
+                        notes += more
+            except driver_errors() as exc:
+                # a lost connection, a lock or statement timeout the probe cannot work
+                # round: this test fails with the reason, and the run goes on
+                failure = describe(exc)
+            if failure is not None:  # outside the handler: no exception chain is shown
+                where = f" ({located.source})" if len(databases) > 1 else ""
+                holders = _lock_holders(located) if "lock timeout" in failure else []
+                if holders:
+                    # most often the test's own transaction, open on a connection of its
+                    # own (a SQLAlchemy session the fixture closes after the probe)
+                    failure += f"; held by another session's open transaction: {'; '.join(holders)}"
+                outcome.cannot = f"{HEADER} could not check the database{where}: {failure}"
+                return
+            if database in probed:
+                continue
+            probed.add(database)
+            outcome.notes += [prefix + n for n in notes]
+            fresh = self._fresh(database, found, scope_only, prefix, outcome)
+            add(item, outcome, prefix, database, found, fresh, reset)
+        for run in runs:  # what the body migrated on a database it did not hand us
+            if run.database not in probed:
+                prefix = f"database {run.database.name} ({run.description}): "
+                fresh = self._fresh(run.database, run.report, scope_only, prefix, outcome)
+                add(item, outcome, prefix, run.database, run.report, fresh, reset)
+        outcome.no_database = not databases and not runs
+
+    def _fresh(
+        self,
+        database: DatabaseId,
+        report: Report,
+        scope_only: bool,
+        prefix: str,
+        outcome: Outcome,
+    ) -> list[Finding]:
+        """The findings this test is to be failed for: not the drift its set-up left
+        (reported once, where it was found), not drift an earlier test was failed for --
+        under ``--seqdrift-scope=all`` on the same column, whatever the sequence's state
+        now (a failing insert moves it); for a migration test the same finding made by
+        the same step (pytest-alembic's tests each run the same upgrade); drift no
+        step made is a migration test's own, every time."""
+        state = self.state
+        fresh = []
+        for f in report.findings:
+            column = (database.name, *column_key(f.column))
+            if finding_key(f) in state.born_keys or scope_only and column in state.born_columns:
+                why = "the drift its set-up left, reported once"
+            else:
+                made_by = state.made_by(database, f)
+                # a migration test's drift with no step to blame is its own, every time
+                key = column if scope_only else made_by if made_by[-1] is not None else None
+                earlier = None if key is None else state.blamed.get(key)
+                if earlier is None:
+                    fresh.append(f)
+                    continue
+                why = f"the same drift, reported at {earlier}"
+            outcome.notes.append(f"{prefix}{f.column.label}: {why}")
+        return fresh
+
+    def _outliving(
+        self, session: Session, report: Report, own_transaction: bool
+    ) -> tuple[Report, list[str]]:
+        """Of what a test's connection sees inside its own transaction, the drift that
+        outlives the transaction: what a second connection sees (committed rows, and
+        the sequences, which no rollback moves back). Drift that lives only in rows the
+        test's transaction holds is a note."""
+        if not own_transaction or not report.findings:
+            return report, []
+        twin = session.twin()
+        if twin is None:
+            return report, ["no second connection could be opened: every drift counted"]
+        failure = None
+        try:
+            with twin:
+                committed = self.state.watcher.check(twin)
+        except driver_errors() as exc:
+            failure = describe(exc)
+        if failure is not None:
+            return report, [f"what outlives the test's transaction is unknown: {failure}"]
+        outlives = {column_key(f.column) for f in committed.findings}
+        kept = [f for f in report.findings if column_key(f.column) in outlives]
+        notes = [
+            f"{f.column.label}: drift only inside this test's own transaction, which its "
+            f"rollback takes away: {render.what_happens(f)}"
+            for f in report.findings
+            if column_key(f.column) not in outlives
+        ]
+        return Report(findings=kept, checked=report.checked, skipped=report.skipped), notes
+
+
+def _ids(databases: list[Located]) -> set[DatabaseId]:
+    """Which databases these are (a database that cannot tell is left out)."""
+    found = set()
+    for located in databases:
+        try:
+            with open_session(located.connection) as session:
+                found.add(session.database_id())
+        except driver_errors():
+            continue
+    return found
+
+
+def _lock_holders(located: Located) -> list[str]:
+    """Who holds locks in this database, asked on a connection of its own (the test's
+    may be the one left waiting)."""
+    try:
+        with open_session(located.connection) as session:
+            twin = session.twin()
+        if twin is None:
+            return []
+        with twin:
+            return session_for(twin).lock_holders()
+    except driver_errors():
+        return []
