@@ -17,7 +17,7 @@ import pytest
 
 from pytest_seqdrift import checker, render
 from pytest_seqdrift.errors import CannotCheck
-from pytest_seqdrift.plugin import compat, summary
+from pytest_seqdrift.plugin import compat, fixtures, summary
 from pytest_seqdrift.plugin.fixtures import PG_CLIENTS
 from pytest_seqdrift.plugin.history import ColumnKey, column_key
 from pytest_seqdrift.plugin.listeners import Listening
@@ -119,7 +119,7 @@ class SeqdriftPlugin:
             found = manager.getfixturedefs("seqdrift_connection", item) if manager else None
         except (TypeError, AttributeError):  # another pytest's signature: not known
             return ()
-        if not found or found[-1].func.__module__ == "pytest_seqdrift.fixtures":
+        if not found or found[-1].func.__module__ == fixtures.__name__:
             return ()
         self.state.override = tuple(a for a in found[-1].argnames if a != "request")
         return self.state.override
