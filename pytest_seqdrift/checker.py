@@ -26,8 +26,8 @@ from pytest_seqdrift.model import (
     Checked,
     Column,
     Finding,
+    PgSequence,
     Report,
-    Sequence,
     SequenceState,
     Skipped,
 )
@@ -110,13 +110,13 @@ def run(conn: Any, options: CheckOptions, *, jobs: int = 1) -> Report:
 
 # what judging one column takes: its sequence (or its walk, drawn twice per insert), the
 # sequence's state, and the bounds read from the table
-_Bounded = tuple[Column, Sequence, SequenceState, Bounds]
+_Bounded = tuple[Column, PgSequence, SequenceState, Bounds]
 # a column's first read: what was asked (its extreme, or its top window) and the answer
 _Top = tuple[block.Slot, block.Answer | ReadFailure]
 
 
 def _to_judge(
-    columns: list[Column], sequences: dict[int, Sequence], options: CheckOptions, report: Report
+    columns: list[Column], sequences: dict[int, PgSequence], options: CheckOptions, report: Report
 ) -> list[Column]:
     """The columns the arithmetic can judge; the others go into the report now, as
     skipped (with why) or unchecked (with why)."""
@@ -149,7 +149,7 @@ def _to_judge(
 def _first_read(
     session: Session,
     judged: list[Column],
-    sequences: dict[int, Sequence],
+    sequences: dict[int, PgSequence],
     snapshot: str | None,
     jobs: int,
     options: CheckOptions,
@@ -180,7 +180,7 @@ def _first_read(
 def _bounds(
     session: Session,
     judged: list[Column],
-    sequences: dict[int, Sequence],
+    sequences: dict[int, PgSequence],
     tops: list[_Top],
     states: dict[int, SequenceState | ReadFailure],
     report: Report,
@@ -188,7 +188,7 @@ def _bounds(
     """Each column's bounds: its max (min) alone where that settles the verdict, the
     search's other windows read only where the max says they can matter. A column whose
     sequence or table could not be read is skipped, with why."""
-    todo: list[tuple[Column, Sequence, SequenceState]] = []
+    todo: list[tuple[Column, PgSequence, SequenceState]] = []
     results: list[Bounds | ReadFailure | None] = []
     for c, (slot, answer) in zip(judged, tops, strict=True):
         seq, state = sequences[c.sequence_oid], states[c.sequence_oid]
@@ -243,10 +243,10 @@ def _row_counts(session: Session, bounded: list[_Bounded], threshold: float) -> 
 def _judge(
     report: Report,
     c: Column,
-    seq: Sequence,
+    seq: PgSequence,
     state: SequenceState,
     bounds: Bounds,
-    sequences: dict[int, Sequence],
+    sequences: dict[int, PgSequence],
     threshold: float,
     rows: int | None,
 ) -> None:
@@ -281,7 +281,7 @@ def _one_fix_per_sequence(report: Report) -> None:
             report.findings[i] = replace(f, fix_sql=best.fix_sql)
 
 
-def _top_slot(column: Column, seq: Sequence) -> block.Slot:
+def _top_slot(column: Column, seq: PgSequence) -> block.Slot:
     """The first read of a column: its max (min) over all rows, a single index probe.
     The planner estimates a range condition at the ends of the type by probing the index
     for the actual extremes, which made a windowed max three probes, not one. A numeric
@@ -323,7 +323,7 @@ def _joined(*notes: str | None) -> str:
     return "; ".join(n for n in notes if n)
 
 
-def _skipped(column: Column, seq: Sequence, reason: str) -> Skipped:
+def _skipped(column: Column, seq: PgSequence, reason: str) -> Skipped:
     return Skipped(column.schema, column.table, column.column, seq.qualified, reason)
 
 

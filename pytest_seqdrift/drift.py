@@ -26,8 +26,8 @@ from pytest_seqdrift.model import (
     Column,
     Finding,
     FindingKind,
+    PgSequence,
     Search,
-    Sequence,
     SequenceState,
     Status,
     Window,
@@ -39,7 +39,7 @@ from pytest_seqdrift.options import DEFAULT_THRESHOLD
 ROW_COUNT_LIMIT = 1_000_000
 
 
-def next_value(seq: Sequence, state: SequenceState) -> int | None:
+def next_value(seq: PgSequence, state: SequenceState) -> int | None:
     """The value the next ``nextval`` returns, or None when it would fail (exhausted)."""
     if not state.is_called:
         return state.last_value
@@ -108,7 +108,7 @@ class _Walk:
         return Window(lo=a, hi=b, base=self.flip(base), step=self.step, ascending=self.sign > 0)
 
 
-def _walk(column: Column, seq: Sequence) -> _Walk:
+def _walk(column: Column, seq: PgSequence) -> _Walk:
     return _shaped(column.type_range, seq.increment, seq.min_value, seq.max_value, seq.cycle)
 
 
@@ -125,7 +125,7 @@ def _shaped(
     return _Walk(sign, abs(increment), lo, hi, type_lo, type_hi, cycle)
 
 
-def search(column: Column, seq: Sequence, state: SequenceState) -> Search:
+def search(column: Column, seq: PgSequence, state: SequenceState) -> Search:
     """What to read from the column, given where its sequence stands."""
     s = _walk(column, seq)
     nv = next_value(seq, state)
@@ -143,7 +143,7 @@ def search(column: Column, seq: Sequence, state: SequenceState) -> Search:
     return Search(first_pass=first_pass, after_wrap=after_wrap, top=top, last_on_grid=last_on_grid)
 
 
-def top_window(column: Column, seq: Sequence) -> Window | None:
+def top_window(column: Column, seq: PgSequence) -> Window | None:
     """The search's ``top``, which does not depend on the sequence's state: every storable
     value, searched from the far end."""
     return _walk(column, seq).top
@@ -162,7 +162,7 @@ def may_collide(search: Search, top: int | None) -> bool:
     return top >= w.lo if w.ascending else top <= w.hi
 
 
-def may_collide_at(column: Column, seq: Sequence, state: SequenceState, top: int | None) -> bool:
+def may_collide_at(column: Column, seq: PgSequence, state: SequenceState, top: int | None) -> bool:
     """``may_collide(search(column, seq, state), top)`` without building the search: check()
     asks it of every column, and almost every answer is no."""
     nv = next_value(seq, state)
@@ -184,7 +184,7 @@ class Collision:
 
 
 def first_collision(
-    column: Column, seq: Sequence, state: SequenceState, bounds: Bounds
+    column: Column, seq: PgSequence, state: SequenceState, bounds: Bounds
 ) -> Collision | None:
     """The first existing value the sequence will hand out, from the search's answers."""
     nv = next_value(seq, state)
@@ -210,7 +210,7 @@ class Capacity:
     ends: bool  # False: a CYCLE sequence that wraps inside the column's range
 
 
-def capacity(column: Column, seq: Sequence, state: SequenceState) -> Capacity:
+def capacity(column: Column, seq: PgSequence, state: SequenceState) -> Capacity:
     """How much of the effective range (sequence ∩ column type) is left."""
     return _capacity(_walk(column, seq), next_value(seq, state))
 
@@ -240,7 +240,7 @@ def _capacity(s: _Walk, nv: int | None) -> Capacity:
 
 def row_count_wanted(
     column: Column,
-    seq: Sequence,
+    seq: PgSequence,
     state: SequenceState,
     threshold: float,
     bounds: Bounds | None = None,
@@ -267,7 +267,7 @@ def row_count_wanted(
 
 def assess(
     column: Column,
-    seq: Sequence,
+    seq: PgSequence,
     state: SequenceState,
     bounds: Bounds,
     *,

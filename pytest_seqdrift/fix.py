@@ -21,7 +21,15 @@ from pytest_seqdrift import checker, drift, fixsql
 from pytest_seqdrift.db.adapters import session_for
 from pytest_seqdrift.db.session import describe
 from pytest_seqdrift.errors import CannotFix, ReadFailure
-from pytest_seqdrift.model import Bounds, Column, Finding, Report, Sequence, SequenceState, Skipped
+from pytest_seqdrift.model import (
+    Bounds,
+    Column,
+    Finding,
+    PgSequence,
+    Report,
+    SequenceState,
+    Skipped,
+)
 from pytest_seqdrift.options import CheckOptions
 from pytest_seqdrift.read.reader import read_bounds, read_sequence_states
 from pytest_seqdrift.render import describe_finding, summary, what_happens
@@ -31,7 +39,7 @@ from pytest_seqdrift.render import describe_finding, summary, what_happens
 class SequenceFix:
     """One ``setval``: the sequence, where it stood, and where it goes."""
 
-    sequence: Sequence
+    sequence: PgSequence
     columns: tuple[Column, ...]  # the columns that collide
     tops: tuple[tuple[Column, int], ...]  # every column it feeds, with its max existing value
     before: SequenceState
@@ -89,7 +97,7 @@ def review(
         return plan(conn, report, margin=margin)
 
 
-def _forward(seq: Sequence, value: int) -> int:
+def _forward(seq: PgSequence, value: int) -> int:
     return value if seq.increment > 0 else -value
 
 
@@ -122,7 +130,7 @@ def plan(conn: Any, report: Report, *, margin: int = 0) -> FixPlan:
     ]
     wanted = sorted((sequences[oid] for oid in fed), key=lambda s: (s.schema, s.name))
     states = read_sequence_states(session, wanted)
-    columns: list[tuple[Sequence, SequenceState, Column]] = []
+    columns: list[tuple[PgSequence, SequenceState, Column]] = []
     for seq in wanted:
         state = states[seq.oid]
         if isinstance(state, ReadFailure):
@@ -142,7 +150,7 @@ def plan(conn: Any, report: Report, *, margin: int = 0) -> FixPlan:
 
 
 def _fix_for(
-    seq: Sequence, read: list[tuple[Column, SequenceState, Bounds]], margin: int
+    seq: PgSequence, read: list[tuple[Column, SequenceState, Bounds]], margin: int
 ) -> SequenceFix | None:
     """The furthest target over every column the sequence feeds, when one of them
     collides and the target lies ahead of the sequence's next value."""

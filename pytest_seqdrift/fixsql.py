@@ -13,7 +13,7 @@ from pytest_seqdrift.model import (
     Bounds,
     Column,
     FindingKind,
-    Sequence,
+    PgSequence,
     SequenceState,
     printable,
 )
@@ -23,7 +23,7 @@ def _text(composed: sql.Composable) -> str:
     return composed.as_string(None)
 
 
-def seq_ident(seq: Sequence) -> sql.Identifier:
+def seq_ident(seq: PgSequence) -> sql.Identifier:
     return sql.Identifier(seq.schema, seq.name)
 
 
@@ -69,7 +69,7 @@ def _string(text: str) -> sql.Composable:
     return sql.Literal(text) if escaped is None else sql.SQL(escaped)
 
 
-def setval_at_least(seq: Sequence, value: int) -> str:
+def setval_at_least(seq: PgSequence, value: int) -> str:
     """Make the next value lie beyond ``value`` in the sequence's direction, unless the
     sequence already stands further on. Reading ``last_value`` in the same statement
     means the script stays safe when run later: it can only move the sequence forward.
@@ -100,7 +100,7 @@ def setval_at_least(seq: Sequence, value: int) -> str:
     )
 
 
-def _room_after(seq: Sequence, column: Column, value: int) -> bool:
+def _room_after(seq: PgSequence, column: Column, value: int) -> bool:
     """Is there a storable value after ``value`` for the sequence to hand out?"""
     after = value + seq.increment
     if not seq.min_value <= after <= seq.max_value:
@@ -110,7 +110,7 @@ def _room_after(seq: Sequence, column: Column, value: int) -> bool:
 
 
 def collision_target(
-    column: Column, seq: Sequence, bounds: Bounds, *, margin: int = 0
+    column: Column, seq: PgSequence, bounds: Bounds, *, margin: int = 0
 ) -> int | None:
     """The value to ``setval`` the sequence to so that its walk continues past every
     existing value; None when no value is left for it to hand out.
@@ -130,7 +130,7 @@ def collision_target(
     return None
 
 
-def _headroom(seq: Sequence, column: Column, value: int, margin: int) -> int:
+def _headroom(seq: PgSequence, column: Column, value: int, margin: int) -> int:
     """``value`` moved ``margin`` ids on in the sequence's direction, but no further than
     the last value that leaves room for one more (``value`` itself leaves room)."""
     if margin <= 0:
@@ -146,7 +146,7 @@ def _headroom(seq: Sequence, column: Column, value: int, margin: int) -> int:
 
 def for_collision(
     column: Column,
-    seq: Sequence,
+    seq: PgSequence,
     state: SequenceState,
     bounds: Bounds,
     *,
@@ -179,7 +179,7 @@ def comment(*lines: str) -> str:
     return "\n".join("-- " + printable(line) for line in lines)
 
 
-def _widen(seq: Sequence) -> sql.Composed:
+def _widen(seq: PgSequence) -> sql.Composed:
     """Commented-out advice: its names escaped as in the statements that run
     (``_name``), so that it names the right sequence once uncommented."""
     lo, hi = INT_RANGES["bigint"]
@@ -189,7 +189,7 @@ def _widen(seq: Sequence) -> sql.Composed:
     return sql.SQL("ALTER SEQUENCE {} AS bigint {};").format(_name(seq.schema, seq.name), bound)
 
 
-def for_capacity(column: Column, seq: Sequence, kind: FindingKind) -> str:
+def for_capacity(column: Column, seq: PgSequence, kind: FindingKind) -> str:
     """Overflow and exhaustion are not fixed by ``setval``: say what to do, commented."""
     steps: list[sql.Composable] = []
     if kind == "overflow" or column.data_type in ("smallint", "integer"):

@@ -26,7 +26,7 @@ def printable(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class Sequence:
+class PgSequence:
     """A sequence's identity and parameters (pg_sequence)."""
 
     oid: int
@@ -184,7 +184,7 @@ class Finding:
 
     kind: FindingKind
     column: Column
-    sequence: Sequence
+    sequence: PgSequence
     next_value: int | None  # None: the sequence is exhausted, nextval fails
     first_collision: int | None = None
     inserts_until_collision: int | None = None
@@ -225,7 +225,7 @@ class Checked:
     """One column's verdict."""
 
     column: Column
-    sequence: Sequence
+    sequence: PgSequence
     status: Status
     next_value: int | None = None
     max_existing: int | None = None

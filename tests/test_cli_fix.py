@@ -28,7 +28,7 @@ from support.cli import (
 )
 
 from pytest_seqdrift import check, fixsql
-from pytest_seqdrift.model import INT_RANGES, Bounds, Column, Sequence, SequenceState
+from pytest_seqdrift.model import INT_RANGES, Bounds, Column, PgSequence, SequenceState
 from pytest_seqdrift.testbed import find_pg_ctl
 
 # Sequences behind their max, ahead of it (called and not), one shared by two tables, a
@@ -289,8 +289,8 @@ def test_apply_needs_update_on_the_table_and_the_sequence(db: Conn) -> None:
 # --- the headroom arithmetic, without a server --------------------------------------------
 
 
-def make(increment: int, lo: int, hi: int, data_type: str) -> tuple[Column, Sequence]:
-    seq = Sequence(
+def make(increment: int, lo: int, hi: int, data_type: str) -> tuple[Column, PgSequence]:
+    seq = PgSequence(
         1, "public", "t_id_seq", "public.t_id_seq", "bigint", 1, increment, lo, hi, False
     )
     column = Column(

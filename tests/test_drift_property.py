@@ -32,7 +32,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pytest_seqdrift import drift, model
-from pytest_seqdrift.model import Bounds, Column, Sequence, SequenceState, Window
+from pytest_seqdrift.model import Bounds, Column, PgSequence, SequenceState, Window
 
 BIGINT_LO, BIGINT_HI = model.INT_RANGES["bigint"]
 
@@ -58,8 +58,8 @@ class Case:
     unique: bool = True
 
     @property
-    def seq(self) -> Sequence:
-        return Sequence(
+    def seq(self) -> PgSequence:
+        return PgSequence(
             oid=1,
             schema="public",
             name="t_id_seq",

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_seqdrift.model import Column, Finding, Report, Sequence
+from pytest_seqdrift.model import Column, Finding, PgSequence, Report
 from pytest_seqdrift.plugin import advice
 from pytest_seqdrift.plugin.history import History, Step
 
@@ -31,7 +31,7 @@ def column(table: str) -> Column:
     )
 
 
-SEQ = Sequence(1, "public", "s", "public.s", "bigint", 1, 1, 1, 2**63 - 1, False)
+SEQ = PgSequence(1, "public", "s", "public.s", "bigint", 1, 1, 1, 2**63 - 1, False)
 SETVAL = 'SELECT setval(\'public.s\', GREATEST(5, last_value)) FROM "public"."s";'
 
 

@@ -20,7 +20,7 @@ import pytest
 from psycopg import errors, sql
 
 from pytest_seqdrift import check
-from pytest_seqdrift.model import Finding, Report, Sequence
+from pytest_seqdrift.model import Finding, PgSequence, Report
 
 Conn = psycopg.Connection[Any]
 
@@ -150,7 +150,7 @@ def collision_for(report: Report, table: str) -> Finding:
     return found[0]
 
 
-def seq_ident(seq: Sequence) -> sql.Identifier:
+def seq_ident(seq: PgSequence) -> sql.Identifier:
     return sql.Identifier(seq.schema, seq.name)
 
 
@@ -160,19 +160,19 @@ def one_row(db: Conn, query: sql.Composed | str) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def state(db: Conn, seq: Sequence) -> tuple[int, bool]:
+def state(db: Conn, seq: PgSequence) -> tuple[int, bool]:
     query = sql.SQL("SELECT last_value, is_called FROM {}").format(seq_ident(seq))
     last_value, is_called = one_row(db, query)
     return int(last_value), bool(is_called)
 
 
-def position(db: Conn, seq: Sequence) -> int:
+def position(db: Conn, seq: PgSequence) -> int:
     """last_value in the direction the sequence walks: bigger is further on."""
     return state(db, seq)[0] * (1 if seq.increment > 0 else -1)
 
 
 @contextmanager
-def undone(db: Conn, seq: Sequence) -> Iterator[None]:
+def undone(db: Conn, seq: PgSequence) -> Iterator[None]:
     """Roll back whatever happens inside, and put the sequence back as it was."""
     before = state(db, seq)
     try:

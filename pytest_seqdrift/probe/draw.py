@@ -10,13 +10,13 @@ from typing import Any
 from psycopg import sql
 
 from pytest_seqdrift.db.session import Session
-from pytest_seqdrift.model import Column, Sequence
+from pytest_seqdrift.model import Column, PgSequence
 from pytest_seqdrift.probe.sequences import _ran_out, _read_state, _set_state
 from pytest_seqdrift.probe.target import _as_int, _counted, _NotProbed, _numeric, _Run, _Target
 from pytest_seqdrift.read import block
 
 
-def _top(session: Session, column: Column, seq: Sequence) -> int | None:
+def _top(session: Session, column: Column, seq: PgSequence) -> int | None:
     """The highest existing value (lowest, for a negative increment); for a column that
     holds no numbers (text, say), the highest of its values that are integers. None: no
     value at all."""

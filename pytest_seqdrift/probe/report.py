@@ -7,7 +7,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pytest_seqdrift.model import Column, Report, Sequence
+from pytest_seqdrift.model import Column, PgSequence, Report
 
 Mode = Literal["insert", "default"]
 
@@ -17,7 +17,7 @@ class Probed:
     """What the probe saw for one column."""
 
     column: Column
-    sequence: Sequence
+    sequence: PgSequence
     mode: Mode
     drawn: int  # values drawn from the default
     inserts_until_collision: int | None  # None: no collision among the values drawn

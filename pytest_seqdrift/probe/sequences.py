@@ -11,11 +11,11 @@ from psycopg import sql
 from pytest_seqdrift import snapshot
 from pytest_seqdrift.db.session import SEQUENCE_LIMIT_EXCEEDED, Session, sqlstate
 from pytest_seqdrift.errors import ReadFailure
-from pytest_seqdrift.model import Sequence, SequenceState
+from pytest_seqdrift.model import PgSequence, SequenceState
 from pytest_seqdrift.read.reader import read_sequence_states
 
 
-def _read_state(session: Session, seq: Sequence) -> SequenceState:
+def _read_state(session: Session, seq: PgSequence) -> SequenceState:
     """Where one sequence is now."""
     ((last_value, is_called),) = session.run(
         sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(seq.schema, seq.name))
@@ -23,7 +23,7 @@ def _read_state(session: Session, seq: Sequence) -> SequenceState:
     return SequenceState(int(last_value), bool(is_called))
 
 
-def _set_state(session: Session, seq: Sequence, state: SequenceState) -> None:
+def _set_state(session: Session, seq: PgSequence, state: SequenceState) -> None:
     """Move one sequence back to a state read before (``_read_state``)."""
     session.run(
         sql.SQL("SELECT setval({}::regclass, {}, {})").format(

@@ -10,7 +10,7 @@ from typing import Any
 
 from psycopg import sql
 
-from pytest_seqdrift.model import Checked, Column, Finding, Report, Sequence
+from pytest_seqdrift.model import Checked, Column, Finding, PgSequence, Report
 
 _FIRST_BATCH = 16  # the first batch where the distance is not known; each next one doubles
 
@@ -34,7 +34,7 @@ class _Target:
     """What one column's probe works towards: past ``top``, within ``limit`` values."""
 
     column: Column
-    sequence: Sequence
+    sequence: PgSequence
     top: int  # the highest existing value (the lowest, for a negative increment)
     distance: int | None  # plain defaults: values it takes to pass ``top``; else unknown
     limit: int
@@ -126,7 +126,7 @@ def _judged(verdict: Checked) -> bool:
     return verdict.column.plain_default and verdict.status != "unchecked"
 
 
-def _distance(verdict: Checked, seq: Sequence) -> int | None:
+def _distance(verdict: Checked, seq: PgSequence) -> int | None:
     """For a plain default: how many values it takes to pass the highest existing one."""
     if not _judged(verdict) or verdict.max_existing is None:
         return None

@@ -94,7 +94,7 @@ Slot = Window | Extreme | None
 
 
 class SequenceRef(Protocol):
-    """What reading a sequence's state needs: a ``model.Sequence`` or a
+    """What reading a sequence's state needs: a ``model.PgSequence`` or a
     ``snapshot.SequenceKey``."""
 
     @property

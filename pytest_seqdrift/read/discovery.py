@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 from typing import Any
 
-from pytest_seqdrift.model import Column, Sequence
+from pytest_seqdrift.model import Column, PgSequence
 
 # One row per (column, sequence) pair where the column's values come from the sequence,
 # with ``how``: an identity column (pg_depend deptype 'i'); a column default that depends
@@ -266,7 +266,7 @@ def discovery_params(schemas: Iterable[str] | None) -> dict[str, Any]:
 
 def parse_discovery(
     rows: Iterable[dict[str, Any]], exclude_tables: Seq[str] = ()
-) -> tuple[list[Column], dict[int, Sequence]]:
+) -> tuple[list[Column], dict[int, PgSequence]]:
     """Columns and their sequences from the discovery rows (their keys are added by
     ``keys.attach``).
 
@@ -291,7 +291,7 @@ def parse_discovery(
     if any(r["is_partition"] for r in rows):
         linked = {(r["table_oid"], r["column_name"], r["seq_oid"]) for r in rows}
     columns: list[Column] = []
-    sequences: dict[int, Sequence] = {}
+    sequences: dict[int, PgSequence] = {}
     seen: set[tuple[int, int, int]] = set()
     for r in rows:
         pair = (r["table_oid"], r["attnum"], r["seq_oid"])
@@ -306,7 +306,7 @@ def parse_discovery(
             continue
         seq = sequences.get(r["seq_oid"])
         if seq is None:
-            seq = sequences[r["seq_oid"]] = Sequence(
+            seq = sequences[r["seq_oid"]] = PgSequence(
                 oid=r["seq_oid"],
                 schema=r["seq_schema"],
                 name=r["seq_name"],
@@ -363,7 +363,7 @@ _HOWS = ("identity", "default", "text", "function", "trigger", "owned")
 _TEXT_NEXTVAL = re.compile(r"\(?nextval\(\('(?:[^']|'')+'::text\)::regclass\)(?:\)::[\w ]+)?")
 
 
-def _drawn(r: dict[str, Any], seq: Sequence) -> tuple[Any, bool, str | None, str | None]:
+def _drawn(r: dict[str, Any], seq: PgSequence) -> tuple[Any, bool, str | None, str | None]:
     """How the column's values are drawn: (source, plain, note, unjudged)."""
     how = r["how"]
     if how == "identity":

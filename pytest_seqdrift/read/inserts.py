@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pytest_seqdrift import drift
-from pytest_seqdrift.model import Column, Sequence, SequenceState, amended
+from pytest_seqdrift.model import Column, PgSequence, SequenceState, amended
 from pytest_seqdrift.render import ordinal
 
 # The triggers and rules that run when a row is inserted into one of the given tables:
@@ -130,7 +130,7 @@ _DRAW = re.compile(r"(?<![\w$])(?:nextval|setval)\s*\(\s*(?:'((?:[^']|'')*)')?",
 _INSERT = re.compile(r"(?<![\w$])insert(?![\w$])", re.IGNORECASE)
 
 
-def _names(text: str, seq: Sequence) -> bool:
+def _names(text: str, seq: PgSequence) -> bool:
     """Does ``text`` (the string a trigger passes to nextval) name ``seq``? Its last
     part, unquoted (an unquoted name folds to lower case), is the sequence's name; a
     schema, where given, must be its schema."""
@@ -143,7 +143,7 @@ def _names(text: str, seq: Sequence) -> bool:
     return len(parts) == 1 or parts[-2] == seq.schema
 
 
-def may_change(hook: Hook, column: Column, seq: Sequence, shared: bool) -> bool:
+def may_change(hook: Hook, column: Column, seq: PgSequence, shared: bool) -> bool:
     """Can the hook change what an insert stores in ``column``, or draw from ``seq``?"""
     if hook.kind == "rule":
         return True
@@ -168,7 +168,7 @@ def may_change(hook: Hook, column: Column, seq: Sequence, shared: bool) -> bool:
 
 def attach(
     columns: Seq[Column],
-    sequences: Mapping[int, Sequence],
+    sequences: Mapping[int, PgSequence],
     hooks: Mapping[int, list[Hook]],
 ) -> list[Column]:
     """The columns with how many values each insert draws from their sequence, and
@@ -213,7 +213,7 @@ def attach(
     return out
 
 
-def per_insert(column: Column, seq: Sequence) -> Sequence:
+def per_insert(column: Column, seq: PgSequence) -> PgSequence:
     """The sequence as the column sees it when each insert draws ``k`` values: every
     ``k``-th value, ending where the insert's last draw would pass the limit."""
     k, j = column.draws
@@ -226,7 +226,7 @@ def per_insert(column: Column, seq: Sequence) -> Sequence:
 
 
 def per_insert_state(
-    column: Column, seq: Sequence, walk: Sequence, state: SequenceState
+    column: Column, seq: PgSequence, walk: PgSequence, state: SequenceState
 ) -> SequenceState:
     """The state of ``walk`` (``per_insert(column, seq)``) that yields the column's next
     value: the sequence's next value moved on by the draws before the column's."""

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.errors import CannotCheck, ReadFailure
-from pytest_seqdrift.model import Bounds, Column, Search, Sequence, SequenceState
+from pytest_seqdrift.model import Bounds, Column, PgSequence, Search, SequenceState
 from pytest_seqdrift.read import block, discovery, inserts, keys
 
 # Columns (sequences) read per statement: each read holds an AccessShareLock on a table
@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 def discover(
     session: Session, schemas: Iterable[str] | None = None, exclude_tables: Seq[str] = ()
-) -> tuple[list[Column], dict[int, Sequence]]:
+) -> tuple[list[Column], dict[int, PgSequence]]:
     """Every sequence-backed column and its sequence, with what an insert meets."""
     rows = session.query_dicts(discovery.DISCOVERY, discovery.discovery_params(schemas))
     columns, sequences = discovery.parse_discovery(rows, exclude_tables)
@@ -31,7 +31,7 @@ def discover(
 
 
 def _shaped(
-    session: Session, columns: list[Column], sequences: dict[int, Sequence]
+    session: Session, columns: list[Column], sequences: dict[int, PgSequence]
 ) -> list[Column]:
     """The columns with what an insert into their table meets: the keys that count and
     the rows they count (keys.py), how many values it draws, and the triggers and rules
