@@ -20,7 +20,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from pytest_seqdrift import __version__, checker, fix, render
-from pytest_seqdrift.db.session import MIN_SERVER_VERSION, describe
+from pytest_seqdrift.db.session import MIN_SERVER_VERSION, error_line
 from pytest_seqdrift.errors import CannotFix, SeqdriftError
 from pytest_seqdrift.model import FindingKind, Report, printable
 from pytest_seqdrift.options import (
@@ -294,7 +294,7 @@ _AUTHENTICATION = (
 
 def _connect_failure(exc: BaseException) -> str:
     """libpq's reason, in one line, after what kind of failure it is."""
-    message = describe(exc).removeprefix("connection failed: ").replace("FATAL: ", "")
+    message = error_line(exc).removeprefix("connection failed: ").replace("FATAL: ", "")
     low = message.lower()
     if any(k in low for k in _NOT_POSTGRESQL):
         return f"not a PostgreSQL server: {message}"
@@ -312,7 +312,7 @@ def connect(dsn: str, *, read_only: bool) -> psycopg.Connection[Any]:
     try:
         given = conninfo_to_dict(dsn)
     except psycopg.Error as exc:
-        raise Stop(f"cannot connect: invalid DSN: {describe(exc)}") from None
+        raise Stop(f"cannot connect: invalid DSN: {error_line(exc)}") from None
     extra: dict[str, Any] = {"fallback_application_name": "seqdrift"}
     env = os.environ
     if not any(
@@ -473,7 +473,7 @@ def main(argv: Seq[str] | None = None) -> int:
     except CannotFix as exc:
         _say_why(f"cannot fix: {exc}")
     except (SeqdriftError, psycopg.Error) as exc:
-        _say_why(f"cannot check: {describe(exc)}")
+        _say_why(f"cannot check: {error_line(exc)}")
     return EXIT_CANNOT_CHECK
 
 

@@ -19,7 +19,7 @@ from psycopg import sql
 
 from pytest_seqdrift import checker, drift, fixsql
 from pytest_seqdrift.db.adapters import session_for
-from pytest_seqdrift.db.session import describe
+from pytest_seqdrift.db.session import error_line
 from pytest_seqdrift.errors import CannotFix, ReadFailure
 from pytest_seqdrift.model import (
     Bounds,
@@ -333,7 +333,7 @@ def apply(
             except session.Error as exc:
                 raise CannotFix(
                     f"cannot lock {column.qualified_table} (waited up to {options.lock_timeout_ms} ms): "
-                    f"{describe(exc)}; nothing was changed"
+                    f"{error_line(exc)}; nothing was changed"
                 ) from exc
         fix_plan = plan(conn, before, margin=margin)
         denied = session.run(
@@ -350,7 +350,7 @@ def apply(
             try:
                 ((value,),) = session.run(fix.sql)
             except session.Error as exc:
-                raise CannotFix(f"cannot set {fix.sequence.qualified}: {describe(exc)}") from exc
+                raise CannotFix(f"cannot set {fix.sequence.qualified}: {error_line(exc)}") from exc
             changes.append(Change(fix, SequenceState(int(value), True)))
     after = checker.run(conn, options)
     return Applied(fix_plan, changes, after)

@@ -55,7 +55,7 @@ def version_text(server_version: int) -> str:
     return f"{major}.{rest // 100}.{rest % 100}"
 
 
-def describe(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """One line for an error: the server's primary message, without its detail."""
     diag = getattr(exc, "diag", None)
     message = getattr(diag, "message_primary", None) or str(exc) or type(exc).__name__
@@ -79,7 +79,7 @@ def _names_without_parameters(query: Query, params: Params) -> None:
 
 
 def _failure(exc: BaseException) -> ReadFailure:
-    return ReadFailure(describe(exc), sqlstate(exc))
+    return ReadFailure(error_line(exc), sqlstate(exc))
 
 
 def constraint_name(exc: BaseException) -> str | None:
@@ -205,7 +205,7 @@ class Session(ABC):
                 self._send_batch(opening)
             yield snapshot
         except self.Error as exc:
-            raise CannotCheck(describe(exc)) from exc
+            raise CannotCheck(error_line(exc)) from exc
         finally:
             self._undo(own, autocommit, "seqdrift_check")
 

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_seqdrift import checker, render
 from pytest_seqdrift.db.adapters import open_session, session_for
-from pytest_seqdrift.db.session import DatabaseId, Session, describe
+from pytest_seqdrift.db.session import DatabaseId, Session, error_line
 from pytest_seqdrift.model import Finding, Report
 from pytest_seqdrift.plugin.history import column_key
 from pytest_seqdrift.plugin.locate import Located, wrap
@@ -179,7 +179,7 @@ class Prober:
             except driver_errors() as exc:
                 # a lost connection, a lock or statement timeout the probe cannot work
                 # round: this test fails with the reason, and the run goes on
-                failure = describe(exc)
+                failure = error_line(exc)
             if failure is not None:  # outside the handler: no exception chain is shown
                 where = f" ({located.source})" if len(databases) > 1 else ""
                 holders = _lock_holders(located) if "lock timeout" in failure else []
@@ -251,7 +251,7 @@ class Prober:
             with twin:
                 committed = self.state.watcher.check(twin)
         except driver_errors() as exc:
-            failure = describe(exc)
+            failure = error_line(exc)
         if failure is not None:
             return report, [f"what outlives the test's transaction is unknown: {failure}"]
         outlives = {column_key(f.column) for f in committed.findings}

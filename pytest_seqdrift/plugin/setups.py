@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from pytest_seqdrift.db.adapters import open_session
-from pytest_seqdrift.db.session import DatabaseId, Session, describe
+from pytest_seqdrift.db.session import DatabaseId, Session, error_line
 from pytest_seqdrift.model import Finding, Report
 from pytest_seqdrift.plugin.history import column_key
 from pytest_seqdrift.plugin.locate import Located, django_test_databases
@@ -71,7 +71,7 @@ class SetupChecks:
                 state.checked.add(database)
                 report, notes = judge(state.settings, session, located)
         except driver_errors() as exc:
-            failure = describe(exc)
+            failure = error_line(exc)
         if failure is not None:  # raised outside the handler: no exception chain shown
             outcome.problems.append(f"could not check {located.source}: {failure}")
             return

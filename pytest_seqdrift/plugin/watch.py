@@ -15,7 +15,7 @@ from typing import Any
 
 from pytest_seqdrift import checker, render
 from pytest_seqdrift.db.adapters import open_session
-from pytest_seqdrift.db.session import DatabaseId, describe
+from pytest_seqdrift.db.session import DatabaseId, error_line
 from pytest_seqdrift.model import Finding, Report
 from pytest_seqdrift.options import CheckOptions
 from pytest_seqdrift.plugin.history import History, Step
@@ -99,7 +99,7 @@ class Watcher:
         try:
             yield
         except Exception as exc:  # noqa: BLE001
-            self.notes.append(f"could not check the database {when}: {describe(exc)}")
+            self.notes.append(f"could not check the database {when}: {error_line(exc)}")
 
     def _step_applied(self, connection: Any, step: Step, may_drift: bool) -> None:
         self.steps += 1
@@ -138,7 +138,7 @@ class Watcher:
                 report = self.check(session) if read else None
                 connect = None if read else session.connect_params()
         except Exception as exc:  # noqa: BLE001 -- nothing may reach the migration
-            self.notes.append(f"could not check the database {when}: {describe(exc)}")
+            self.notes.append(f"could not check the database {when}: {error_line(exc)}")
             return None
         self.checks += read
         return database, report, connect

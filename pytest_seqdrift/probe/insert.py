@@ -17,7 +17,7 @@ from pytest_seqdrift.db.session import (
     UNIQUE_VIOLATION,
     Session,
     constraint_name,
-    describe,
+    error_line,
     message_detail,
     sqlstate,
 )
@@ -80,7 +80,7 @@ def _insert(
                 if session.broken:
                     raise
                 session.run("ROLLBACK TO SAVEPOINT seqdrift_batch_insert")
-                _reject(sqlstate(exc), constraint_name(exc), describe(exc), table)
+                _reject(sqlstate(exc), constraint_name(exc), error_line(exc), table)
                 hint = None
                 if expected is not None and expected.inserts_until_collision is not None:
                     hint = expected.inserts_until_collision - drawn
@@ -231,7 +231,7 @@ def _one_by_one(
     except session.Error as exc:
         if session.broken:
             raise
-        raise _CannotCopy(f"one row per INSERT takes a PL/pgSQL block: {describe(exc)}") from exc
+        raise _CannotCopy(f"one row per INSERT takes a PL/pgSQL block: {error_line(exc)}") from exc
     ((stored, failure),) = session.run(_ONE_BY_ONE_ANSWER)
     return list(stored), failure
 

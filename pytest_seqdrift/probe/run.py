@@ -11,7 +11,7 @@ from typing import Any
 
 from pytest_seqdrift import checker, snapshot
 from pytest_seqdrift.db.adapters import open_session
-from pytest_seqdrift.db.session import LOCK_NOT_AVAILABLE, Session, describe, sqlstate
+from pytest_seqdrift.db.session import LOCK_NOT_AVAILABLE, Session, error_line, sqlstate
 from pytest_seqdrift.errors import CannotCheck
 from pytest_seqdrift.model import Checked, Report, SequenceState, printable
 from pytest_seqdrift.options import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_THRESHOLD, CheckOptions
@@ -121,7 +121,7 @@ def _unprobed(verdict: Checked, mode: Mode, exc: Exception) -> Probed:
         None,
         None,
         passed_max=True,  # not stopped by the limit: not probed at all
-        note=f"could not be probed: {describe(exc)}; the arithmetic's verdict stands",
+        note=f"could not be probed: {error_line(exc)}; the arithmetic's verdict stands",
         first_value=verdict.next_value,
         top=verdict.max_existing,
     )

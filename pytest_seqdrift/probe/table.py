@@ -12,7 +12,7 @@ from pytest_seqdrift.db.session import (
     LOCK_NOT_AVAILABLE,
     OBJECT_IN_USE,
     Session,
-    describe,
+    error_line,
     sqlstate,
 )
 from pytest_seqdrift.model import Column, printable
@@ -171,7 +171,7 @@ def _immediate(session: Session, column: Column, constraint: str | None) -> None
         if session.broken:
             raise
         raise _CannotCopy(
-            f"the deferrable key {constraint} cannot be made immediate: {describe(exc)}"
+            f"the deferrable key {constraint} cannot be made immediate: {error_line(exc)}"
         ) from exc
 
 
@@ -185,7 +185,7 @@ def _alter(session: Session, statement: sql.Composed) -> None:
     except session.Error as exc:
         if session.broken or sqlstate(exc) not in (LOCK_NOT_AVAILABLE, OBJECT_IN_USE):
             raise
-        reason = describe(exc)
+        reason = error_line(exc)
         if sqlstate(exc) == LOCK_NOT_AVAILABLE:
             reason = "the table is locked by another session"
         raise _CannotCopy(reason) from exc

@@ -99,7 +99,7 @@ class Hook:
     args: str | None
     calls: tuple[str, ...]
 
-    def describe(self) -> str:
+    def label(self) -> str:
         if self.kind == "rule":
             return f"rule {self.name} (ON INSERT)"
         return f"trigger {self.name} ({self.timing}, function {self.function})"
@@ -187,7 +187,7 @@ def attach(
         ]
         if changes and unjudged is None:
             unjudged = (
-                f"{_listed(h.describe() for h in changes)} may store another value or draw "
+                f"{_listed(h.label() for h in changes)} may store another value or draw "
                 f"from {seq.qualified}: the arithmetic cannot judge it (the --seqdrift probe "
                 "can)"
             )
