@@ -27,13 +27,13 @@ import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 from support.cli import SEQDRIFT, clean_env, dsn, one_line, seqdrift, sequence_states
+from support.plugin import QUIET
 
 from pytest_seqdrift import CannotCheck, check
 from pytest_seqdrift.probe import probe
 
 Conn = psycopg.Connection[Any]
 
-QUIET = ("-W", "ignore::pytest.PytestAssertRewriteWarning")
 
 TWO_TABLES = """
 CREATE TABLE busy (id serial PRIMARY KEY, v int);

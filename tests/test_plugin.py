@@ -5,14 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-# pytester runs in this process, where pytest_seqdrift is already imported: pytest then
-# warns that it cannot rewrite its asserts. Users never see that; the tests count warnings.
-QUIET = ("-W", "ignore::pytest.PytestAssertRewriteWarning")
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest(*QUIET, *args)
+from support.plugin import run
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from test_plugin import run
+from support.plugin import run
 
 HEADER = "seqdrift: probe={probe} limit={limit} scope={scope} on-drift={fail} threshold={threshold} dsn={dsn}"
 DEFAULTS = {

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import errors
-from test_probe import MODES, checked_for, collision_for, numbers, probed_for, saw, unchanged
+from support.probe import MODES, checked_for, collision_for, numbers, probed_for, saw, unchanged
 
 from pytest_seqdrift import check, snapshot
 from pytest_seqdrift.probe import Mode, probe
