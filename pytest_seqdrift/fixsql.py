@@ -23,6 +23,12 @@ def _text(composed: sql.Composable) -> str:
     return composed.as_string(None)
 
 
+def _number(value: int) -> sql.SQL:
+    """An integer as the digits people read in a fix script: ``sql.Literal`` would be
+    the driver's literal, which may carry a cast. Only ever an ``int``: never a text."""
+    return sql.SQL(str(int(value)))
+
+
 def seq_ident(seq: PgSequence) -> sql.Identifier:
     return sql.Identifier(seq.schema, seq.name)
 
@@ -81,17 +87,15 @@ def setval_at_least(seq: PgSequence, value: int) -> str:
     whatever its ``last_value`` says: then ``value`` itself is the way forward.
     """
     pick = "GREATEST" if seq.increment > 0 else "LEAST"
-    target = sql.SQL("{pick}({value}, last_value)").format(
-        pick=sql.SQL(pick), value=sql.SQL(str(int(value)))
-    )
+    target = sql.SQL("{pick}({value}, last_value)").format(pick=sql.SQL(pick), value=_number(value))
     if seq.cycle:
         # is_called and last_value + increment past the limit: the next call wraps
         if seq.increment > 0:
-            wraps = sql.SQL("last_value > {}").format(sql.SQL(str(seq.max_value - seq.increment)))
+            wraps = sql.SQL("last_value > {}").format(_number(seq.max_value - seq.increment))
         else:
-            wraps = sql.SQL("last_value < {}").format(sql.SQL(str(seq.min_value - seq.increment)))
+            wraps = sql.SQL("last_value < {}").format(_number(seq.min_value - seq.increment))
         target = sql.SQL("CASE WHEN is_called AND {wraps} THEN {value} ELSE {target} END").format(
-            wraps=wraps, value=sql.SQL(str(int(value))), target=target
+            wraps=wraps, value=_number(value), target=target
         )
     return _text(
         sql.SQL("SELECT setval({seq}, {target}) FROM {ident};").format(
@@ -121,7 +125,8 @@ def collision_target(
     past the last existing value *on* the grid the walk is free (no headroom there).
     """
     top = bounds.top
-    assert top is not None, "a collision implies an existing value"
+    if top is None:  # a collision is with an existing value: never without one
+        raise ValueError(f"no existing value in {column.label} to move {seq.qualified} past")
     if _room_after(seq, column, top):
         return _headroom(seq, column, top, margin)
     on_grid = bounds.last_on_grid
@@ -183,9 +188,9 @@ def _widen(seq: PgSequence) -> sql.Composed:
     """Commented-out advice: its names escaped as in the statements that run
     (``_name``), so that it names the right sequence once uncommented."""
     lo, hi = INT_RANGES["bigint"]
-    bound = sql.SQL("MAXVALUE {}").format(sql.SQL(str(hi)))
+    bound = sql.SQL("MAXVALUE {}").format(_number(hi))
     if seq.increment < 0:
-        bound = sql.SQL("MINVALUE {}").format(sql.SQL(str(lo)))
+        bound = sql.SQL("MINVALUE {}").format(_number(lo))
     return sql.SQL("ALTER SEQUENCE {} AS bigint {};").format(_name(seq.schema, seq.name), bound)
 
 

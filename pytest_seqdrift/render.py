@@ -34,25 +34,24 @@ def describe_finding(f: Finding) -> str:
     col = f.column.column
     nv = "none (the sequence is exhausted)" if f.next_value is None else str(f.next_value)
     if f.kind == "collision":
-        assert f.inserts_until_collision is not None
-        k = f.inserts_until_collision
-        wrap = ", after wrapping around" if f.after_wrap else ""
+        hit = f.collision
+        k = hit.inserts_until_collision
+        wrap = ", after wrapping around" if hit.after_wrap else ""
         if k == 0:
-            what = f"the very next insert collides with existing {col} {f.first_collision}"
+            what = f"the very next insert collides with existing {col} {hit.first_collision}"
         else:
             succeed = "insert succeeds" if k == 1 else "inserts succeed"
-            what = f"{k} {succeed}{wrap}, the {ordinal(k + 1)} collides with existing {col} {f.first_collision}"
-        text = f"next value {nv}; {what} (max {col} {f.max_existing})"
+            what = f"{k} {succeed}{wrap}, the {ordinal(k + 1)} collides with existing {col} {hit.first_collision}"
+        text = f"next value {nv}; {what} (max {col} {hit.max_existing})"
         key = f.column.key_columns
         if key is not None and len(key) > 1:
             text += f"; unique key ({', '.join(key)}): it fails where the rest of the key matches"
         if f.note:
             text += f"; {f.note}"
         return text
-    assert f.values_left is not None
-    assert f.used_fraction is not None
-    used = f"{f.used_fraction:.1%} used"
-    if f.values_left == 0:
+    cap = f.capacity
+    used = f"{cap.used_fraction:.1%} used"
+    if cap.values_left == 0:
         why = (
             f"the next insert fails: {f.column.data_type} cannot hold it"
             if f.kind == "overflow"
@@ -62,7 +61,7 @@ def describe_finding(f: Finding) -> str:
     limit = (
         f"{f.column.data_type} {col} overflows" if f.kind == "overflow" else "the sequence runs out"
     )
-    return f"next value {nv}; {plural(f.values_left, 'value')} left before {limit} ({used})"
+    return f"next value {nv}; {plural(cap.values_left, 'value')} left before {limit} ({used})"
 
 
 # Lines a caller adds to a finding's block: before its fix (where the drift was born)
@@ -224,16 +223,17 @@ def short_finding(f: Finding) -> str:
     """A finding in a few words, for the table (the block below says it in full)."""
     col = f.column.column
     if f.kind == "collision":
-        k = f.inserts_until_collision
-        assert k is not None
+        hit = f.collision
+        k = hit.inserts_until_collision
         which = "the next insert" if k == 0 else f"the {ordinal(k + 1)} insert"
-        wrap = ", after wrapping," if f.after_wrap else ""
-        return f"{which}{wrap} fails on existing {col} {f.first_collision} (max {f.max_existing})"
-    if f.values_left == 0:
+        wrap = ", after wrapping," if hit.after_wrap else ""
+        return (
+            f"{which}{wrap} fails on existing {col} {hit.first_collision} (max {hit.max_existing})"
+        )
+    cap = f.capacity
+    if cap.values_left == 0:
         return "the next insert fails"
-    assert f.values_left is not None
-    assert f.used_fraction is not None
-    return f"{plural(f.values_left, 'value')} left ({f.used_fraction:.1%} used)"
+    return f"{plural(cap.values_left, 'value')} left ({cap.used_fraction:.1%} used)"
 
 
 def lists_skipped(report: Report, *, verbose: bool = False) -> bool:
