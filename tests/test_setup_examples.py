@@ -594,6 +594,27 @@ def test_the_database_of_an_overridden_seqdrift_connection_is_checked_with_no_ma
     reported_once(result, "public.users.id")
 
 
+def test_an_override_in_one_directory_is_named_though_another_has_none(
+    pytester: pytest.Pytester,
+) -> None:
+    """Only the tests under a/ override seqdrift_connection: a test collected after
+    them, under b/, with the plugin's own fixture, does not make the report forget
+    what the override takes."""
+    pytester.mkpydir("a")
+    pytester.path.joinpath("a", "conftest.py").write_text(OVERRIDDEN)
+    pytester.path.joinpath("a", "test_users.py").write_text(USERS)
+    pytester.mkpydir("b")
+    pytester.path.joinpath("b", "test_plain.py").write_text("def test_plain():\n    pass\n")
+    result = own_server(pytester, "--seqdrift", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-seqdrift: sequence drift in the set-up of fixture seqdrift_connection "
+            "(from database) (database users_test)",
+        ]
+    )
+
+
 def test_warn_mode_warns_at_the_test_not_in_the_plugin(pytester: pytest.Pytester) -> None:
     project(pytester, "seed_files")
     result = own_server(pytester, "--seqdrift", "--seqdrift-fail=false", "-p", "no:randomly")
