@@ -165,11 +165,7 @@ def _first_read(
         block.ColumnRead(c, (None, None, slot, None)) for c, slot in zip(judged, slots, strict=True)
     ]
     reads += [block.StateRead(sequences[oid]) for oid in wanted]
-    timeouts = {
-        "lock_timeout_ms": options.lock_timeout_ms,
-        "statement_timeout_ms": options.statement_timeout_ms,
-    }
-    answers = reader.read_shared(session, reads, snapshot, jobs, timeouts)
+    answers = reader.read_shared(session, reads, snapshot, jobs, options)
     states = {
         oid: a if isinstance(a, ReadFailure) else block.as_state(a)
         for oid, a in zip(wanted, answers[len(judged) :], strict=True)
@@ -272,8 +268,8 @@ def _one_fix_per_sequence(report: Report) -> None:
         if f.kind != "collision" or f.max_existing is None or not f.fix_sql.startswith("SELECT"):
             continue
         best = furthest.get(f.sequence.oid)
-        sign = 1 if f.sequence.increment > 0 else -1
-        if best is None or sign * f.max_existing > sign * (best.max_existing or 0):
+        further = drift.forward(f.sequence, f.max_existing)
+        if best is None or further > drift.forward(f.sequence, best.max_existing or 0):
             furthest[f.sequence.oid] = f
     for i, f in enumerate(report.findings):
         best = furthest.get(f.sequence.oid)

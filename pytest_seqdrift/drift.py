@@ -51,6 +51,11 @@ def next_value(seq: PgSequence, state: SequenceState) -> int | None:
     return None
 
 
+def forward(seq: PgSequence, value: int) -> int:
+    """``value`` in the order the sequence walks: bigger is further on."""
+    return value if seq.increment > 0 else -value
+
+
 class _Walk:
     """The walk of a sequence's values into its column, in forward coordinates. Built
     once per distinct shape (see ``_walk``): a check judges thousands of columns of a

@@ -97,10 +97,6 @@ def review(
         return plan(conn, report, margin=margin)
 
 
-def _forward(seq: PgSequence, value: int) -> int:
-    return value if seq.increment > 0 else -value
-
-
 def _clears(report: Report) -> dict[int, list[Column]]:
     """The sequences that collide somewhere, each with every column it feeds that the
     arithmetic can judge (a plain default, an integer or numeric type, a unique key)."""
@@ -172,10 +168,10 @@ def _fix_for(
             targets.append(target)
     if not colliding or not targets:
         return None
-    target = max(targets, key=lambda v: _forward(seq, v))
+    target = max(targets, key=lambda v: drift.forward(seq, v))
     now = drift.next_value(seq, state)
     after = drift.next_value(seq, SequenceState(target, True))
-    if now is None or after is None or _forward(seq, after) <= _forward(seq, now):
+    if now is None or after is None or drift.forward(seq, after) <= drift.forward(seq, now):
         return None  # never backwards, and no needless setval
     return SequenceFix(
         sequence=seq,

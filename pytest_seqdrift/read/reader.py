@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.errors import CannotCheck, ReadFailure
 from pytest_seqdrift.model import Bounds, Column, PgSequence, Search, SequenceState
+from pytest_seqdrift.options import CheckOptions
 from pytest_seqdrift.read import block, discovery, inserts, keys
 
 # Columns (sequences) read per statement: each read holds an AccessShareLock on a table
@@ -105,7 +106,7 @@ def read_shared(
     reads: Seq[block.Read],
     snapshot: str | None,
     jobs: int,
-    timeouts: dict[str, Any],
+    options: CheckOptions,
 ) -> list[block.Answer | ReadFailure]:
     """``_read``, split between ``jobs`` connections on the same snapshot: one read
     block on each, at once (each block runs on a server process, and so on a core, of
@@ -115,7 +116,11 @@ def read_shared(
     siblings: list[Session] = []
     try:
         for _ in range(jobs - 1):
-            sibling = session.sibling(snapshot, **timeouts)
+            sibling = session.sibling(
+                snapshot,
+                lock_timeout_ms=options.lock_timeout_ms,
+                statement_timeout_ms=options.statement_timeout_ms,
+            )
             if sibling is None:
                 break
             siblings.append(sibling)
