@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_seqdrift.checker import check
+from pytest_seqdrift.checker import acheck, check
 from pytest_seqdrift.errors import (
     CannotCheck,
     CannotFix,
@@ -25,5 +25,6 @@ __all__ = [
     "SequenceDriftError",
     "Skipped",
     "__version__",
+    "acheck",
     "check",
 ]

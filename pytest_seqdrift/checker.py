@@ -12,13 +12,14 @@ own either way, and the rest still checked.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 from dataclasses import replace
 from typing import Any
 
 from pytest_seqdrift import drift
-from pytest_seqdrift.db.adapters import open_session
+from pytest_seqdrift.db.adapters import in_thread, open_session
 from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.errors import ReadFailure
 from pytest_seqdrift.model import (
@@ -78,6 +79,34 @@ def check(
         max_scan_rows=max_scan_rows,
     )
     return run(conn, options, jobs=jobs)
+
+
+async def acheck(
+    conn: Any,
+    *,
+    schemas: Iterable[str] | None = None,
+    exclude_tables: Seq[str] = (),
+    threshold: float = DEFAULT_THRESHOLD,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    statement_timeout_ms: int | None = None,
+    max_scan_rows: int | None = None,
+) -> Report:
+    """``check()`` for an async project: ``conn`` is an asyncpg connection or pool, a
+    psycopg 3 ``AsyncConnection``, or a SQLAlchemy ``AsyncEngine``, ``AsyncConnection``
+    or ``AsyncSession`` (asyncpg or psycopg dialect). The same statements, the same
+    transaction rules: inside the caller's transaction it reads in a savepoint (and sees
+    the caller's uncommitted rows), on an idle connection in a read-only transaction of
+    its own. It runs on the caller's event loop and connection; the arithmetic runs in a
+    worker thread meanwhile, so the loop is never blocked."""
+    options = CheckOptions.of(
+        schemas=schemas,
+        exclude_tables=exclude_tables,
+        threshold=threshold,
+        lock_timeout_ms=lock_timeout_ms,
+        statement_timeout_ms=statement_timeout_ms,
+        max_scan_rows=max_scan_rows,
+    )
+    return await in_thread(conn, functools.partial(run, options=options))
 
 
 def run(conn: Any, options: CheckOptions, *, jobs: int = 1) -> Report:

@@ -3,14 +3,16 @@ Django connection -- unwrapped to a session."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar
 
 import psycopg
 
+from pytest_seqdrift.db.aio import async_session, in_greenlet, is_async_connection, on_loop
 from pytest_seqdrift.db.drivers import Psycopg2Session, PsycopgSession
 from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.errors import CannotCheck, NotSupported
@@ -47,10 +49,24 @@ def _driver_session(raw: Any, what: str) -> Session:
     cls = _loaded("psycopg2.extensions", "connection")
     if cls is not None and isinstance(raw, cls):
         return Psycopg2Session(raw)
+    if is_async_connection(raw):
+        return _in_greenlet(raw, what)
     raise NotSupported(
         f"cannot check through {_kind(raw)} ({what}): pytest-seqdrift drives PostgreSQL "
-        "through psycopg 3 or psycopg2"
+        "through psycopg 3, psycopg2 or asyncpg"
     )
+
+
+def _in_greenlet(raw: Any, what: str) -> Session:
+    """An async driver's connection handed to the synchronous API: usable where
+    SQLAlchemy runs the caller synchronously on the event loop (``run_sync``, Alembic's
+    async ``env.py``), refused elsewhere with what to call instead."""
+    wait = in_greenlet()
+    if wait is None:
+        raise NotSupported(
+            f"{what} is asynchronous ({_kind(raw)}): use `await pytest_seqdrift.acheck(conn)`"
+        )
+    return async_session(raw, wait)
 
 
 def _sqlalchemy_dialect(obj: Any) -> None:
@@ -88,6 +104,13 @@ def session_for(conn: Any) -> Session:
     pg2 = _loaded("psycopg2.extensions", "connection")
     if pg2 is not None and isinstance(conn, pg2):
         return Psycopg2Session(conn)
+    if is_async_connection(conn):
+        return _in_greenlet(conn, f"a {_kind(conn)}")
+    if _async_sqlalchemy(conn) is not None:
+        raise NotSupported(
+            f"a SQLAlchemy {type(conn).__name__} is asynchronous: "
+            "use `await pytest_seqdrift.acheck(conn)`"
+        )
     sa_connection = _loaded("sqlalchemy.engine", "Connection")
     if sa_connection is not None and isinstance(conn, sa_connection):
         _sqlalchemy_dialect(conn)
@@ -125,3 +148,108 @@ def open_session(conn: Any) -> Iterator[Session]:
             raw.close()
         return
     yield session_for(conn)
+
+
+# -- what an async caller hands us ---------------------------------------------------------
+
+T = TypeVar("T")
+
+_ASYNC_SQLALCHEMY = ("AsyncEngine", "AsyncConnection", "AsyncSession")
+
+
+def _async_sqlalchemy(obj: Any) -> str | None:
+    """Which of SQLAlchemy's asyncio classes ``obj`` is, if any."""
+    for name in _ASYNC_SQLALCHEMY:
+        cls = _loaded("sqlalchemy.ext.asyncio", name)
+        if cls is not None and isinstance(obj, cls):
+            return name
+    return None
+
+
+def is_async_object(obj: Any) -> bool:
+    """Something only ``open_async_session`` takes: an async driver's connection or
+    pool, or one of SQLAlchemy's asyncio objects."""
+    pool = _loaded("asyncpg.pool", "Pool")
+    return (
+        is_async_connection(obj)
+        or (pool is not None and isinstance(obj, pool))
+        or _async_sqlalchemy(obj) is not None
+    )
+
+
+_ACCEPTED_ASYNC = (
+    "pass an asyncpg connection or pool, a psycopg 3 AsyncConnection, or a SQLAlchemy "
+    "AsyncEngine, AsyncConnection or AsyncSession"
+)
+
+
+@asynccontextmanager
+async def open_async_session(conn: Any) -> AsyncIterator[Session]:
+    """The session for what an async caller hands us, for the engine to run in a worker
+    thread (``in_thread``): each statement runs on the caller's event loop, on the
+    caller's connection -- inside its transaction where one is open. A pool or an
+    engine lends a connection for the block."""
+    if isinstance(conn, Session):
+        yield conn
+        return
+    loop = asyncio.get_running_loop()
+    if is_async_connection(conn):
+        yield async_session(conn, on_loop(loop))
+        return
+    pool = _loaded("asyncpg.pool", "Pool")
+    if pool is not None and isinstance(conn, pool):
+        async with conn.acquire() as raw:
+            yield async_session(raw, on_loop(loop))
+        return
+    kind = _async_sqlalchemy(conn)
+    if kind == "AsyncEngine":
+        _sqlalchemy_dialect(conn)
+        async with conn.connect() as connection:
+            yield await _sqlalchemy_session(connection, loop, "a SQLAlchemy AsyncEngine")
+        return
+    if kind == "AsyncConnection":
+        _sqlalchemy_dialect(conn)
+        if conn.closed:
+            raise CannotCheck("the SQLAlchemy AsyncConnection is closed")
+        yield await _sqlalchemy_session(conn, loop, "a SQLAlchemy AsyncConnection")
+        return
+    if kind == "AsyncSession":
+        # the session's connection (begun by it, as its next statement would)
+        connection = await conn.connection()
+        _sqlalchemy_dialect(connection)
+        yield await _sqlalchemy_session(connection, loop, "a SQLAlchemy AsyncSession")
+        return
+    if _synchronous(conn):
+        raise NotSupported(f"a {_kind(conn)} is synchronous: use pytest_seqdrift.check(conn)")
+    raise NotSupported(f"cannot check a {_kind(conn)} asynchronously: {_ACCEPTED_ASYNC}")
+
+
+def _synchronous(conn: Any) -> bool:
+    if isinstance(conn, psycopg.Connection) or _django_wrapper(conn) is not None:
+        return True
+    classes = (
+        _loaded("psycopg2.extensions", "connection"),
+        _loaded("sqlalchemy.engine", "Engine"),
+        _loaded("sqlalchemy.engine", "Connection"),
+    )
+    return any(cls is not None and isinstance(conn, cls) for cls in classes)
+
+
+async def _sqlalchemy_session(
+    connection: Any, loop: asyncio.AbstractEventLoop, what: str
+) -> Session:
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    if not is_async_connection(driver):
+        raise NotSupported(
+            f"cannot check through {_kind(driver)} ({what}): pytest-seqdrift drives "
+            "PostgreSQL asynchronously through asyncpg or psycopg 3"
+        )
+    return async_session(driver, on_loop(loop))
+
+
+async def in_thread(conn: Any, work: Callable[[Session], T]) -> T:
+    """``work(session)`` on what an async caller hands us: the engine's synchronous code
+    in a worker thread, the driver's coroutines on the caller's loop."""
+    async with open_async_session(conn) as session:
+        return await asyncio.to_thread(work, session)

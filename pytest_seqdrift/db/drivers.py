@@ -47,12 +47,15 @@ class PsycopgSession(Session):
 
     def _execute(self, query: Query, params: Params) -> Rows:
         with psycopg.Cursor(self.conn, row_factory=tuple_row) as cur:
-            cur.execute(query, params or None)
+            # never prepared: the connection is the caller's, and its next user may have
+            # dropped and made again, with other types, the tables a statement reads
+            # ("cached plan must not change result type")
+            cur.execute(query, params or None, prepare=False)
             return cur.fetchall() if cur.description is not None else []
 
     def _execute_dicts(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         with psycopg.Cursor(self.conn, row_factory=dict_row) as cur:
-            cur.execute(query, params)
+            cur.execute(query, params, prepare=False)
             return cur.fetchall()
 
     def connect_params(self) -> dict[str, Any]:

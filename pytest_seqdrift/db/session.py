@@ -42,6 +42,7 @@ UNIQUE_VIOLATION = "23505"
 SEQUENCE_LIMIT_EXCEEDED = "2200H"  # nextval past MAXVALUE (MINVALUE) without CYCLE
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout
 OBJECT_IN_USE = "55006"  # e.g. ALTER TABLE with the transaction's trigger events pending
+IN_FAILED_TRANSACTION = "25P02"  # asyncpg's only way of telling a failed transaction
 
 # libpq's PQtransactionStatus, which psycopg 3 and psycopg2 both report
 _IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = range(5)
@@ -58,8 +59,11 @@ def version_text(server_version: int) -> str:
 def error_line(exc: BaseException) -> str:
     """One line for an error: the server's primary message, without its detail."""
     diag = getattr(exc, "diag", None)
-    message = getattr(diag, "message_primary", None) or str(exc) or type(exc).__name__
-    return " ".join(message.split())
+    message = getattr(diag, "message_primary", None)
+    if message is None and isinstance(getattr(exc, "sqlstate", None), str):
+        message = getattr(exc, "message", None)  # asyncpg's, whose str() adds the detail
+    message = message if isinstance(message, str) and message else str(exc)
+    return " ".join((message or type(exc).__name__).split())
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -78,16 +82,22 @@ def _names_without_parameters(query: Query, params: Params) -> None:
         raise TypeError(f"a statement with names takes no parameters: {query!r}")
 
 
+def _in_failed_transaction(what: str) -> str:
+    return f"the connection is in a failed transaction: roll it back before {what}"
+
+
 def _failure(exc: BaseException) -> ReadFailure:
     return ReadFailure(error_line(exc), sqlstate(exc))
 
 
 def constraint_name(exc: BaseException) -> str | None:
-    return getattr(getattr(exc, "diag", None), "constraint_name", None)
+    diag = getattr(exc, "diag", None)  # psycopg; asyncpg has the fields on the error
+    return getattr(diag, "constraint_name", None) or getattr(exc, "constraint_name", None)
 
 
 def message_detail(exc: BaseException) -> str | None:
-    return getattr(getattr(exc, "diag", None), "message_detail", None)
+    diag = getattr(exc, "diag", None)
+    return getattr(diag, "message_detail", None) or getattr(exc, "detail", None)
 
 
 class Session(ABC):
@@ -159,9 +169,7 @@ class Session(ABC):
             raise CannotCheck("the connection is closed")
         status = self._status()
         if status == _INERROR:
-            raise CannotCheck(
-                f"the connection is in a failed transaction: roll it back before {what}"
-            )
+            raise CannotCheck(_in_failed_transaction(what))
         if status not in (_IDLE, _INTRANS):
             raise CannotCheck(f"the connection is busy: cannot {what} now")
         return status == _IDLE
@@ -182,6 +190,7 @@ class Session(ABC):
                 f"PostgreSQL {version_text(version)} is too old: 12 or later is needed"
             )
         autocommit = self._get_autocommit()
+        opened = own  # a savepoint is undone only once it exists
         try:
             # the transaction and its settings travel together: one round trip
             opening: list[Statement] = []
@@ -203,11 +212,15 @@ class Session(ABC):
                     self._send_batch(opening)
             else:
                 self._send_batch(opening)
+            opened = True
             yield snapshot
         except self.Error as exc:
+            if sqlstate(exc) == IN_FAILED_TRANSACTION and not opened:
+                raise CannotCheck(_in_failed_transaction("checking sequences")) from None
             raise CannotCheck(error_line(exc)) from exc
         finally:
-            self._undo(own, autocommit, "seqdrift_check")
+            if opened:
+                self._undo(own, autocommit, "seqdrift_check")
 
     def sibling(
         self, snapshot: str, *, lock_timeout_ms: int, statement_timeout_ms: int | None = None
@@ -261,7 +274,12 @@ class Session(ABC):
             self._set_autocommit(True)
             self.run("BEGIN")
         else:
-            self.run("SAVEPOINT seqdrift_probe")
+            try:
+                self.run("SAVEPOINT seqdrift_probe")
+            except self.Error as exc:
+                if sqlstate(exc) == IN_FAILED_TRANSACTION:
+                    raise CannotCheck(_in_failed_transaction("probing it")) from None
+                raise
         timeout = ("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"])
         try:
             self.run(*timeout)

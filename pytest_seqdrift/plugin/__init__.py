@@ -16,6 +16,9 @@ With ``--seqdrift`` the plugin
 * probes migration tests after their body (marked, using ``migrator`` or
   ``alembic_runner``, or running migrations themselves), and with
   ``--seqdrift-scope=all`` every test that uses a database (``probing``);
+* does the same for databases handed to an async test as async objects (asyncpg,
+  psycopg's ``AsyncConnection``, SQLAlchemy's asyncio engine), on the test's own event
+  loop as its coroutine runs (``asynchronous``);
 * fails the test (or warns) with what each phase found, and sends it to the
   controller's summary (``outcome``, ``summary``).
 
@@ -30,6 +33,8 @@ from __future__ import annotations
 from pytest_seqdrift.errors import SequenceDriftError
 from pytest_seqdrift.plugin.fixtures import (
     assert_sequences_consistent,
+    async_assert_sequences_consistent,
+    async_seqdrift_snapshot,
     seqdrift_connection,
     seqdrift_snapshot,
 )
@@ -41,6 +46,8 @@ __all__ = [
     "SeqdriftWarning",
     "SequenceDriftError",
     "assert_sequences_consistent",
+    "async_assert_sequences_consistent",
+    "async_seqdrift_snapshot",
     "pytest_addoption",
     "pytest_configure",
     "seqdrift_connection",

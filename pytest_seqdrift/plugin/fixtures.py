@@ -1,8 +1,10 @@
 """The fixtures: ``seqdrift_connection`` (the override point),
-``assert_sequences_consistent`` and ``seqdrift_snapshot``."""
+``assert_sequences_consistent`` and ``seqdrift_snapshot``, and their forms to await
+in async tests, ``async_assert_sequences_consistent`` and ``async_seqdrift_snapshot``."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seq
 from typing import Any
@@ -11,6 +13,7 @@ import psycopg
 import pytest
 
 from pytest_seqdrift import checker, render, snapshot
+from pytest_seqdrift.db.adapters import in_thread
 from pytest_seqdrift.errors import SequenceDriftError
 from pytest_seqdrift.model import Report, SequenceState
 from pytest_seqdrift.options import CheckOptions
@@ -143,3 +146,73 @@ class SequenceSnapshot:
 def seqdrift_snapshot(request: pytest.FixtureRequest) -> SequenceSnapshot:
     """Every sequence's state, recorded when the fixture is set up."""
     return SequenceSnapshot(_located(request).connection)
+
+
+# -- the same, for async tests (pytest-asyncio, anyio) -----------------------------------
+
+
+@pytest.fixture
+def async_assert_sequences_consistent(request: pytest.FixtureRequest) -> Any:
+    """``assert_sequences_consistent`` for async tests, to await:
+    ``await async_assert_sequences_consistent(conn)`` checks an asyncpg connection or
+    pool, a psycopg ``AsyncConnection``, or a SQLAlchemy ``AsyncEngine``,
+    ``AsyncConnection`` or ``AsyncSession`` -- on the test's event loop, inside its
+    transaction where one is open (its uncommitted rows count). Without ``conn``, the
+    test's database (``seqdrift_connection``)."""
+
+    async def async_assert_sequences_consistent(
+        conn: Any = None,
+        *,
+        schemas: Iterable[str] | None = None,
+        exclude_tables: Seq[str] = (),
+    ) -> Report:
+        __tracebackhide__ = True
+        target = _located(request).connection if conn is None else conn
+        options = CheckOptions.of(schemas=schemas, exclude_tables=exclude_tables)
+        report = await in_thread(target, functools.partial(checker.run, options=options))
+        if report.findings:
+            raise SequenceDriftError(report, render.text(report))
+        return report
+
+    return async_assert_sequences_consistent
+
+
+class AsyncSequenceSnapshot:
+    """``SequenceSnapshot`` for async tests: ``await snapshot.record()`` records every
+    sequence's state (or ``async with snapshot:``, which records on entry and restores on
+    exit); ``await snapshot.diff()`` lists the sequences moved since, ``await
+    snapshot.restore()`` puts them back. An async connection can only be used on the
+    test's event loop, so nothing is recorded before the test awaits it."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.states: dict[snapshot.SequenceKey, SequenceState] | None = None
+
+    async def record(self) -> None:
+        self.states = await in_thread(self.connection, snapshot.read_states)
+
+    async def diff(self) -> list[snapshot.Moved]:
+        before = self._recorded("diff")
+        return snapshot.diff(before, await in_thread(self.connection, snapshot.read_states))
+
+    async def restore(self) -> int:
+        before = self._recorded("restore")
+        return await in_thread(self.connection, lambda s: snapshot.restore(s, before))
+
+    def _recorded(self, what: str) -> dict[snapshot.SequenceKey, SequenceState]:
+        if self.states is None:
+            raise RuntimeError(f"nothing to {what}: `await snapshot.record()` first")
+        return self.states
+
+    async def __aenter__(self) -> AsyncSequenceSnapshot:
+        await self.record()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.restore()
+
+
+@pytest.fixture
+def async_seqdrift_snapshot(request: pytest.FixtureRequest) -> AsyncSequenceSnapshot:
+    """An ``AsyncSequenceSnapshot`` of the test's database, to record by awaiting it."""
+    return AsyncSequenceSnapshot(_located(request).connection)

@@ -16,12 +16,21 @@ import psycopg
 import pytest
 
 from pytest_seqdrift import checker, render
+from pytest_seqdrift.db.adapters import is_async_object
 from pytest_seqdrift.errors import CannotCheck
 from pytest_seqdrift.plugin import compat, fixtures, summary
+from pytest_seqdrift.plugin.asynchronous import (
+    asynchronous,
+    in_sync_test,
+    with_sessions,
+    wrappable,
+    wrapped_body,
+)
 from pytest_seqdrift.plugin.fixtures import PG_CLIENTS
 from pytest_seqdrift.plugin.history import ColumnKey, column_key
 from pytest_seqdrift.plugin.listeners import Listening
 from pytest_seqdrift.plugin.locate import (
+    Located,
     django_database_names,
     django_ready,
     django_resets_sequences,
@@ -177,7 +186,11 @@ class SeqdriftPlugin:
             self.phase = None
         outcome, self.pending = self.pending, Outcome()
         for located in handed_databases(item):
-            self.setups.check(located, outcome)  # once a database: django_db_setup's are done
+            if not is_async_object(located.connection):
+                self.setups.check(located, outcome)  # once a database: django_db_setup's are done
+            elif not wrappable(item):
+                outcome.problems.append(f"could not check {in_sync_test(located)}")
+            # else on the test's event loop, as its call begins (see pytest_runtest_call)
         self.setups.take_runs(outcome)
         if self._resets_before_probe(item):
             self._record_reset(item)
@@ -212,10 +225,30 @@ class SeqdriftPlugin:
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
         steps_before = self.watcher.steps
         self.phase = "call"
+        handed = handed_databases(item)
+        later = asynchronous(handed)
+        done: list[Outcome] = []  # the probe's, where it ran on the test's event loop
         try:
-            result = yield  # the test body; raises if it failed, and then there is no probe
+            if later and wrappable(item):
+                with wrapped_body(
+                    item,
+                    before=lambda: self._async_setup(item, later),
+                    after=lambda: self._async_probe(item, steps_before, handed, done),
+                ):
+                    result = yield
+            else:
+                result = yield  # the test body; raises if it failed, and then no probe
         finally:
             self.phase = "teardown"
+        outcome = done[0] if done else self._after_body(item, steps_before)
+        self.reporter.finish(item, "call", outcome)
+        return result
+
+    def _after_body(
+        self, item: pytest.Item, steps_before: int, databases: list[Located] | None = None
+    ) -> Outcome:
+        """The probe after the body, when the test is a migration test (or under
+        ``--seqdrift-scope=all`` uses a database)."""
         outcome, self.pending = self.pending, Outcome()
         runs = self.watcher.take_runs()  # migrations the body ran, to the end
         why = self._marked_or_migrating(item)
@@ -224,9 +257,34 @@ class SeqdriftPlugin:
         if why is None and self.settings.scope == "all" and self._uses_database(item):
             why = "scope"
         if why is not None:
-            self.prober.probe(item, why, runs, outcome)
+            self.prober.probe(item, why, runs, outcome, databases)
+        return outcome
+
+    async def _async_setup(self, item: pytest.Item, databases: list[Located]) -> None:
+        """The set-up check of the databases handed as async objects, as the test's
+        coroutine starts; drift found fails the test before its body runs."""
+
+        def check(sessions: list[Located]) -> Outcome:
+            outcome = Outcome()
+            for located in sessions:
+                self.setups.check(located, outcome)
+            return outcome
+
+        outcome = await with_sessions(databases, check)
         self.reporter.finish(item, "call", outcome)
-        return result
+
+    async def _async_probe(
+        self, item: pytest.Item, steps_before: int, handed: list[Located], done: list[Outcome]
+    ) -> None:
+        """The probe after the body, on the test's event loop and connections."""
+        later = asynchronous(handed)
+
+        def probe(sessions: list[Located]) -> Outcome:
+            swapped = iter(sessions)
+            databases = [next(swapped) if any(d is x for x in later) else d for d in handed]
+            return self._after_body(item, steps_before, databases)
+
+        done.append(await with_sessions(later, probe))
 
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
         self.state.reset_made.pop(item.nodeid, None)

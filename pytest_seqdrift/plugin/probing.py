@@ -16,6 +16,7 @@ from pytest_seqdrift import checker, render
 from pytest_seqdrift.db.adapters import open_session, session_for
 from pytest_seqdrift.db.session import DatabaseId, Session, error_line
 from pytest_seqdrift.model import Finding, Report
+from pytest_seqdrift.plugin.asynchronous import asynchronous, in_sync_test
 from pytest_seqdrift.plugin.history import column_key
 from pytest_seqdrift.plugin.locate import Located, wrap
 from pytest_seqdrift.plugin.outcome import HEADER, Outcome, Reporter
@@ -113,14 +114,25 @@ class Prober:
         self.state = state
         self.reporter = reporter
 
-    def probe(self, item: pytest.Item, why: str, runs: list[Run], outcome: Outcome) -> None:
+    def probe(
+        self,
+        item: pytest.Item,
+        why: str,
+        runs: list[Run],
+        outcome: Outcome,
+        handed: list[Located] | None = None,
+    ) -> None:
         """Probe the test's databases after its body. A migration test fails on any drift
         but what the set-up already reported; under ``--seqdrift-scope=all`` a test that
         is not one fails only on drift that outlives its own transaction and that no
         earlier test was failed for."""
         kwargs = marker_kwargs(item)
         with contextlib.ExitStack() as stack:
-            databases = handed_databases(item)
+            # ``handed``: with sessions on the test's event loop for its async objects
+            databases = handed_databases(item) if handed is None else list(handed)
+            for located in asynchronous(databases):  # a synchronous test's
+                outcome.cannot = f"{HEADER} could not check {in_sync_test(located)}"
+                return
             names = set(getattr(item, "fixturenames", ()))
             if names & set(self.state.fixture_databases):  # else no round trip to ask
                 databases += self._fixture_databases(item, stack, _ids(databases))

@@ -38,12 +38,17 @@ from pytest_seqdrift.plugin.watch import Watcher
 
 def driver_errors() -> tuple[type[Exception], ...]:
     """What a failing check may raise: our CannotCheck, psycopg 3's errors, and
-    psycopg2's once a test has imported it (a connection of it is then what we got)."""
+    psycopg2's and asyncpg's once a test has imported them (a connection of theirs is
+    then what we got)."""
     found: list[type[Exception]] = [CannotCheck, psycopg.Error]
-    psycopg2 = sys.modules.get("psycopg2")
-    error = getattr(psycopg2, "Error", None)
-    if isinstance(error, type) and issubclass(error, Exception):
-        found.append(error)
+    for module, name in (
+        ("psycopg2", "Error"),
+        ("asyncpg", "PostgresError"),
+        ("asyncpg", "InterfaceError"),
+    ):
+        error = getattr(sys.modules.get(module), name, None)
+        if isinstance(error, type) and issubclass(error, Exception):
+            found.append(error)
     return tuple(found)
 
 

@@ -7,6 +7,6 @@ sequence it moved back exactly."""
 from __future__ import annotations
 
 from pytest_seqdrift.probe.report import Mode, Probed, ProbeReport
-from pytest_seqdrift.probe.run import DEFAULT_LIMIT, probe
+from pytest_seqdrift.probe.run import DEFAULT_LIMIT, aprobe, probe
 
-__all__ = ["DEFAULT_LIMIT", "Mode", "ProbeReport", "Probed", "probe"]
+__all__ = ["DEFAULT_LIMIT", "Mode", "ProbeReport", "Probed", "aprobe", "probe"]

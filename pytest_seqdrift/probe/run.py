@@ -4,13 +4,14 @@ merged into the check's report."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import replace
 from typing import Any
 
 from pytest_seqdrift import checker, snapshot
-from pytest_seqdrift.db.adapters import open_session
+from pytest_seqdrift.db.adapters import in_thread, open_session
 from pytest_seqdrift.db.session import LOCK_NOT_AVAILABLE, Session, error_line, sqlstate
 from pytest_seqdrift.errors import CannotCheck
 from pytest_seqdrift.model import Checked, Report, SequenceState, printable
@@ -61,6 +62,30 @@ def probe(
     )
     with open_session(conn) as session:
         return _probe(session, mode, limit, options)
+
+
+async def aprobe(
+    conn: Any,
+    *,
+    mode: Mode = "insert",
+    limit: int = DEFAULT_LIMIT,
+    schemas: Iterable[str] | None = None,
+    exclude_tables: Seq[str] = (),
+    threshold: float = DEFAULT_THRESHOLD,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+) -> ProbeReport:
+    """``probe()`` for what ``acheck()`` takes: on the caller's event loop and connection,
+    inside its transaction where one is open."""
+    work = functools.partial(
+        probe,
+        mode=mode,
+        limit=limit,
+        schemas=schemas,
+        exclude_tables=exclude_tables,
+        threshold=threshold,
+        lock_timeout_ms=lock_timeout_ms,
+    )
+    return await in_thread(conn, work)
 
 
 def _probe(session: Session, mode: Mode, limit: int, options: CheckOptions) -> ProbeReport:
