@@ -20,6 +20,7 @@ product.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
+import asyncpg
 import psycopg
 import pytest
 from psycopg import sql
@@ -45,8 +47,12 @@ from support.shapes import (
 )
 
 from pytest_seqdrift import check
+from pytest_seqdrift.db.aio import AsyncpgSession, AsyncPsycopgSession, on_loop
+from pytest_seqdrift.db.drivers import PsycopgSession
+from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.model import Report
-from pytest_seqdrift.probe import Mode, probe
+from pytest_seqdrift.probe import Mode, ProbeReport, probe
+from pytest_seqdrift.render import as_dict
 
 Conn = psycopg.Connection[Any]
 T = TypeVar("T")
@@ -1276,3 +1282,57 @@ def test_the_command_line_says_what_check_says(db: Conn) -> None:
     result = seqdrift("check", dsn(db), "--format", "json")
     assert result.returncode == (1 if report.findings else 0), result.stderr
     assert contract_of_json(json.loads(result.stdout)) == contract(report)
+
+
+# -- the async drivers -------------------------------------------------------------------
+
+ASYNC_DRIVERS = ("asyncpg", "psycopg-async")
+
+
+async def _async_check_and_probe(
+    db: Conn, driver: str, limit: int
+) -> tuple[Report, int, ProbeReport]:
+    """check() and probe() through an async driver's session on this loop: the report,
+    the statements the check sent, and the probe's report."""
+    loop = asyncio.get_running_loop()
+    info = db.info
+    params: dict[str, Any] = {
+        "host": info.host,
+        "port": info.port,
+        "user": info.user,
+        "password": info.password,
+    }
+    if driver == "asyncpg":
+        conn: Any = await asyncpg.connect(**params, database=info.dbname)
+        make: Callable[[Any], Session] = lambda c: AsyncpgSession(c, on_loop(loop))  # noqa: E731
+    else:
+        conn = await psycopg.AsyncConnection.connect(**params, dbname=info.dbname, autocommit=True)
+        make = lambda c: AsyncPsycopgSession(c, on_loop(loop))  # noqa: E731
+    try:
+        session = make(conn)
+        report = await asyncio.to_thread(check, session)
+        result = await asyncio.to_thread(partial(probe, make(conn), limit=limit))
+        return report, session.statements, result
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("driver", ASYNC_DRIVERS)
+@pytest.mark.parametrize("shape", KEYS + DRAWS + DISCOVERY, ids=ids(KEYS + DRAWS + DISCOVERY))
+def test_async_drivers_say_what_psycopg_says(db: Conn, shape: Shape, driver: str) -> None:
+    """Every shape, through asyncpg and psycopg's AsyncConnection: the same report as
+    check() and probe() on psycopg 3, number for number, note for note, with the same
+    statements; every sequence put back."""
+    build(db, shape)
+    sync = PsycopgSession(db)
+    expected = as_dict(check(sync))
+    expected_probe = probe(db, limit=shape.limit)
+    before = sequence_states(db)
+    report, statements, result = asyncio.run(_async_check_and_probe(db, driver, shape.limit))
+    assert as_dict(report) == expected
+    assert statements == sync.statements
+    assert as_dict(result.report) == as_dict(expected_probe.report)
+    assert [(p.column.label, p.inserts_until_collision, p.note) for p in result.probed] == [
+        (p.column.label, p.inserts_until_collision, p.note) for p in expected_probe.probed
+    ]
+    assert sequence_states(db) == before

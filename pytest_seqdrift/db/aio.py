@@ -13,7 +13,9 @@ that returns its result:
 
 What differs between the drivers' protocols stays here: asyncpg's numbered ``$1``
 parameters, its lack of pipeline mode and of an "idle in failed transaction" status,
-and the types it returns (``"char"`` as bytes).
+its statement cache. (The types it returns are psycopg's for every column the engine
+reads -- all its queries cast ``"char"`` and the like to text; tests/test_shapes.py
+compares the two drivers' reports over its whole corpus.)
 """
 
 from __future__ import annotations
@@ -202,15 +204,6 @@ def numbered(query: str, params: Params) -> tuple[str, list[Any]]:
     return text, args
 
 
-def _plain(value: Any) -> Any:
-    """A value as psycopg returns it: asyncpg decodes ``"char"`` as bytes."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
 class AsyncpgSession(Session):
     """An asyncpg connection. asyncpg has no pipeline: a batch costs a round trip per
     statement, as psycopg2's does. Statements are composed with ``psycopg.sql`` like
@@ -253,10 +246,10 @@ class AsyncpgSession(Session):
 
     def _execute(self, query: Query, params: Params) -> Rows:
         records = self._fetch(self._text(query), params)
-        return [tuple(_plain(v) for v in r) for r in records]
+        return [tuple(r) for r in records]
 
     def _execute_dicts(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{k: _plain(v) for k, v in r.items()} for r in self._fetch(query, params)]
+        return [dict(r.items()) for r in self._fetch(query, params)]
 
     def _fetch(self, query: str, params: Params) -> list[Any]:
         text, args = numbered(query, params)

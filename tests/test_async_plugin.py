@@ -1,0 +1,218 @@
+"""``--seqdrift`` and the fixtures in async test suites: a database handed to the tests
+as an asyncpg connection inside an outer transaction (uncommitted rows), run by
+pytest-asyncio in strict and auto mode and by anyio's plugin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+Conn = psycopg.Connection[Any]
+
+# The project's conftest for each way of running async tests: a ``conn`` fixture
+# yielding an asyncpg connection inside a transaction it rolls back, and the override
+# that tells pytest-seqdrift it is the test database.
+HEADERS = {
+    "strict": ("import pytest_asyncio\nfixture = pytest_asyncio.fixture\n", ()),
+    "auto": ("fixture = pytest.fixture\n", ("-o", "asyncio_mode=auto")),
+    "anyio": (
+        "fixture = pytest.fixture\n\n\n"
+        "@pytest.fixture\ndef anyio_backend():\n    return 'asyncio'\n",
+        (),
+    ),
+}
+# how the test modules say they are async
+MARKS = {
+    "strict": "pytestmark = pytest.mark.asyncio\n",
+    "auto": "",
+    "anyio": "pytestmark = pytest.mark.anyio\n",
+}
+
+CONFTEST = """
+import os
+
+import asyncpg
+import pytest
+
+{header}
+
+SEED = os.environ.get("PROJECT_SEED", "")
+
+
+@fixture
+async def conn():
+    c = await asyncpg.connect(os.environ["PROJECT_URL"])
+    tx = c.transaction()
+    await tx.start()
+    await c.execute("CREATE TABLE plan (id serial PRIMARY KEY, name text)")
+    if SEED:
+        await c.execute(SEED)
+    yield c
+    await tx.rollback()
+    await c.close()
+
+
+@pytest.fixture
+def seqdrift_connection(conn):
+    return conn
+
+"""
+
+TESTS = """
+import pytest
+
+{mark}
+
+async def test_lists_plans(conn):
+    rows = await conn.fetch("SELECT * FROM plan")
+    print("the body ran with", len(rows), "rows")
+
+
+@pytest.mark.seqdrift
+async def test_a_data_migration(conn):
+    await conn.execute("INSERT INTO plan (id, name) VALUES (1, 'free'), (2, 'pro')")
+
+
+async def test_adds_a_plan(conn):
+    await conn.execute("INSERT INTO plan (name) VALUES ('team')")
+"""
+
+SEED = "INSERT INTO plan (id, name) VALUES (7, 'a'), (9, 'b')"
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """In a process of its own, as users run it (and as asyncpg's SSL handshake needs:
+    in this process, where libpq has set OpenSSL up already, it can crash)."""
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
+
+
+def url(db: Conn) -> str:
+    info = db.info
+    who = info.user + (f":{info.password}" if info.password else "")
+    return f"postgresql://{who}@{info.host}:{info.port}/{info.dbname}"
+
+
+@pytest.fixture(params=list(HEADERS))
+def project(
+    request: pytest.FixtureRequest,
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    db: Conn,
+) -> tuple[pytest.Pytester, tuple[str, ...]]:
+    header, args = HEADERS[request.param]
+    pytester.makeconftest(CONFTEST.format(header=header))
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_plans=TESTS.format(mark=MARKS[request.param]))
+    monkeypatch.setenv("PROJECT_URL", url(db))
+    return pytester, args
+
+
+def no_frames_of_ours(result: pytest.RunResult) -> None:
+    text = result.stdout.str()
+    assert "pytest_seqdrift/" not in text, text
+    assert "site-packages/pytest_asyncio" not in text
+
+
+def test_the_body_is_probed_on_its_own_loop_inside_its_transaction(
+    project: tuple[pytest.Pytester, tuple[str, ...]], db: Conn
+) -> None:
+    """The marked test's rows exist only inside the fixture's transaction: the probe
+    sees them (the test's own connection, on its own loop) and fails that test alone."""
+    pytester, args = project
+    run(pytester, *args).assert_outcomes(passed=3)
+    result = run(pytester, *args, "--seqdrift", "-rA")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*sequence drift after this test (a migration test: it is marked*",
+            "*public.plan.id*",
+            "*next value 1; the very next insert collides with existing id 1 (max id 2)*",
+            "*FAILED test_plans.py::test_a_data_migration*",
+        ]
+    )
+    assert result.stdout.str().count("sequence drift after this test") == 1
+    no_frames_of_ours(result)
+    # nothing was left behind: the fixture's rollback took the table away
+    assert db.execute("SELECT to_regclass('plan')").fetchone() == (None,)
+
+
+def test_set_up_drift_fails_before_the_body_once(
+    project: tuple[pytest.Pytester, tuple[str, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fixture's uncommitted seed rows are set-up drift: reported once, at the
+    first test that receives the database, before its body runs."""
+    pytester, args = project
+    monkeypatch.setenv("PROJECT_SEED", SEED)
+    run(pytester, *args).assert_outcomes(passed=3)
+    result = run(pytester, *args, "--seqdrift", "-s")
+    text = result.stdout.str()
+    assert text.count("sequence drift in the set-up of fixture seqdrift_connection") == 1, text
+    result.stdout.fnmatch_lines(
+        ["*next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 9)*"]
+    )
+    assert "the body ran with" not in text  # it failed before its body
+    result.assert_outcomes(passed=1, failed=2)  # the marked test fails on drift of its own
+    no_frames_of_ours(result)
+
+
+def test_scope_all_fails_only_drift_that_outlives_the_transaction(
+    project: tuple[pytest.Pytester, tuple[str, ...]],
+) -> None:
+    """Under --seqdrift-scope=all the rows a test inserted in the fixture's transaction
+    are rolled back with it: a second connection (opened from what asyncpg connected
+    with) sees no drift, so none of those tests fails."""
+    pytester, args = project
+    result = run(pytester, *args, "--seqdrift", "--seqdrift-scope=all")
+    result.assert_outcomes(passed=2, failed=1)  # the marked one fails on any drift
+    result.stdout.fnmatch_lines(["*FAILED test_plans.py::test_a_data_migration*"])
+
+
+def test_the_fixtures_to_await(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, db: Conn
+) -> None:
+    header, _ = HEADERS["strict"]
+    pytester.makeconftest(CONFTEST.format(header=header))
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    monkeypatch.setenv("PROJECT_URL", url(db))
+    pytester.makepyfile(
+        """
+        import pytest
+        from pytest_seqdrift import SequenceDriftError
+
+        pytestmark = pytest.mark.asyncio
+
+        async def test_drifted(conn, async_assert_sequences_consistent):
+            await conn.execute("INSERT INTO plan (id, name) VALUES (1, 'free')")
+            with pytest.raises(SequenceDriftError) as raised:
+                await async_assert_sequences_consistent()
+            assert "public.plan.id" in str(raised.value)
+
+
+        async def test_clean(conn, async_assert_sequences_consistent):
+            await conn.execute("INSERT INTO plan (name) VALUES ('free')")
+            report = await async_assert_sequences_consistent(conn)
+            assert [c.column.table for c in report.checked] == ["plan"]
+
+
+        async def test_snapshot(conn, async_seqdrift_snapshot):
+            async with async_seqdrift_snapshot as snap:
+                await conn.execute("SELECT nextval('plan_id_seq')")
+                assert [m.sequence for m in await snap.diff()] == ["public.plan_id_seq"]
+            assert await async_seqdrift_snapshot.diff() == []
+
+
+        def test_sync_test_with_async_connection(conn):
+            pass
+        """
+    )
+    run(pytester).assert_outcomes(passed=4)
+    result = run(pytester, "--seqdrift")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*could not check fixture seqdrift_connection is asynchronous (Connection), and "
+            "this test is not a coroutine*"
+        ]
+    )
