@@ -2,6 +2,7 @@
 
     python examples/run.py django_billing [PYTEST ARGS]     e.g. --seqdrift
     python examples/run.py alembic_billing [PYTEST ARGS]
+    python examples/run.py fastapi_plans [PYTEST ARGS]
 
 Starts a private server, points libpq's variables (PGHOST, PGPORT, PGUSER,
 PGDATABASE) at it, runs ``pytest`` in the example's folder, and stops the server.
@@ -25,7 +26,8 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     folder = Path(__file__).parent / argv[0]
-    with throwaway_server("billing") as dsn:
+    # the database is named after the example's story: billing, plans
+    with throwaway_server(argv[0].rsplit("_", 1)[-1]) as dsn:
         info = conninfo_to_dict(dsn)
         env = dict(os.environ)
         env.update(

@@ -266,3 +266,138 @@ def test_django_every_postgresql_alias_is_probed(
         ]
     )
     assert "pytest-django database 'default'" not in result.stdout.str()
+
+
+# -- FastAPI, SQLAlchemy asyncio, Alembic's async env.py ---------------------------------
+
+PLANS_COLUMN = "public.plans.id"
+
+
+def auto_mode(root: Path) -> list[str]:
+    """pytest-asyncio's auto mode, written as its users write it: no markers, plain
+    ``@pytest.fixture`` for the async fixtures."""
+    tests = root / "tests" / "test_plans.py"
+    tests.write_text(tests.read_text().replace("@pytest.mark.asyncio\n", ""))
+    conftest = root / "tests" / "conftest.py"
+    conftest.write_text(
+        conftest.read_text()
+        .replace("import pytest_asyncio\n", "")
+        .replace("@pytest_asyncio.fixture", "@pytest.fixture")
+    )
+    return ["-o", "asyncio_mode=auto"]
+
+
+def anyio_tests(root: Path) -> list[str]:
+    """anyio's pytest plugin instead of pytest-asyncio (asyncpg needs asyncio)."""
+    tests = root / "tests" / "test_plans.py"
+    tests.write_text(tests.read_text().replace("@pytest.mark.asyncio", "@pytest.mark.anyio"))
+    conftest = root / "tests" / "conftest.py"
+    conftest.write_text(
+        conftest.read_text()
+        .replace("import pytest_asyncio\n", "")
+        .replace("@pytest_asyncio.fixture", "@pytest.fixture")
+        + '\n\n@pytest.fixture\ndef anyio_backend():\n    return "asyncio"\n'
+    )
+    return []
+
+
+# The Alembic cookbook's recipe: the migrations run on the suite's own AsyncConnection,
+# inside an async session fixture (env.py takes config.attributes["connection"]).
+RUN_SYNC_FIXTURE = """
+def run_upgrade(connection, config):
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def run_downgrade(connection, config):
+    config.attributes["connection"] = connection
+    command.downgrade(config, "base")
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session", autouse=True)
+async def migrated_database():
+    engine = create_async_engine(DATABASE_URL, poolclass=NullPool)
+    async with engine.begin() as connection:
+        await connection.run_sync(run_upgrade, Config("alembic.ini"))
+    yield
+    async with engine.begin() as connection:
+        await connection.run_sync(run_downgrade, Config("alembic.ini"))
+    await engine.dispose()
+
+
+"""
+
+
+def run_sync_migrations(root: Path) -> list[str]:
+    conftest = root / "tests" / "conftest.py"
+    text = conftest.read_text()
+    start = text.index('@pytest.fixture(scope="session", autouse=True)')
+    end = text.index("@pytest_asyncio.fixture\nasync def db_session")
+    conftest.write_text(text[:start] + RUN_SYNC_FIXTURE.lstrip() + text[end:])
+    return []
+
+
+FASTAPI_VARIANTS = {
+    "strict": lambda root: [],
+    "auto": auto_mode,
+    "anyio": anyio_tests,
+    "run_sync": run_sync_migrations,
+}
+
+
+@pytest.mark.parametrize("variant", list(FASTAPI_VARIANTS))
+def test_fastapi_plans(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    postgresql_proc: Any,
+    alembic_db: str,
+    variant: str,
+) -> None:
+    root = project(pytester, "fastapi_plans")
+    args = FASTAPI_VARIANTS[variant](root)
+    # (the example reads only libpq's variables, not the billing examples' two)
+    point_at(monkeypatch, postgresql_proc, alembic_db, "serial", "asyncpg")
+
+    # the tests create two plans: the seeded ids 7, 9 and 12 are never reached
+    quiet = run(pytester, *args)
+    quiet.assert_outcomes(passed=5)
+    assert "sequence drift" not in quiet.stdout.str()
+
+    caught = run(pytester, "--seqdrift", *args)
+    # the session fixture's upgrade is the set-up of every test: reported once, at the
+    # first of them
+    caught.assert_outcomes(passed=4, errors=1)
+    caught.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at setup of test_list_plans _*",
+            f"pytest-seqdrift: sequence drift in the set-up of database {alembic_db} "
+            "(Alembic migration to 8e4d27a5c6b1, in fixture 'migrated_database')",
+            "sequence drift in 1 column:",
+            f"  {PLANS_COLUMN}  (sequence public.plans_id_seq)",
+            "    next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 12)",
+            "    introduced by revision 8e4d27a5c6b1 (seed plans)",
+            "    fix: SELECT setval('public.plans_id_seq', GREATEST(12, last_value)) "
+            'FROM "public"."plans_id_seq";',
+            "         or in the upgrade() of a new revision *",
+            "             op.execute(*",
+            "*= sequence drift (pytest-seqdrift) =*",
+            "1 finding in the set-up of 1 test database; 1 error at a test's set-up because "
+            "of pytest-seqdrift",
+            "ERROR tests/test_plans.py::test_list_plans - *",
+        ]
+    )
+    out = caught.stdout.str() + caught.stderr.str()
+    shown = out.split("= sequence drift (pytest-seqdrift) =")[0]
+    assert shown.count(f"  {PLANS_COLUMN}  (sequence ") == 1, out
+    # the report is the whole failure: no frame of ours, no traceback, no chained error
+    assert "pytest_seqdrift" not in out, out
+    assert "Traceback" not in out, out
+
+    # the fix: a revision that calls setval
+    shutil.copy(
+        root / "fix" / "c70a5e19d3f8_plans_id_sequence.py", root / "migrations" / "versions"
+    )
+    fixed = run(pytester, "--seqdrift", *args)
+    fixed.assert_outcomes(passed=5)
+    assert "sequence drift (pytest-seqdrift)" not in fixed.stdout.str()
+    fixed.stdout.fnmatch_lines(["seqdrift: no sequence drift (3 migration steps followed)"])
