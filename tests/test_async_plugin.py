@@ -216,3 +216,64 @@ def test_the_fixtures_to_await(
             "this test is not a coroutine*"
         ]
     )
+
+
+ENGINE_OVERRIDE = """
+import os
+
+import psycopg
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+engine = create_async_engine(os.environ["PROJECT_URL"].replace("postgresql:", "postgresql+asyncpg:"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def seeded():
+    with psycopg.connect(os.environ["PROJECT_URL"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE plan (id serial PRIMARY KEY, name text)")
+        conn.execute("INSERT INTO plan (id, name) VALUES (7, 'a'), (9, 'b')")
+
+
+@pytest.fixture
+def seqdrift_connection():
+    return engine
+"""
+
+
+def test_an_override_without_arguments_hands_its_engine_to_every_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, db: Conn
+) -> None:
+    """``seqdrift_connection`` returning the application's module-level AsyncEngine,
+    taking no fixture: every test receives it (none names a database fixture), and the
+    set-up drift is reported once, at the first test, before its body. Each test runs
+    on a loop of its own: the connection borrowed for the check is not left in the
+    engine's pool for the next test's loop."""
+    pytester.makeconftest(ENGINE_OVERRIDE)
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    pytester.makepyfile(
+        test_app="""
+        from conftest import engine
+        from sqlalchemy import text
+
+
+        async def test_one():
+            async with engine.connect() as conn:
+                assert (await conn.execute(text("SELECT count(*) FROM plan"))).scalar() == 2
+
+
+        async def test_two():
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        """
+    )
+    monkeypatch.setenv("PROJECT_URL", url(db))
+    result = run(pytester, "--seqdrift", "--seqdrift-scope=all")
+    result.assert_outcomes(passed=1, failed=1)
+    text = result.stdout.str()
+    assert text.count("sequence drift in the set-up of fixture seqdrift_connection") == 1, text
+    result.stdout.fnmatch_lines(["*FAILED test_app.py::test_one*"])
+    assert "attached to a different loop" not in text
+    no_frames_of_ours(result)

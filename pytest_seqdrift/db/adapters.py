@@ -205,7 +205,13 @@ async def open_async_session(conn: Any) -> AsyncIterator[Session]:
     if kind == "AsyncEngine":
         _sqlalchemy_dialect(conn)
         async with conn.connect() as connection:
-            yield await _sqlalchemy_session(connection, loop, "a SQLAlchemy AsyncEngine")
+            try:
+                yield await _sqlalchemy_session(connection, loop, "a SQLAlchemy AsyncEngine")
+            finally:
+                # not back into the pool: its connections belong to the loop they were
+                # made on, and the engine's next user may run on another (pytest-asyncio
+                # gives each test a loop of its own)
+                await connection.invalidate()
         return
     if kind == "AsyncConnection":
         _sqlalchemy_dialect(conn)

@@ -116,20 +116,24 @@ class SeqdriftPlugin:
             clients = [n for n in names if postgresql_fixture_kind(_func(defs, n)) == "client"]
             if clients:
                 item.stash[PG_CLIENTS] = clients
-            feeds = any(name in names for name in self._override_arguments(item))
+            override = self._override_arguments(item)
+            # a user's override that takes no fixture hands its database to every test
+            feeds = override is not None and (
+                not override or any(name in names for name in override)
+            )
             if self._marked_or_migrating(item) or self._uses_database(item) or feeds:
                 names.append("seqdrift_connection")  # set up with the test's own fixtures
 
-    def _override_arguments(self, item: pytest.Item) -> tuple[str, ...]:
+    def _override_arguments(self, item: pytest.Item) -> tuple[str, ...] | None:
         """The fixtures the user's own ``seqdrift_connection`` takes, as this test would
-        see it; () where it is ours. A test that uses one of them uses that database."""
+        see it; None where it is ours. A test that uses one of them uses that database."""
         manager = getattr(item.session, "_fixturemanager", None)
         try:
             found = manager.getfixturedefs("seqdrift_connection", item) if manager else None
         except (TypeError, AttributeError):  # another pytest's signature: not known
-            return ()
+            return None
         if not found or found[-1].func.__module__ == fixtures.__name__:
-            return ()
+            return None
         self.state.override = tuple(a for a in found[-1].argnames if a != "request")
         return self.state.override
 
