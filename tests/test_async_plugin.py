@@ -205,11 +205,16 @@ def test_the_fixtures_to_await(
 
         def test_sync_test_with_async_connection(conn):
             pass
+
+
+        def test_sync_fixtures_say_which_to_await(conn, assert_sequences_consistent):
+            with pytest.raises(Exception, match="await async_assert_sequences_consistent"):
+                assert_sequences_consistent(conn)
         """
     )
-    run(pytester).assert_outcomes(passed=4)
+    run(pytester).assert_outcomes(passed=5)
     result = run(pytester, "--seqdrift")
-    result.assert_outcomes(passed=3, errors=1)
+    result.assert_outcomes(passed=3, errors=2)
     result.stdout.fnmatch_lines(
         [
             "*could not check fixture seqdrift_connection is asynchronous (Connection), and "

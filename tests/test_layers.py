@@ -6,6 +6,8 @@ ARCHITECTURE.md draws the same picture; this test keeps the two honest.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,18 @@ def test_the_layer_test_sees_the_arrows_it_judges() -> None:
     assert {"read.reader", "db.session", "errors", "options"} <= GRAPH["checker"]
     assert "checker" in GRAPH["plugin.fixtures"]
     assert _layer("plugin.hooks") > _layer("probe") > _layer("checker") > _layer("read.keys")
+
+
+def test_optional_libraries_are_imported_only_when_used() -> None:
+    """Loading the package and its plugin imports none of the async stack (nor
+    SQLAlchemy, Django, psycopg2): a user who hands us one of their objects has imported
+    its library already; the rest cost nothing."""
+    optional = ["asyncpg", "pytest_asyncio", "anyio", "sqlalchemy", "django", "psycopg2"]
+    code = (
+        "import sys, pytest_seqdrift, pytest_seqdrift.plugin, pytest_seqdrift.cli; "
+        f"print([m for m in {optional!r} if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

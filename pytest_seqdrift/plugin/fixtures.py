@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 from pytest_seqdrift import checker, render, snapshot
-from pytest_seqdrift.db.adapters import in_thread
-from pytest_seqdrift.errors import SequenceDriftError
+from pytest_seqdrift.db.adapters import in_thread, is_async_object
+from pytest_seqdrift.errors import NotSupported, SequenceDriftError
 from pytest_seqdrift.model import Report, SequenceState
 from pytest_seqdrift.options import CheckOptions
 from pytest_seqdrift.plugin.locate import (
@@ -91,6 +91,11 @@ def _located(request: pytest.FixtureRequest) -> Located:
     return found[0]
 
 
+def _not_async(conn: Any, instead: str) -> None:
+    if is_async_object(conn):
+        raise NotSupported(f"a {type(conn).__name__} is asynchronous: {instead}, in an async test")
+
+
 @pytest.fixture
 def assert_sequences_consistent(request: pytest.FixtureRequest) -> Any:
     """A callable: ``assert_sequences_consistent()`` checks the test's database,
@@ -106,6 +111,7 @@ def assert_sequences_consistent(request: pytest.FixtureRequest) -> Any:
     ) -> Report:
         __tracebackhide__ = True
         target = _located(request).connection if conn is None else conn
+        _not_async(target, "await async_assert_sequences_consistent(conn)")
         options = CheckOptions.of(schemas=schemas, exclude_tables=exclude_tables)
         report = checker.run(target, options)
         if report.findings:
@@ -121,6 +127,7 @@ class SequenceSnapshot:
     restores on exit."""
 
     def __init__(self, connection: Any) -> None:
+        _not_async(connection, "use the async_seqdrift_snapshot fixture")
         self.connection = connection
         self.states: dict[snapshot.SequenceKey, SequenceState] = {}
         self.record()
