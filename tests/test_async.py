@@ -436,3 +436,27 @@ def test_acheck_takes_checks_keywords(db: Conn) -> None:
             return await acheck(conn, exclude_tables=["address"])
 
     assert run(main()).findings == []
+
+
+@pytest.mark.parametrize("kind", ["asyncpg", "psycopg-async"])
+def test_a_cancelled_check_hands_the_connection_back_as_it_was(db: Conn, kind: str) -> None:
+    """Cancelled midway (a timeout), the check still ends its own transaction before
+    the cancellation goes on: the connection is idle and usable, not left inside a
+    transaction of ours or busy with a statement."""
+    db.execute(STORY)
+    for i in range(200):  # enough tables that the check takes a while
+        db.execute(f"CREATE TABLE t{i} (id serial PRIMARY KEY)")
+
+    async def main() -> tuple[bool, int]:
+        async with KINDS[kind](db) as conn:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(acheck(conn), timeout=0.001)
+            if isinstance(conn, asyncpg.Connection):
+                return conn.is_in_transaction(), await conn.fetchval("SELECT 1")
+            left_open = conn.info.transaction_status != TransactionStatus.IDLE
+            cur = await conn.execute("SELECT 1")
+            row = await cur.fetchone()
+            await conn.rollback()
+            return left_open, row[0] if row else 0
+
+    assert run(main()) == (False, 1)

@@ -4,6 +4,7 @@ Django connection -- unwrapped to a session."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -256,6 +257,16 @@ async def _sqlalchemy_session(
 
 async def in_thread(conn: Any, work: Callable[[Session], T]) -> T:
     """``work(session)`` on what an async caller hands us: the engine's synchronous code
-    in a worker thread, the driver's coroutines on the caller's loop."""
+    in a worker thread, the driver's coroutines on the caller's loop.
+
+    Cancelled (``asyncio.wait_for``, a test timeout), it still lets the work end first:
+    midway, the caller's connection holds a transaction or savepoint of ours, which only
+    the work's own end undoes -- the connection is handed back as it was found."""
     async with open_async_session(conn) as session:
-        return await asyncio.to_thread(work, session)
+        task = asyncio.ensure_future(asyncio.to_thread(work, session))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await task
+            raise
