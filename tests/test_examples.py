@@ -358,10 +358,11 @@ def test_fastapi_plans(
     # (the example reads only libpq's variables, not the billing examples' two)
     point_at(monkeypatch, postgresql_proc, alembic_db, "serial", "asyncpg")
 
-    # the tests create two plans: the seeded ids 7, 9 and 12 are never reached
-    quiet = run(pytester, *args)
-    quiet.assert_outcomes(passed=5)
-    assert "sequence drift" not in quiet.stdout.str()
+    if variant == "strict":  # (each run costs seconds: the project as written, once)
+        # the tests create two plans: the seeded ids 7, 9 and 12 are never reached
+        quiet = run(pytester, *args)
+        quiet.assert_outcomes(passed=5)
+        assert "sequence drift" not in quiet.stdout.str()
 
     caught = run(pytester, "--seqdrift", *args)
     # the session fixture's upgrade is the set-up of every test: reported once, at the
