@@ -117,6 +117,12 @@ def passes_without_the_plugin(pytester: pytest.Pytester, args: tuple[str, ...], 
         run(pytester, *args).assert_outcomes(passed=3)
 
 
+def failures(result: pytest.RunResult) -> str:
+    """The failures' text, before the summaries (which repeat the first line of each,
+    whole where pytest sees CI set)."""
+    return result.stdout.str().split("= sequence drift (pytest-seqdrift) =")[0]
+
+
 def no_frames_of_ours(result: pytest.RunResult) -> None:
     text = result.stdout.str()
     assert "pytest_seqdrift/" not in text, text
@@ -140,7 +146,7 @@ def test_the_body_is_probed_on_its_own_loop_inside_its_transaction(
             "*FAILED test_plans.py::test_a_data_migration*",
         ]
     )
-    assert result.stdout.str().count("sequence drift after this test") == 1
+    assert failures(result).count("sequence drift after this test") == 1
     no_frames_of_ours(result)
     # nothing was left behind: the fixture's rollback took the table away
     assert db.execute("SELECT to_regclass('plan')").fetchone() == (None,)
@@ -156,7 +162,9 @@ def test_set_up_drift_fails_before_the_body_once(
     passes_without_the_plugin(pytester, args, mode)
     result = run(pytester, *args, "--seqdrift", "-s")
     text = result.stdout.str()
-    assert text.count("sequence drift in the set-up of fixture seqdrift_connection") == 1, text
+    assert (
+        failures(result).count("sequence drift in the set-up of fixture seqdrift_connection") == 1
+    ), text
     result.stdout.fnmatch_lines(
         ["*next value 1; 6 inserts succeed, the 7th collides with existing id 7 (max id 9)*"]
     )
@@ -286,7 +294,9 @@ def test_an_override_without_arguments_hands_its_engine_to_every_test(
     result = run(pytester, "--seqdrift", "--seqdrift-scope=all")
     result.assert_outcomes(passed=1, failed=1)
     text = result.stdout.str()
-    assert text.count("sequence drift in the set-up of fixture seqdrift_connection") == 1, text
+    assert (
+        failures(result).count("sequence drift in the set-up of fixture seqdrift_connection") == 1
+    ), text
     result.stdout.fnmatch_lines(["*FAILED test_app.py::test_one*"])
     assert "attached to a different loop" not in text
     no_frames_of_ours(result)
