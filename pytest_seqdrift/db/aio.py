@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 
+from pytest_seqdrift.db.drivers import _Psycopg
 from pytest_seqdrift.db.session import _IDLE, _INTRANS, Params, Query, Rows, Session, Statement
 
 T = TypeVar("T")
@@ -95,33 +96,15 @@ def async_session(conn: Any, wait: Waiter) -> Session:
 # -- psycopg 3, async --------------------------------------------------------------------
 
 
-class AsyncPsycopgSession(Session):
+class AsyncPsycopgSession(_Psycopg):
     """A psycopg 3 ``AsyncConnection``: as ``PsycopgSession``, batches in one round trip
     (pipeline mode), each driver call awaited through the waiter."""
 
-    Error = psycopg.Error
     conn: psycopg.AsyncConnection[Any]
 
     def __init__(self, conn: psycopg.AsyncConnection[Any], wait: Waiter) -> None:
         super().__init__(conn)
         self.wait = wait
-
-    @property
-    def closed(self) -> bool:
-        return self.conn.closed
-
-    @property
-    def broken(self) -> bool:
-        return self.conn.broken
-
-    def _status(self) -> int:
-        return int(self.conn.info.transaction_status)
-
-    def _server_version(self) -> int:
-        return self.conn.info.server_version
-
-    def _get_autocommit(self) -> bool:
-        return self.conn.autocommit
 
     def _set_autocommit(self, value: bool) -> None:
         if self.conn.autocommit != value:
@@ -164,10 +147,6 @@ class AsyncPsycopgSession(Session):
         finally:
             for c in cursors:
                 await c.close()
-
-    def connect_params(self) -> dict[str, Any]:
-        info = self.conn.info
-        return {"conninfo": info.dsn, "password": info.password or None}
 
 
 # -- asyncpg -----------------------------------------------------------------------------

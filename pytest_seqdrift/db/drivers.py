@@ -13,33 +13,44 @@ from psycopg.rows import dict_row, tuple_row
 from pytest_seqdrift.db.session import Params, Query, Rows, Session, Statement, _timeouts
 
 
-class PsycopgSession(Session):
-    """A psycopg 3 connection. Batches go in one round trip (pipeline mode). Cursors are
-    made here, not by the connection's ``cursor_factory``: Django's psycopg 3 backend sets
-    client-side binding cursors, which have no pipeline."""
+class _Psycopg(Session):
+    """What psycopg 3 tells without a round trip, alike for its sync and async
+    connections (``conn.info`` and the flags)."""
 
     Error = psycopg.Error
-    conn: psycopg.Connection[Any]
-
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        super().__init__(conn)
+    conn: Any
 
     @property
     def closed(self) -> bool:
-        return self.conn.closed
+        return bool(self.conn.closed)
 
     @property
     def broken(self) -> bool:
-        return self.conn.broken
+        return bool(self.conn.broken)
 
     def _status(self) -> int:
         return int(self.conn.info.transaction_status)
 
     def _server_version(self) -> int:
-        return self.conn.info.server_version
+        return int(self.conn.info.server_version)
 
     def _get_autocommit(self) -> bool:
-        return self.conn.autocommit
+        return bool(self.conn.autocommit)
+
+    def connect_params(self) -> dict[str, Any]:
+        info = self.conn.info
+        return {"conninfo": info.dsn, "password": info.password or None}
+
+
+class PsycopgSession(_Psycopg):
+    """A psycopg 3 connection. Batches go in one round trip (pipeline mode). Cursors are
+    made here, not by the connection's ``cursor_factory``: Django's psycopg 3 backend sets
+    client-side binding cursors, which have no pipeline."""
+
+    conn: psycopg.Connection[Any]
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        super().__init__(conn)
 
     def _set_autocommit(self, value: bool) -> None:
         if self.conn.autocommit != value:
@@ -57,10 +68,6 @@ class PsycopgSession(Session):
         with psycopg.Cursor(self.conn, row_factory=dict_row) as cur:
             cur.execute(query, params, prepare=False)
             return cur.fetchall()
-
-    def connect_params(self) -> dict[str, Any]:
-        info = self.conn.info
-        return {"conninfo": info.dsn, "password": info.password or None}
 
     def sibling(
         self, snapshot: str, *, lock_timeout_ms: int, statement_timeout_ms: int | None = None
