@@ -31,25 +31,11 @@ from contextlib import contextmanager
 
 import asyncpg
 import psycopg
-from bench_check import build
+from bench_check import build, timed
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from pytest_seqdrift import acheck, check
 from pytest_seqdrift.testbed import throwaway_server
-
-
-def median(samples: list[float]) -> float:
-    return statistics.median(samples)
-
-
-def timed_sync(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm caches and plans
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return median(samples)
 
 
 async def timed_async(fn: Callable[[], Awaitable[object]], repeat: int) -> float:
@@ -59,7 +45,7 @@ async def timed_async(fn: Callable[[], Awaitable[object]], repeat: int) -> float
         start = time.perf_counter()
         await fn()
         samples.append(time.perf_counter() - start)
-    return median(samples)
+    return statistics.median(samples)
 
 
 def url_of(dsn: str) -> str:
@@ -102,7 +88,7 @@ def measure(dsn: str, n: int, rows: int, repeat: int) -> None:
     build(dsn, n, rows)
     with psycopg.connect(dsn, autocommit=True) as conn:
         findings = len(check(conn).findings)
-        base = timed_sync(lambda: check(conn), repeat)
+        base = timed(lambda: check(conn), repeat)
     print(f"\n{n} tables x {rows} rows ({findings} drifted), median of {repeat}:")
     print(f"  {'check() on psycopg 3 (baseline)':<36} {base * 1000:8.1f} ms   1.00x")
     for name, (seconds, found) in asyncio.run(measure_async(dsn, repeat)).items():
