@@ -226,17 +226,39 @@ def test_the_fixtures_to_await(
         def test_sync_fixtures_say_which_to_await(conn, assert_sequences_consistent):
             with pytest.raises(Exception, match="await async_assert_sequences_consistent"):
                 assert_sequences_consistent(conn)
+
+
+        @pytest.mark.seqdrift
+        def test_sync_migration_test_with_async_connection(conn):
+            pass
+
+
+        async def test_forgot_await(conn, async_assert_sequences_consistent):
+            await conn.execute("INSERT INTO plan (id, name) VALUES (1, 'free')")
+            async_assert_sequences_consistent(conn)
         """
     )
-    run(pytester).assert_outcomes(passed=5)
-    result = run(pytester, "--seqdrift")
-    result.assert_outcomes(passed=3, errors=2)
+    result = run(pytester)
+    result.assert_outcomes(passed=7, errors=1)  # a forgotten await never passes in silence
     result.stdout.fnmatch_lines(
         [
-            "*could not check fixture seqdrift_connection is asynchronous (Connection), and "
-            "this test is not a coroutine*"
+            "*ERROR at teardown of test_forgot_await*",
+            "async_assert_sequences_consistent(...) was called 1 time(s) without `await`: "
+            "nothing was checked",
         ]
     )
+    # a synchronous test is told, not failed -- unless it asked for a probe
+    result = run(pytester, "--seqdrift", "-v")
+    result.assert_outcomes(passed=6, failed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest-seqdrift: could not probe: fixture seqdrift_connection returned an async "
+            "object (Connection) to a test that is not a coroutine: it is checked only in "
+            "async tests (pytest-asyncio or anyio)*",
+            "*FAILED test_the_fixtures_to_await.py::test_sync_migration_test_with_async_connection*",
+        ]
+    )
+    no_frames_of_ours(result)
 
 
 ENGINE_OVERRIDE = """

@@ -51,7 +51,7 @@ def _driver_session(raw: Any, what: str) -> Session:
     if cls is not None and isinstance(raw, cls):
         return Psycopg2Session(raw)
     if is_async_connection(raw):
-        return _in_greenlet(raw, what)
+        return _in_greenlet(raw, f"{what} ({_kind(raw)})")
     raise NotSupported(
         f"cannot check through {_kind(raw)} ({what}): pytest-seqdrift drives PostgreSQL "
         "through psycopg 3, psycopg2 or asyncpg"
@@ -64,9 +64,7 @@ def _in_greenlet(raw: Any, what: str) -> Session:
     async ``env.py``), refused elsewhere with what to call instead."""
     wait = in_greenlet()
     if wait is None:
-        raise NotSupported(
-            f"{what} is asynchronous ({_kind(raw)}): use `await pytest_seqdrift.acheck(conn)`"
-        )
+        raise NotSupported(f"{what} is asynchronous: use `await pytest_seqdrift.acheck(conn)`")
     return async_session(raw, wait)
 
 
@@ -106,7 +104,7 @@ def session_for(conn: Any) -> Session:
     if pg2 is not None and isinstance(conn, pg2):
         return Psycopg2Session(conn)
     if is_async_connection(conn):
-        return _in_greenlet(conn, f"a {_kind(conn)}")
+        return _in_greenlet(conn, _kind(conn))
     if _async_sqlalchemy(conn) is not None:
         raise NotSupported(
             f"a SQLAlchemy {type(conn).__name__} is asynchronous: "

@@ -34,8 +34,8 @@ def wrappable(item: pytest.Item) -> bool:
 
 def in_sync_test(located: Located) -> str:
     return (
-        f"{located.source} is asynchronous ({type(located.connection).__name__}), and this "
-        "test is not a coroutine: it can only be checked from an async test "
+        f"{located.source} returned an async object ({type(located.connection).__name__}) "
+        "to a test that is not a coroutine: it is checked only in async tests "
         "(pytest-asyncio or anyio)"
     )
 

@@ -5,7 +5,8 @@ in async tests, ``async_assert_sequences_consistent`` and ``async_seqdrift_snaps
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+import inspect
+from collections.abc import Coroutine, Iterable, Iterator
 from collections.abc import Sequence as Seq
 from typing import Any
 
@@ -92,8 +93,10 @@ def _located(request: pytest.FixtureRequest) -> Located:
 
 
 def _not_async(conn: Any, instead: str) -> None:
+    __tracebackhide__ = True
     if is_async_object(conn):
-        raise NotSupported(f"a {type(conn).__name__} is asynchronous: {instead}, in an async test")
+        kind = f"{type(conn).__module__}.{type(conn).__qualname__}"
+        raise NotSupported(f"{kind} is asynchronous: {instead}, in an async test")
 
 
 @pytest.fixture
@@ -159,20 +162,17 @@ def seqdrift_snapshot(request: pytest.FixtureRequest) -> SequenceSnapshot:
 
 
 @pytest.fixture
-def async_assert_sequences_consistent(request: pytest.FixtureRequest) -> Any:
+def async_assert_sequences_consistent(request: pytest.FixtureRequest) -> Iterator[Any]:
     """``assert_sequences_consistent`` for async tests, to await:
     ``await async_assert_sequences_consistent(conn)`` checks an asyncpg connection or
     pool, a psycopg ``AsyncConnection``, or a SQLAlchemy ``AsyncEngine``,
     ``AsyncConnection`` or ``AsyncSession`` -- on the test's event loop, inside its
     transaction where one is open (its uncommitted rows count). Without ``conn``, the
-    test's database (``seqdrift_connection``)."""
+    test's database (``seqdrift_connection``). A call never awaited checks nothing: the
+    test then errors at its teardown, instead of passing in silence."""
+    calls: list[Coroutine[Any, Any, Report]] = []
 
-    async def async_assert_sequences_consistent(
-        conn: Any = None,
-        *,
-        schemas: Iterable[str] | None = None,
-        exclude_tables: Seq[str] = (),
-    ) -> Report:
+    async def check(conn: Any, schemas: Iterable[str] | None, exclude_tables: Seq[str]) -> Report:
         __tracebackhide__ = True
         target = _located(request).connection if conn is None else conn
         options = CheckOptions.of(schemas=schemas, exclude_tables=exclude_tables)
@@ -181,7 +181,26 @@ def async_assert_sequences_consistent(request: pytest.FixtureRequest) -> Any:
             raise SequenceDriftError(report, render.text(report))
         return report
 
-    return async_assert_sequences_consistent
+    def async_assert_sequences_consistent(
+        conn: Any = None,
+        *,
+        schemas: Iterable[str] | None = None,
+        exclude_tables: Seq[str] = (),
+    ) -> Coroutine[Any, Any, Report]:
+        call = check(conn, schemas, exclude_tables)
+        calls.append(call)
+        return call
+
+    yield async_assert_sequences_consistent
+    forgotten = [c for c in calls if inspect.getcoroutinestate(c) == inspect.CORO_CREATED]
+    for c in forgotten:
+        c.close()
+    if forgotten:
+        pytest.fail(
+            f"async_assert_sequences_consistent(...) was called {len(forgotten)} time(s) "
+            "without `await`: nothing was checked",
+            pytrace=False,
+        )
 
 
 class AsyncSequenceSnapshot:

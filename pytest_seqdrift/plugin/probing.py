@@ -131,7 +131,7 @@ class Prober:
             # ``handed``: with sessions on the test's event loop for its async objects
             databases = handed_databases(item) if handed is None else list(handed)
             for located in asynchronous(databases):  # a synchronous test's
-                outcome.cannot = f"{HEADER} could not check {in_sync_test(located)}"
+                outcome.cannot = f"{HEADER} could not probe: {in_sync_test(located)}"
                 return
             names = set(getattr(item, "fixturenames", ()))
             if names & set(self.state.fixture_databases):  # else no round trip to ask
