@@ -255,14 +255,18 @@ class SeqdriftPlugin:
         ``--seqdrift-scope=all`` uses a database)."""
         outcome, self.pending = self.pending, Outcome()
         runs = self.watcher.take_runs()  # migrations the body ran, to the end
+        why = self._why_probed(item, steps_before)
+        if why is not None:
+            self.prober.probe(item, why, runs, outcome, databases)
+        return outcome
+
+    def _why_probed(self, item: pytest.Item, steps_before: int) -> str | None:
         why = self._marked_or_migrating(item)
         if why is None and self.watcher.steps > steps_before:
             why = "it ran migrations"
         if why is None and self.settings.scope == "all" and self._uses_database(item):
             why = "scope"
-        if why is not None:
-            self.prober.probe(item, why, runs, outcome, databases)
-        return outcome
+        return why
 
     async def _async_setup(self, item: pytest.Item, databases: list[Located]) -> None:
         """The set-up check of the databases handed as async objects, as the test's
@@ -280,7 +284,11 @@ class SeqdriftPlugin:
     async def _async_probe(
         self, item: pytest.Item, steps_before: int, handed: list[Located], done: list[Outcome]
     ) -> None:
-        """The probe after the body, on the test's event loop and connections."""
+        """The probe after the body, on the test's event loop and connections (opened
+        only when there is a probe: an engine lends a new connection each time)."""
+        if self._why_probed(item, steps_before) is None:
+            done.append(self._after_body(item, steps_before))
+            return
         later = asynchronous(handed)
 
         def probe(sessions: list[Located]) -> Outcome:
