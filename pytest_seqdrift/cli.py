@@ -12,17 +12,18 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from pytest_seqdrift import __version__, checker, fix, render
+from pytest_seqdrift import __version__, checker, cutover, fix, render
 from pytest_seqdrift.db.session import MIN_SERVER_VERSION, error_line
 from pytest_seqdrift.errors import CannotFix, SeqdriftError
-from pytest_seqdrift.model import FindingKind, Report, printable
+from pytest_seqdrift.model import Cutover, FindingKind, Report, printable
 from pytest_seqdrift.options import (
     DEFAULT_LOCK_TIMEOUT_MS,
     DEFAULT_THRESHOLD,
@@ -34,6 +35,8 @@ from pytest_seqdrift.options import (
 
 EXIT_OK, EXIT_FINDINGS, EXIT_CANNOT_CHECK = 0, 1, 2
 KINDS: tuple[FindingKind, ...] = ("collision", "overflow", "exhaustion")
+CUTOVER_KINDS = ("behind", "missing")  # with --source
+ALL_KINDS = (*KINDS, *CUTOVER_KINDS)
 T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 10  # unless the DSN, PGCONNECT_TIMEOUT or a service file says otherwise
@@ -67,15 +70,24 @@ def _jobs(text: str) -> int:
 def _fail_on(text: str) -> frozenset[str]:
     words = {w.strip() for w in text.split(",") if w.strip()}
     if words == {"all"}:
-        return frozenset(KINDS)
+        return frozenset(ALL_KINDS)
     if words == {"none"}:
         return frozenset()
-    unknown = words - set(KINDS)
+    unknown = words - set(ALL_KINDS)
     if unknown or not words:
         raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list of {', '.join(KINDS)} (or all, or none), not {text!r}"
+            f"expected a comma-separated list of {', '.join(ALL_KINDS)} (or all, or none), "
+            f"not {text!r}"
         )
     return frozenset(words)
+
+
+def _schema_pair(text: str) -> tuple[str, str]:
+    try:
+        ((source, target),) = cutover.parse_schema_map([text]).items()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return source, target
 
 
 def _margin(text: str) -> int:
@@ -114,6 +126,7 @@ examples:
   seqdrift check service=prod          # a section of ~/.pg_service.conf
   seqdrift check --schema billing --exclude-table 'audit_*' --format json
   seqdrift check --format github --fail-on collision     # in a GitHub Actions step
+  seqdrift check postgresql://new-db/app --source postgresql://old-db/app   # a cutover
 
 {_EXIT_CODES}"""
 
@@ -123,6 +136,7 @@ examples:
   psql -v ON_ERROR_STOP=1 -f fix.sql postgresql://admin@db.internal/app
   seqdrift fix postgresql://admin@db.internal/app --apply
   seqdrift fix --apply --margin 1000 --lock-timeout 5s
+  seqdrift fix postgresql://new-db/app --source postgresql://old-db/app --apply --margin 1000
 
 Without --apply, fix reads only and prints the script (exit 0 once printed). With
 --apply it runs it and checks again: exit 0 when clean, 1 if findings remain (overflow
@@ -168,10 +182,28 @@ def _common(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--fail-on",
         type=_fail_on,
-        default=frozenset(KINDS),
+        default=frozenset(ALL_KINDS),
         metavar="KINDS",
         help="which findings make the exit code 1: a comma-separated list of "
-        "collision, overflow, exhaustion; or all (default) or none",
+        "collision, overflow, exhaustion, and with --source behind, missing; or all "
+        "(default) or none",
+    )
+    sub.add_argument(
+        "--source",
+        default=None,
+        metavar="SOURCE_DSN",
+        help="the database this one was copied from (a logical replication publisher, a "
+        "pg_dump's origin, a DMS source): also report every sequence behind the source's "
+        "next value, including sequences that back no column, and sequences on one side "
+        "only. Read-only on the source, which is read first",
+    )
+    sub.add_argument(
+        "--map-schema",
+        action="append",
+        default=[],
+        type=_schema_pair,
+        metavar="SOURCE=TARGET",
+        help="with --source: the source's schema SOURCE is called TARGET here (repeatable)",
     )
     sub.add_argument(
         "--lock-timeout",
@@ -267,8 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_margin,
         default=0,
         metavar="N",
-        help="leave N ids of headroom past each table's max (default 0: the next value "
-        "is the one after the max)",
+        help="leave N ids of headroom past each table's max, and past the source's next "
+        "value with --source (default 0: the next value is the one after the max)",
+    )
+    fx.add_argument(
+        "--despite-subscriptions",
+        action="store_true",
+        help="with --source --apply: fix even while a subscription on this database is "
+        "enabled (by default that stops the fix: writes may still arrive)",
     )
     fx.set_defaults(run=_run_fix)
     return parser
@@ -307,12 +345,14 @@ def _connect_failure(exc: BaseException) -> str:
     return message
 
 
-def connect(dsn: str, *, read_only: bool) -> psycopg.Connection[Any]:
-    """Connect like psql: the DSN, then libpq's PG* variables, service files, ~/.pgpass."""
+def connect(dsn: str, *, read_only: bool, what: str = "") -> psycopg.Connection[Any]:
+    """Connect like psql: the DSN, then libpq's PG* variables, service files, ~/.pgpass.
+    ``what`` names the database in the reason (``the source``)."""
+    to = f" to {what}" if what else ""
     try:
         given = conninfo_to_dict(dsn)
     except psycopg.Error as exc:
-        raise Stop(f"cannot connect: invalid DSN: {error_line(exc)}") from None
+        raise Stop(f"cannot connect{to}: invalid DSN: {error_line(exc)}") from None
     extra: dict[str, Any] = {"fallback_application_name": "seqdrift"}
     env = os.environ
     if not any(
@@ -322,12 +362,13 @@ def connect(dsn: str, *, read_only: bool) -> psycopg.Connection[Any]:
     try:
         conn = psycopg.connect(dsn, autocommit=True, **extra)
     except psycopg.Error as exc:
-        raise Stop(f"cannot connect: {_connect_failure(exc)}") from None
+        raise Stop(f"cannot connect{to}: {_connect_failure(exc)}") from None
     if conn.info.server_version < MIN_SERVER_VERSION:
         version = conn.info.parameter_status("server_version") or str(conn.info.server_version)
         conn.close()
+        of = f" {what}" if what else ""
         raise Stop(
-            f"cannot check: server too old: PostgreSQL {version} (seqdrift needs 12 or later)"
+            f"cannot check{of}: server too old: PostgreSQL {version} (seqdrift needs 12 or later)"
         )
     if read_only:
         # check() opens a READ ONLY transaction already; make every other one read-only too
@@ -335,7 +376,9 @@ def connect(dsn: str, *, read_only: bool) -> psycopg.Connection[Any]:
     return conn
 
 
-def _known_schemas(conn: psycopg.Connection[Any], schemas: list[str] | None) -> None:
+def _known_schemas(
+    conn: psycopg.Connection[Any], schemas: Seq[str] | None, what: str = "database"
+) -> None:
     """A mistyped --schema is an error, not a clean check of nothing."""
     if not schemas:
         return
@@ -346,7 +389,7 @@ def _known_schemas(conn: psycopg.Connection[Any], schemas: list[str] | None) -> 
     ).fetchall()
     if rows:
         missing = ", ".join(str(r[0]) for r in rows)
-        raise Stop(f"cannot check: no schema named {missing} in database {conn.info.dbname}")
+        raise Stop(f"cannot check: no schema named {missing} in {what} {conn.info.dbname}")
 
 
 def _colour() -> bool:
@@ -388,7 +431,39 @@ def _options(args: argparse.Namespace) -> CheckOptions:
 # --- the commands -----------------------------------------------------------------------
 
 
+@contextmanager
+def _source(args: argparse.Namespace) -> Iterator[psycopg.Connection[Any] | None]:
+    """The ``--source`` database, read-only (None without the option)."""
+    if args.source is None:
+        if args.map_schema:
+            raise Stop("cannot check: --map-schema needs --source")
+        yield None
+        return
+    if not args.source.strip():
+        raise Stop("cannot connect to the source: --source needs a DSN")
+    with connect(args.source, read_only=True, what="the source") as conn:
+        _known_schemas(conn, [s for s, _ in args.map_schema], "the source's database")
+        yield conn
+
+
+def _schema_map(args: argparse.Namespace) -> dict[str, str]:
+    try:
+        return cutover.parse_schema_map(f"{s}={t}" for s, t in args.map_schema)
+    except ValueError as exc:
+        raise Stop(f"cannot check: --map-schema: {exc}") from None
+
+
+def _cutover_exit(cut: Cutover, fail_on: frozenset[str], *, hint: str = "") -> int:
+    code = _exit_code(cut.report, fail_on, hint=hint)
+    kinds = {render.CUTOVER_KIND[c.status] for c in cut.differences}
+    return EXIT_FINDINGS if code == EXIT_FINDINGS or kinds & fail_on else EXIT_OK
+
+
 def _run_check(args: argparse.Namespace) -> int:
+    schema_map = _schema_map(args)
+    with _source(args) as source:
+        if source is not None:
+            return _run_cutover_check(args, source, schema_map)
     with connect(args.dsn, read_only=True) as conn:
         _known_schemas(conn, args.schemas)
         report = checker.run(conn, _options(args), jobs=args.jobs)
@@ -407,28 +482,67 @@ def _run_check(args: argparse.Namespace) -> int:
     return _exit_code(report, args.fail_on, hint=hint)
 
 
-def _source(conn: psycopg.Connection[Any]) -> str:
+def _run_cutover_check(
+    args: argparse.Namespace, source: psycopg.Connection[Any], schema_map: dict[str, str]
+) -> int:
+    with connect(args.dsn, read_only=True) as conn:
+        _known_schemas(conn, args.schemas)
+        _known_schemas(conn, list(schema_map.values()))
+        cut = cutover.compare(conn, source, _options(args), schema_map=schema_map)
+    readable = render.cannot_check(cut.report) is None
+    hint = ""
+    if args.format == "json":
+        emit(render.cutover_json(cut))
+    elif args.format == "github":
+        emit(render.cutover_github(cut))
+    elif readable or args.verbose:
+        emit(render.cutover_for_terminal(cut, colour=_colour(), verbose=args.verbose))
+    elif len(cut.report.skipped) > 1:
+        hint = " (--verbose lists them)"
+    return _cutover_exit(cut, args.fail_on, hint=hint)
+
+
+def _where(conn: psycopg.Connection[Any]) -> str:
     info = conn.info
     return f"database {info.dbname} on {info.host}:{info.port} as {info.user}"
 
 
 def _run_fix(args: argparse.Namespace) -> int:
-    if not args.apply:
-        with connect(args.dsn, read_only=True) as conn:
+    schema_map = _schema_map(args)
+    if args.despite_subscriptions and args.source is None:
+        raise Stop("cannot fix: --despite-subscriptions needs --source")
+    with _source(args) as source:
+        if not args.apply:
+            with connect(args.dsn, read_only=True) as conn:
+                _known_schemas(conn, args.schemas)
+                _known_schemas(conn, list(schema_map.values()))
+                fix_plan = fix.review(
+                    conn, _options(args), margin=args.margin, source=source, schema_map=schema_map
+                )
+                where = _where(conn)
+            _exit_code(fix_plan.report, args.fail_on)  # exit 2, no script, when nothing was read
+            emit(fix.script(fix_plan, source=where, margin=args.margin))
+            return EXIT_OK
+        with connect(args.dsn, read_only=False) as conn:
             _known_schemas(conn, args.schemas)
-            fix_plan = fix.review(conn, _options(args), margin=args.margin)
-            source = _source(conn)
-        _exit_code(fix_plan.report, args.fail_on)  # exit 2, and no script, when nothing was read
-        emit(fix.script(fix_plan, source=source, margin=args.margin))
-        return EXIT_OK
-    with connect(args.dsn, read_only=False) as conn:
-        _known_schemas(conn, args.schemas)
-        applied = fix.apply(conn, _options(args), margin=args.margin)
+            _known_schemas(conn, list(schema_map.values()))
+            applied = fix.apply(
+                conn,
+                _options(args),
+                margin=args.margin,
+                source=source,
+                schema_map=schema_map,
+                despite_subscriptions=args.despite_subscriptions,
+            )
     if not applied.changes:
         _exit_code(applied.after, args.fail_on)  # not one column read: stop, print nothing
     emit(_applied(applied))
-    emit(render.for_terminal(applied.after, colour=_colour()))
-    return _exit_code(applied.after, args.fail_on)
+    cut = applied.after_cutover
+    if cut is None:
+        emit(render.for_terminal(applied.after, colour=_colour()))
+        return _exit_code(applied.after, args.fail_on)
+    emit(render.cutover_for_terminal(cut, colour=_colour()))
+    return _cutover_exit(cut, args.fail_on)
 
 
 def _applied(applied: fix.Applied) -> str:
@@ -440,6 +554,10 @@ def _applied(applied: fix.Applied) -> str:
         lines.append(f"moved {render.plural(n, 'sequence')} forward, in one transaction:")
         for change in applied.changes:
             lines.append(f"  {printable(fix.describe_fix(change.fix, new_next=change.new_next))}")
+    elif applied.plan.cutover is not None:
+        lines.append(
+            "nothing to move: no sequence hands out ids its tables hold, none is behind the source"
+        )
     else:
         lines.append("nothing to move: no sequence hands out ids its tables hold")
     if applied.plan.advice:
@@ -455,6 +573,12 @@ def _applied(applied: fix.Applied) -> str:
             f"but it could not be read: {s.reason}"
         )
         lines.append(printable(what))
+    for c in applied.plan.beyond_reach:
+        lines.append(
+            printable(
+                f"not moved, its limit lies before the source's: {render.describe_compared(c)}"
+            )
+        )
     lines.append("checking again:")
     return "\n".join(lines)
 

@@ -9,7 +9,7 @@ statement, so a ``nextval`` from elsewhere cannot make it move a sequence back. 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,22 +17,31 @@ from typing import Any
 
 from psycopg import sql
 
-from pytest_seqdrift import checker, drift, fixsql
+from pytest_seqdrift import checker, cutover, drift, fixsql
 from pytest_seqdrift.db.adapters import session_for
 from pytest_seqdrift.db.session import error_line
 from pytest_seqdrift.errors import CannotFix, ReadFailure
 from pytest_seqdrift.model import (
     Bounds,
     Column,
+    Compared,
+    Cutover,
     Finding,
     PgSequence,
     Report,
     SequenceState,
     Skipped,
+    amended,
 )
 from pytest_seqdrift.options import CheckOptions
 from pytest_seqdrift.read.reader import read_bounds, read_sequence_states
-from pytest_seqdrift.render import describe_finding, summary, what_happens
+from pytest_seqdrift.render import (
+    cutover_summary,
+    describe_compared,
+    describe_finding,
+    summary,
+    what_happens,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class SequenceFix:
     before: SequenceState
     target: int  # setval(sequence, target): the next value becomes target + increment
     sql: str
+    source_next: int | None = None  # --source: the source's next value it goes past
 
     @property
     def old_next(self) -> int | None:
@@ -63,6 +73,8 @@ class FixPlan:
     fixes: list[SequenceFix] = field(default_factory=list)
     advice: list[Finding] = field(default_factory=list)  # not fixable by setval: commented
     unread: list[Skipped] = field(default_factory=list)  # feeds an affected sequence, unread
+    cutover: Cutover | None = None  # --source: the comparison the plan also starts from
+    beyond_reach: list[Compared] = field(default_factory=list)  # behind, past its own limit
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,7 @@ class Applied:
     plan: FixPlan
     changes: list[Change]
     after: Report  # the check made once the transaction committed
+    after_cutover: Cutover | None = None  # --source: the comparison made then
 
 
 def review(
@@ -87,14 +100,68 @@ def review(
     options: CheckOptions,
     *,
     margin: int = 0,
+    source: Any = None,
+    schema_map: Mapping[str, str] | None = None,
 ) -> FixPlan:
-    """Check, then plan the fix, reading only (``seqdrift fix`` without ``--apply``)."""
-    report = checker.run(conn, options)
+    """Check, then plan the fix, reading only (``seqdrift fix`` without ``--apply``).
+    With ``source``, the plan also moves every sequence behind the source's (see
+    ``cutover.compare``)."""
+    cut = None
+    if source is not None:
+        cut = cutover.compare(conn, source, options, schema_map=schema_map)
+        report = cut.report
+    else:
+        report = checker.run(conn, options)
     session = session_for(conn)
     with session.read_only(
         lock_timeout_ms=options.lock_timeout_ms, statement_timeout_ms=options.statement_timeout_ms
     ):
-        return plan(conn, report, margin=margin)
+        fix_plan = plan(conn, report, margin=margin)
+    if cut is not None:
+        with_source(fix_plan, cut, margin=margin)
+    return fix_plan
+
+
+def with_source(fix_plan: FixPlan, cut: Cutover, *, margin: int = 0) -> None:
+    """Move every sequence behind the source's to at least the source's next value
+    (plus ``margin``): a sequence that collides too goes to the further of the two."""
+    fix_plan.cutover = cut
+    by_oid = {f.sequence.oid: i for i, f in enumerate(fix_plan.fixes)}
+    for c in cut.compared:
+        if c.status != "behind" or c.target is None or c.target_state is None:
+            continue
+        seq = c.target
+        beyond = c.source_next_value
+        if beyond is None:  # an exhausted source: everything up to its limit is taken
+            beyond = (seq.max_value if seq.increment > 0 else seq.min_value) + seq.increment
+        value = cutover.source_target(seq, beyond, margin)
+        if value is None:
+            fix_plan.beyond_reach.append(c)
+            continue
+        i = by_oid.get(seq.oid)
+        if i is not None:
+            old = fix_plan.fixes[i]
+            if drift.forward(seq, old.target) >= drift.forward(seq, value):
+                fix_plan.fixes[i] = amended(old, source_next=beyond)
+                continue
+            columns, tops, before = old.columns, old.tops, old.before
+        else:
+            columns, tops, before = (), (), c.target_state
+        new = SequenceFix(
+            sequence=seq,
+            columns=columns,
+            tops=tops,
+            before=before,
+            target=value,
+            sql=fixsql.setval_at_least(seq, value),
+            source_next=beyond,
+        )
+        if i is None:
+            by_oid[seq.oid] = len(fix_plan.fixes)
+            fix_plan.fixes.append(new)
+        else:
+            fix_plan.fixes[i] = new
+    fix_plan.fixes.sort(key=lambda f: (f.sequence.schema, f.sequence.name))
 
 
 def _clears(report: Report) -> dict[int, list[Column]]:
@@ -186,8 +253,10 @@ def _fix_for(
 def describe_fix(fix: SequenceFix, *, new_next: int | None = None) -> str:
     """``public.t_id_seq: next value 1 -> 17 (public.t.id: max 16)``."""
     after = fix.new_next if new_next is None else new_next
-    tops = ", ".join(f"{c.label}: max {top}" for c, top in fix.tops)
-    return f"{fix.sequence.qualified}: next value {fix.old_next} -> {after} ({tops})"
+    why = [f"{c.label}: max {top}" for c, top in fix.tops]
+    if fix.source_next is not None:
+        why.insert(0, f"the source's next value {fix.source_next}")
+    return f"{fix.sequence.qualified}: next value {fix.old_next} -> {after} ({', '.join(why)})"
 
 
 def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
@@ -197,9 +266,21 @@ def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
     where = f" from {source}" if source else ""
     lines = [fixsql.comment(f"seqdrift fix: sequence state read at {now}{where}")]
     report = fix_plan.report
-    if not fix_plan.fixes and not fix_plan.advice and not fix_plan.unread:
-        lines.append(fixsql.comment(f"nothing to fix: {summary(report)}"))
-        return "\n".join(lines + _unjudged(report))
+    cut = fix_plan.cutover
+    if cut is not None:
+        lines.append(fixsql.comment(f"compared with the source, {cut.source}"))
+        for sub in cut.subscriptions:
+            if sub.enabled:
+                lines.append(
+                    fixsql.comment(
+                        f"WARNING: subscription {sub.name} is still enabled on this database: "
+                        "writes may still arrive after this script ran"
+                    )
+                )
+    if not (fix_plan.fixes or fix_plan.advice or fix_plan.unread or fix_plan.beyond_reach):
+        what = summary(report) if cut is None else f"{summary(report)}; {cutover_summary(cut)}"
+        lines.append(fixsql.comment(f"nothing to fix: {what}"))
+        return "\n".join(lines + _unjudged(report) + _missing(fix_plan))
     lines += [
         "-- Each setval reads last_value in the same statement: it only ever moves a",
         "-- sequence forward, also when this script runs later. Review it, then run:",
@@ -216,6 +297,9 @@ def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
         for f in report.findings:
             if f.kind == "collision" and f.sequence.oid == fix.sequence.oid:
                 lines.append(fixsql.comment(f"{f.column.label}: {describe_finding(f)}"))
+        for c in cut.compared if cut is not None else ():
+            if c.status == "behind" and c.target is not None and c.target.oid == fix.sequence.oid:
+                lines.append(fixsql.comment(f"behind the source: {describe_compared(c)}"))
         lines.append(fixsql.comment(describe_fix(fix)))
         lines.append(fix.sql)  # names inside quotes: a line break there is SQL's own
     for f in fix_plan.advice:
@@ -232,9 +316,24 @@ def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
                 f"{s.sequence}, but it could not be read: {s.reason}"
             )
         )
-    lines += _unjudged(report)
+    for c in fix_plan.beyond_reach:
+        lines.append("")
+        lines.append(fixsql.comment(f"behind the source, not fixable here: {describe_compared(c)}"))
+        lines.append(c.fix_sql)
+    lines += _unjudged(report) + _missing(fix_plan)
     lines += ["", "COMMIT;"]
     return "\n".join(lines)
+
+
+def _missing(fix_plan: FixPlan) -> list[str]:
+    """Sequences on one side only, or not compared: no setval here, and the script says
+    so."""
+    cut = fix_plan.cutover
+    lines: list[str] = []
+    for c in cut.compared if cut is not None else ():
+        if c.status in ("missing on target", "missing on source", "skipped"):
+            lines += ["", fixsql.comment(f"not fixed here: {describe_compared(c)}")]
+    return lines
 
 
 def _unjudged(report: Report) -> list[str]:
@@ -304,18 +403,41 @@ def apply(
     options: CheckOptions,
     *,
     margin: int = 0,
+    source: Any = None,
+    schema_map: Mapping[str, str] | None = None,
+    despite_subscriptions: bool = False,
 ) -> Applied:
     """Fix every collision that a ``setval`` can fix, in one transaction, then check
-    again. ``conn`` is an idle psycopg 3 connection.
+    again. ``conn`` is an idle psycopg 3 connection. With ``source`` (a connection to
+    the database the target was copied from), every sequence behind the source's moves
+    to at least its next value too; an enabled subscription on the target stops it
+    (writes may still arrive) unless ``despite_subscriptions``.
 
     Raises ``CannotCheck`` when the database cannot be checked, ``CannotFix`` when a
-    table stays locked past the lock timeout or a privilege is missing (then nothing has
-    been changed).
+    table stays locked past the lock timeout, a privilege is missing or a subscription
+    is enabled (then nothing has been changed).
     """
-    before = checker.run(conn, options)
+    cut = None
+    if source is not None:
+        cut = cutover.compare(conn, source, options, schema_map=schema_map)
+        before = cut.report
+        enabled = [s.name for s in cut.subscriptions if s.enabled]
+        if enabled and not despite_subscriptions:
+            names = ", ".join(enabled)
+            raise CannotFix(
+                f"subscription {names} is still enabled on the target: writes may still "
+                f"arrive and move ids past any fix; ALTER SUBSCRIPTION {enabled[0]} DISABLE "
+                "(or drop it) first, or pass --despite-subscriptions; nothing was changed"
+            )
+    else:
+        before = checker.run(conn, options)
     fed = _clears(before)
-    if not fed:
-        return Applied(plan(conn, before, margin=margin), [], before)
+    behind = cut is not None and any(c.status == "behind" for c in cut.compared)
+    if not fed and not behind:
+        fix_plan = plan(conn, before, margin=margin)
+        if cut is not None:
+            with_source(fix_plan, cut, margin=margin)
+        return Applied(fix_plan, [], before, cut)
     session = session_for(conn)
     changes: list[Change] = []
     with _write_transaction(
@@ -332,6 +454,8 @@ def apply(
                     f"{error_line(exc)}; nothing was changed"
                 ) from exc
         fix_plan = plan(conn, before, margin=margin)
+        if cut is not None:
+            with_source(fix_plan, cut, margin=margin)
         denied = session.run(
             "SELECT o::regclass::text FROM unnest(%s::oid[]) AS o "
             "WHERE NOT has_sequence_privilege(o, 'UPDATE') ORDER BY 1",
@@ -348,5 +472,7 @@ def apply(
             except session.Error as exc:
                 raise CannotFix(f"cannot set {fix.sequence.qualified}: {error_line(exc)}") from exc
             changes.append(Change(fix, SequenceState(int(value), True)))
-    after = checker.run(conn, options)
-    return Applied(fix_plan, changes, after)
+    if cut is None:
+        return Applied(fix_plan, changes, checker.run(conn, options))
+    again = cutover.compare(conn, source, options, schema_map=schema_map)
+    return Applied(fix_plan, changes, again.report, again)

@@ -252,3 +252,69 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.findings
+
+
+# --- cutovers: a target's sequences compared with its source's (``--source``) -----------
+
+CompareStatus = Literal["ok", "behind", "missing on target", "missing on source", "skipped"]
+DIFFERENCES = ("behind", "missing on target", "missing on source")  # statuses that are findings
+
+
+@dataclass(frozen=True)
+class Compared:
+    """One sequence, matched by schema and name between a source and a target.
+
+    ``behind``: the target's next value lies behind the source's, in the target's
+    direction (``behind_by`` values). ``missing on target`` / ``missing on source``: the
+    sequence exists on one side only (``sequence`` is then the name it has, or would
+    have, on the target). ``skipped``: one side could not be read (``note`` says why).
+    ``columns`` are the target's columns it feeds (none: the application calls
+    ``nextval()`` itself)."""
+
+    sequence: str  # the target's schema.name
+    source_sequence: str  # the source's schema.name
+    schema: str  # the target's schema
+    name: str  # the target's name
+    status: CompareStatus
+    next_value: int | None = None  # the target's (None: exhausted, or missing there)
+    source_next_value: int | None = None  # the source's (None: exhausted, or missing)
+    behind_by: int | None = None
+    columns: tuple[str, ...] = ()
+    fix_sql: str = ""
+    note: str | None = None
+    target: PgSequence | None = None  # the target's sequence, where it has one
+    target_state: SequenceState | None = None  # as read, for the fix
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A logical replication subscription of the target's database, as the target
+    sees it, and (where the source holds its slot) how far behind the source it is."""
+
+    name: str
+    enabled: bool
+    worker_running: bool
+    tables: tuple[str, ...]  # schema.table, every table it replicates
+    tables_not_ready: int  # still copying or catching up (pg_subscription_rel state not r)
+    received_lsn: str | None
+    lag_bytes: int | None  # the source's WAL position minus the slot's confirmed flush
+    last_message_at: str | None
+    slot_on_source: bool | None  # None: no source to ask
+    refresh_sequences: bool = False  # PostgreSQL 19+: its publication has FOR ALL SEQUENCES
+
+
+@dataclass(frozen=True)
+class Cutover:
+    """``seqdrift check TARGET --source SOURCE``: the target's own check, and every
+    sequence compared with the source's."""
+
+    report: Report
+    compared: list[Compared]
+    subscriptions: list[Subscription]
+    source: str  # which database the source is, for people
+    target: str
+
+    @property
+    def differences(self) -> list[Compared]:
+        """The comparisons that are findings: behind, or missing on one side."""
+        return [c for c in self.compared if c.status in DIFFERENCES]

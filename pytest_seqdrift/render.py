@@ -15,7 +15,16 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from pytest_seqdrift.model import Checked, Finding, Report, Skipped, printable
+from pytest_seqdrift.model import (
+    Checked,
+    Compared,
+    Cutover,
+    Finding,
+    Report,
+    Skipped,
+    Subscription,
+    printable,
+)
 
 JSON_VERSION = 1
 
@@ -478,3 +487,212 @@ def as_dict(report: Report) -> dict[str, Any]:
 
 def as_json(report: Report) -> str:
     return json.dumps(as_dict(report), indent=2)
+
+
+# --- cutovers: the target compared with its source (``--source``) ----------------------
+
+CUTOVER_KIND = {"behind": "behind", "missing on target": "missing", "missing on source": "missing"}
+
+
+def _fed(c: Compared) -> str:
+    if not c.columns:
+        return "backs no column"
+    return ", ".join(c.columns)
+
+
+def describe_compared(c: Compared) -> str:
+    """One line for a compared sequence: ``public.orders_id_seq (public.orders.id): next
+    value 51, the source's 101: 50 behind``."""
+    what = f"{c.sequence} ({_fed(c)})"
+    if c.status == "missing on target":
+        return f"{c.source_sequence}: missing on the target (the source's next value {c.source_next_value})"
+    if c.status == "missing on source":
+        return f"{what}: missing on the source (no {c.source_sequence} there)"
+    if c.status == "skipped":
+        return f"{what}: not compared: {c.note}"
+    source = "exhausted" if c.source_next_value is None else str(c.source_next_value)
+    nv = "none (exhausted)" if c.next_value is None else str(c.next_value)
+    text = f"{what}: next value {nv}, the source's {source}"
+    if c.status == "behind":
+        text += f": {plural(c.behind_by or 0, 'value')} behind"
+    if c.note:
+        text += f"; {c.note}"
+    return text
+
+
+def describe_subscription(sub: Subscription, behind: list[Compared]) -> list[str]:
+    """What a cutover must know of a subscription: is it still writing, how far behind,
+    and which of its tables' sequences the fix moves."""
+    state = "enabled" if sub.enabled else "disabled"
+    worker = ", its worker running" if sub.worker_running else ""
+    tables = plural(len(sub.tables), "table")
+    ready = f", {sub.tables_not_ready} not yet in sync" if sub.tables_not_ready else ""
+    if sub.lag_bytes is not None:
+        lag = f"; {plural(max(sub.lag_bytes, 0), 'byte')} of the source's WAL not yet confirmed"
+    elif sub.slot_on_source is False:
+        lag = "; its slot is not on the source (it replicates from elsewhere)"
+    else:
+        lag = ""
+    lines = [f"subscription {sub.name}: {state}{worker}, {tables}{ready}{lag}"]
+    replicated = set(sub.tables)
+    moved = [
+        c.sequence for c in behind if any(col.rsplit(".", 1)[0] in replicated for col in c.columns)
+    ]
+    if moved:
+        lines.append(f"  sequences of its tables behind the source: {', '.join(moved)}")
+    if sub.enabled:
+        lines.append(
+            f"  writes may still arrive: ALTER SUBSCRIPTION {sub.name} DISABLE (or drop it) "
+            "before the fix"
+        )
+    if sub.refresh_sequences:
+        lines.append(
+            f"  its publication replicates sequences (FOR ALL SEQUENCES): ALTER SUBSCRIPTION "
+            f"{sub.name} REFRESH SEQUENCES copies their state, instead of a setval"
+        )
+    return lines
+
+
+def cutover_summary(cut: Cutover) -> str:
+    """``compared 14 sequences with the source: 2 behind, 1 missing on the target``."""
+    counts = {
+        k: sum(c.status == k for c in cut.compared)
+        for k in ("behind", "missing on target", "missing on source", "skipped")
+    }
+    words = ", ".join(f"{n} {k}" for k, n in counts.items() if n and k != "skipped")
+    line = f"compared {plural(len(cut.compared), 'sequence')} with the source: {words or 'none behind'}"
+    if counts["skipped"]:
+        line += f"; {counts['skipped']} not compared"
+    return line
+
+
+def cutover_lines(cut: Cutover, paint: Paint | None = None) -> list[str]:
+    """The comparison's part of ``seqdrift check --source``'s text."""
+    say = paint or Paint(False)
+    lines = [say(f"compared with the source, {cut.source}:", "bold")]
+    shown = [c for c in cut.compared if c.status != "ok"]
+    for c in shown:
+        style = "red" if c.status == "behind" else "yellow" if c.status != "skipped" else "magenta"
+        lines.append("  " + say(describe_compared(c), style))
+    fixes = [c.fix_sql for c in cut.compared if c.status == "behind" and c.fix_sql]
+    if fixes:
+        lines.append("  fix (seqdrift fix TARGET --source SOURCE prints and runs these):")
+        lines += [f"    {say(line)}" for sql in fixes for line in sql.split("\n")]
+    behind = [c for c in cut.compared if c.status == "behind"]
+    for sub in cut.subscriptions:
+        lines += [
+            say(line, "yellow" if sub.enabled else None)
+            for line in describe_subscription(sub, behind)
+        ]
+    style = "red" if cut.differences else "green"
+    lines.append(say(cutover_summary(cut), style))
+    return lines
+
+
+def cutover_for_terminal(cut: Cutover, *, colour: bool = False, verbose: bool = False) -> str:
+    """``seqdrift check --source``'s text: the target's own check, then the comparison."""
+    return "\n".join(
+        [
+            for_terminal(cut.report, colour=colour, verbose=verbose),
+            "",
+            *cutover_lines(cut, Paint(colour)),
+        ]
+    )
+
+
+def compared_finding(c: Compared) -> dict[str, Any]:
+    """A difference as a JSON finding: kind ``behind`` or ``missing``. ``table`` and
+    ``column`` are the first column it feeds on the target (null: it backs none)."""
+    table = column = None
+    if c.columns:
+        _schema, table, column = _split_label(c.columns[0], c.schema)
+    d: dict[str, Any] = {
+        "kind": CUTOVER_KIND[c.status],
+        "schema": c.schema,
+        "table": table,
+        "column": column,
+        "sequence": c.sequence,
+        "source_sequence": c.source_sequence,
+        "next_value": c.next_value,
+        "source_next_value": c.source_next_value,
+    }
+    if c.status == "behind":
+        d["behind_by"] = c.behind_by
+    else:
+        d["missing_on"] = "target" if c.status == "missing on target" else "source"
+    d["columns"] = list(c.columns)
+    d["fix_sql"] = c.fix_sql
+    if c.note:
+        d["note"] = c.note
+    return d
+
+
+def _split_label(label: str, schema: str) -> tuple[str, str, str]:
+    """``schema.table.column`` as the three names (a name may hold a dot: split from
+    the known schema, then at the last dot)."""
+    rest = label[len(schema) + 1 :] if label.startswith(schema + ".") else label.split(".", 1)[-1]
+    table, _, column = rest.rpartition(".")
+    return schema, table, column
+
+
+def compared_dict(c: Compared) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "schema": c.schema,
+        "sequence": c.sequence,
+        "source_sequence": c.source_sequence,
+        "status": c.status,
+        "next_value": c.next_value,
+        "source_next_value": c.source_next_value,
+        "columns": list(c.columns),
+    }
+    if c.behind_by is not None:
+        d["behind_by"] = c.behind_by
+    if c.note:
+        d["note"] = c.note
+    return d
+
+
+def subscription_dict(sub: Subscription) -> dict[str, Any]:
+    return {
+        "name": sub.name,
+        "enabled": sub.enabled,
+        "worker_running": sub.worker_running,
+        "tables": list(sub.tables),
+        "tables_not_ready": sub.tables_not_ready,
+        "received_lsn": sub.received_lsn,
+        "lag_bytes": sub.lag_bytes,
+        "last_message_at": sub.last_message_at,
+        "slot_on_source": sub.slot_on_source,
+        "refresh_sequences": sub.refresh_sequences,
+    }
+
+
+def cutover_dict(cut: Cutover) -> dict[str, Any]:
+    """``as_dict`` of the target's check, its findings followed by the differences, and
+    every compared sequence and subscription."""
+    d = as_dict(cut.report)
+    d["findings"] += [compared_finding(c) for c in cut.differences]
+    d["compared"] = [compared_dict(c) for c in cut.compared]
+    d["subscriptions"] = [subscription_dict(s) for s in cut.subscriptions]
+    d["source"] = cut.source
+    return d
+
+
+def cutover_json(cut: Cutover) -> str:
+    return json.dumps(cutover_dict(cut), indent=2)
+
+
+def cutover_github(cut: Cutover) -> str:
+    """``github`` of the target's check, then an ``::error`` per sequence behind and a
+    ``::warning`` per sequence missing on one side."""
+    lines = [github(cut.report)]
+    if cannot_check(cut.report) is not None:
+        return lines[0]
+    for c in cut.differences:
+        command = "error" if c.status == "behind" else "warning"
+        message = [describe_compared(c)]
+        if c.fix_sql:
+            message.append(f"fix: {c.fix_sql}")
+        lines.append(_gh_command(command, f"sequence {c.status}: {c.sequence}", *message))
+    lines.append(cutover_summary(cut))
+    return "\n".join(lines)

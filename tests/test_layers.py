@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("db",),  # talking to PostgreSQL through any driver
     ("drift", "fixsql", "render"),  # arithmetic and words: pure functions of values
     ("read",),  # what the catalog, the sequences and the tables say
-    ("checker", "snapshot"),  # read-only operations
+    ("checker", "snapshot", "cutover"),  # read-only operations
     ("probe", "fix"),  # operations that write, and undo or commit
     ("cli", "alembic", "plugin"),  # the ways in
     ("__init__", "__main__", "fixtures"),  # the public names
