@@ -17,7 +17,7 @@ from typing import Any
 
 from pytest_seqdrift import checker, drift, fixsql
 from pytest_seqdrift.db.adapters import open_session
-from pytest_seqdrift.db.session import Session
+from pytest_seqdrift.db.session import Session, error_line
 from pytest_seqdrift.errors import CannotCheck, ReadFailure
 from pytest_seqdrift.model import (
     Compared,
@@ -163,8 +163,15 @@ def compare(
         ),
     ):
         src = _read_side(session, source_schemas)
-        slots = {str(name): lag for name, lag in session.run(SOURCE_SLOTS)}
-        all_sequences = {str(r[0]) for r in session.run(ALL_SEQUENCES_PUBLICATIONS)}
+        unread: list[str] = []
+        slot_rows = _optional(session, SOURCE_SLOTS, "the source's replication slots", unread)
+        slots = {str(name): lag for name, lag in slot_rows}
+        all_sequences = {
+            str(r[0])
+            for r in _optional(
+                session, ALL_SEQUENCES_PUBLICATIONS, "the source's publications", unread
+            )
+        }
         source_label = _label(session)
     readable = [s for s in src.sequences.values() if s.oid not in src.denied]
     if src.sequences and not any(
@@ -183,14 +190,25 @@ def compare(
         ),
     ):
         tgt = _read_side(session, None if options.schemas is None else list(options.schemas))
-        subscriptions = _subscriptions(session, slots, all_sequences, tgt.version)
+        subscriptions = _subscriptions(session, slots, all_sequences, tgt.version, unread)
         target_label = _label(session)
         names = sorted({*mapping, *mapping.values()})
         quoted: dict[str, str] = dict(
             session.run("SELECT x, quote_ident(x) FROM unnest(%s::text[]) AS x", [names])
         )
     compared = _compare(src, tgt, mapping, inverse, _fed_columns(report), quoted)
-    return Cutover(report, compared, subscriptions, source_label, target_label)
+    return Cutover(report, compared, subscriptions, source_label, target_label, unread)
+
+
+def _optional(session: Session, query: str, what: str, unread: list[str]) -> list[Any]:
+    """Rows the comparison can do without (replication's state): where the role may
+    not read them, say so in ``unread`` and go on."""
+    try:
+        with session.savepoint("seqdrift_optional"):
+            return list(session.run(query))
+    except session.Error as exc:
+        unread.append(f"could not read {what}: {error_line(exc)}")
+        return []
 
 
 def _label(session: Session) -> str:
@@ -361,12 +379,15 @@ def source_target(seq: PgSequence, source_next: int, margin: int) -> int | None:
 
 
 def _subscriptions(
-    session: Session, slots: Mapping[str, int | None], all_sequences: set[str], version: int
+    session: Session,
+    slots: Mapping[str, int | None],
+    all_sequences: set[str],
+    version: int,
+    unread: list[str],
 ) -> list[Subscription]:
     out = []
-    for name, enabled, slot, pubs, running, received, last, tables, not_ready in session.run(
-        SUBSCRIPTIONS
-    ):
+    rows = _optional(session, SUBSCRIPTIONS, "the target's subscriptions", unread)
+    for name, enabled, slot, pubs, running, received, last, tables, not_ready in rows:
         on_source = slot is not None and slot in slots
         out.append(
             Subscription(

@@ -422,6 +422,12 @@ def apply(
         cut = cutover.compare(conn, source, options, schema_map=schema_map)
         before = cut.report
         enabled = [s.name for s in cut.subscriptions if s.enabled]
+        unknown = [u for u in cut.unread if "subscriptions" in u]
+        if unknown and not despite_subscriptions:
+            raise CannotFix(
+                f"{unknown[0]}: a subscription may still be enabled on the target; pass "
+                "--despite-subscriptions to fix anyway; nothing was changed"
+            )
         if enabled and not despite_subscriptions:
             names = ", ".join(enabled)
             raise CannotFix(

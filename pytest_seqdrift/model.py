@@ -313,6 +313,7 @@ class Cutover:
     subscriptions: list[Subscription]
     source: str  # which database the source is, for people
     target: str
+    unread: list[str] = field(default_factory=list)  # replication state it could not read
 
     @property
     def differences(self) -> list[Compared]:

@@ -579,6 +579,7 @@ def cutover_lines(cut: Cutover, paint: Paint | None = None) -> list[str]:
         lines.append("  fix (seqdrift fix TARGET --source SOURCE prints and runs these):")
         lines += [f"    {say(line)}" for sql in fixes for line in sql.split("\n")]
     behind = [c for c in cut.compared if c.status == "behind"]
+    lines += [say(line, "magenta") for line in cut.unread]
     for sub in cut.subscriptions:
         lines += [
             say(line, "yellow" if sub.enabled else None)
@@ -675,6 +676,8 @@ def cutover_dict(cut: Cutover) -> dict[str, Any]:
     d["compared"] = [compared_dict(c) for c in cut.compared]
     d["subscriptions"] = [subscription_dict(s) for s in cut.subscriptions]
     d["source"] = cut.source
+    if cut.unread:
+        d["unread"] = list(cut.unread)
     return d
 
 

@@ -526,3 +526,31 @@ def test_logical_replication_cutover(clusters: tuple[str, str]) -> None:
         assert tgt.execute("INSERT INTO events DEFAULT VALUES RETURNING id").fetchone() == (3,)
         assert tgt.execute("SELECT nextval('invoice_number')").fetchone() == (41,)
         assert seqdrift("check", subscriber, "--source", publisher).returncode == 0
+
+
+def test_replication_state_the_role_cannot_read_is_said_and_stops_the_fix(
+    db: Conn, source: Conn
+) -> None:
+    both(source, db, "CREATE SEQUENCE s")
+    source.execute("SELECT nextval('s') FROM generate_series(1, 5)")
+    db.execute("REVOKE SELECT ON pg_stat_subscription FROM PUBLIC")  # this database's view
+    with login_role(db) as role:
+        db.execute(sql.SQL("GRANT SELECT, UPDATE ON SEQUENCE s TO {}").format(sql.Identifier(role)))
+        target = dsn(db, user=role)
+        run = seqdrift("check", target, "--source", dsn(source), "--format", "json")
+        assert run.returncode == 1, run.stderr
+        out = json.loads(run.stdout)
+        (why,) = out["unread"]
+        assert why.startswith("could not read the target's subscriptions: permission denied")
+        assert [c["status"] for c in out["compared"]] == ["behind"]  # the rest still compared
+        text = seqdrift("check", target, "--source", dsn(source)).stdout
+        assert "could not read the target's subscriptions" in text
+        refused = seqdrift("fix", target, "--source", dsn(source), "--apply")
+        assert refused.returncode == 2
+        assert "a subscription may still be enabled" in one_line(refused.stderr)
+        assert true_next(db, "public.s") == 1
+        asked = seqdrift(
+            "fix", target, "--source", dsn(source), "--apply", "--despite-subscriptions"
+        )
+        assert asked.returncode == 0, asked.stdout + asked.stderr
+        assert true_next(db, "public.s") == 6
