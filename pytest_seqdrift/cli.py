@@ -437,6 +437,9 @@ def _source(args: argparse.Namespace) -> Iterator[psycopg.Connection[Any] | None
     if args.source is None:
         if args.map_schema:
             raise Stop("cannot check: --map-schema needs --source")
+        named = sorted(set(CUTOVER_KINDS) & args.fail_on) if args.fail_on != set(ALL_KINDS) else []
+        if named:
+            raise Stop(f"cannot check: --fail-on {named[0]} needs --source")
         yield None
         return
     if not args.source.strip():
@@ -555,9 +558,12 @@ def _applied(applied: fix.Applied) -> str:
         for change in applied.changes:
             lines.append(f"  {printable(fix.describe_fix(change.fix, new_next=change.new_next))}")
     elif applied.plan.cutover is not None:
-        lines.append(
-            "nothing to move: no sequence hands out ids its tables hold, none is behind the source"
+        behind = (
+            "none that it can move is behind the source (see below)"
+            if applied.plan.beyond_reach
+            else "none is behind the source"
         )
+        lines.append(f"nothing to move: no sequence hands out ids its tables hold, {behind}")
     else:
         lines.append("nothing to move: no sequence hands out ids its tables hold")
     if applied.plan.advice:
@@ -576,7 +582,8 @@ def _applied(applied: fix.Applied) -> str:
     for c in applied.plan.beyond_reach:
         lines.append(
             printable(
-                f"not moved, its limit lies before the source's: {render.describe_compared(c)}"
+                f"not moved, its limit lies before the source's next value: "
+                f"{render.describe_compared(c)}"
             )
         )
     lines.append("checking again:")

@@ -28,6 +28,7 @@ from pytest_seqdrift.model import (
     Subscription,
 )
 from pytest_seqdrift.options import CheckOptions
+from pytest_seqdrift.read.discovery import excluded_table
 from pytest_seqdrift.read.reader import read_sequence_states
 
 # every sequence in the user's schemas, readable or not (a sequence the role may not read
@@ -36,7 +37,18 @@ SEQUENCES = """
 SELECT c.oid::int8, n.nspname::text, c.relname::text,
        quote_ident(n.nspname) || '.' || quote_ident(c.relname),
        quote_ident(n.nspname), quote_ident(c.relname), format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax,
-       s.seqcycle, has_sequence_privilege(c.oid, 'SELECT')
+       s.seqcycle, has_sequence_privilege(c.oid, 'SELECT'),
+       -- the tables that use it: its owner (serial, identity) and every default naming it
+       ARRAY(SELECT DISTINCT tn.nspname::text || '.' || t.relname::text
+             FROM pg_depend d
+             LEFT JOIN pg_attrdef a ON d.classid = 'pg_attrdef'::regclass AND a.oid = d.objid
+             JOIN pg_class t ON t.oid = CASE WHEN d.classid = 'pg_attrdef'::regclass
+                                             THEN a.adrelid ELSE d.refobjid END
+             JOIN pg_namespace tn ON tn.oid = t.relnamespace
+             WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                   AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+                OR d.classid = 'pg_attrdef'::regclass
+                   AND d.refclassid = 'pg_class'::regclass AND d.refobjid = c.oid)
 FROM pg_sequence s
 JOIN pg_class c ON c.oid = s.seqrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -115,6 +127,7 @@ class _Side:
     denied: frozenset[int]  # the role may not read them
     quoted: dict[int, tuple[str, str]]  # schema and name, quoted where SQL needs it
     version: int
+    users: dict[int, tuple[tuple[str, str], ...]]  # (schema, table) of the tables using it
 
 
 def _read_side(session: Session, schemas: list[str] | None) -> _Side:
@@ -122,18 +135,25 @@ def _read_side(session: Session, schemas: list[str] | None) -> _Side:
     sequences: dict[tuple[str, str], PgSequence] = {}
     denied: set[int] = set()
     quoted: dict[int, tuple[str, str]] = {}
+    users: dict[int, tuple[tuple[str, str], ...]] = {}
     for row in rows:
         oid, schema, name, qualified, q_schema, q_name, data_type, start, inc, lo, hi = row[:11]
-        cycle, readable = row[11:]
+        cycle, readable, tables = row[11:]
         seq = PgSequence(
             int(oid), schema, name, qualified, data_type, start, inc, lo, hi, bool(cycle)
         )
         sequences[(schema, name)] = seq
         quoted[seq.oid] = (q_schema, q_name)
+        users[seq.oid] = tuple(_split_table(t) for t in tables or ())
         if not readable:
             denied.add(seq.oid)
     states = read_sequence_states(session, [s for s in sequences.values() if s.oid not in denied])
-    return _Side(sequences, states, frozenset(denied), quoted, session._server_version())
+    return _Side(sequences, states, frozenset(denied), quoted, session._server_version(), users)
+
+
+def _split_table(qualified: str) -> tuple[str, str]:
+    schema, _, table = qualified.partition(".")
+    return schema, table
 
 
 def compare(
@@ -173,6 +193,7 @@ def compare(
             )
         }
         source_label = _label(session)
+        source_id = session.database_id()
     readable = [s for s in src.sequences.values() if s.oid not in src.denied]
     if src.sequences and not any(
         not isinstance(src.states.get(s.oid), ReadFailure) for s in readable
@@ -192,11 +213,18 @@ def compare(
         tgt = _read_side(session, None if options.schemas is None else list(options.schemas))
         subscriptions = _subscriptions(session, slots, all_sequences, tgt.version, unread)
         target_label = _label(session)
+        if session.database_id() == source_id:
+            raise CannotCheck(
+                f"the source and the target are one database ({target_label}): "
+                "--source names the database the target was copied from"
+            )
         names = sorted({*mapping, *mapping.values()})
         quoted: dict[str, str] = dict(
             session.run("SELECT x, quote_ident(x) FROM unnest(%s::text[]) AS x", [names])
         )
-    compared = _compare(src, tgt, mapping, inverse, _fed_columns(report), quoted)
+    compared = _compare(
+        src, tgt, mapping, inverse, _fed_columns(report), quoted, options.exclude_tables
+    )
     return Cutover(report, compared, subscriptions, source_label, target_label, unread)
 
 
@@ -237,7 +265,17 @@ def _compare(
     inverse: Mapping[str, str],
     fed: Mapping[str, list[str]],
     quoted: Mapping[str, str],
+    exclude_tables: Iterable[str] = (),
 ) -> list[Compared]:
+    patterns = list(exclude_tables)
+
+    def excluded(users: Iterable[tuple[str, str]], on_source: bool = False) -> bool:
+        """A sequence every table of which ``exclude_tables`` leaves out is left out too
+        (one that no table uses is compared: nothing excludes it). The patterns name the
+        target's tables: a source table's schema is mapped first."""
+        tables = [((target_schema(s) or s) if on_source else s, t) for s, t in users]
+        return bool(patterns and tables) and all(excluded_table(s, t, patterns) for s, t in tables)
+
     def target_schema(schema: str) -> str | None:
         if schema in mapping:
             return mapping[schema]
@@ -254,6 +292,8 @@ def _compare(
         if to is None:
             continue
         t = tgt.sequences.get((to, name))
+        if excluded(tgt.users[t.oid]) if t is not None else excluded(src.users[s.oid], True):
+            continue
         if t is None:
             q_schema, q_name = src.quoted[s.oid]
             qualified = f"{quoted.get(to, q_schema)}.{q_name}"
@@ -271,7 +311,7 @@ def _compare(
         out.append(_one(s, t, src, tgt, tuple(fed.get(t.qualified, ()))))
     for (schema, name), t in tgt.sequences.items():
         back = source_schema(schema)
-        if back is None or (back, name) in src.sequences:
+        if back is None or (back, name) in src.sequences or excluded(tgt.users[t.oid]):
             continue
         out.append(
             Compared(
@@ -367,11 +407,14 @@ def _one(
 
 def source_target(seq: PgSequence, source_next: int, margin: int) -> int | None:
     """The value to ``setval`` the target's sequence to so that its next value is the
-    source's next value, ``margin`` values further on; None when its limit lies before."""
+    source's next value, ``margin`` values further on (or as far as its range allows);
+    None when its limit lies before the source's next value itself."""
     sign = 1 if seq.increment > 0 else -1
-    wanted = source_next + sign * margin  # the next value it must hand out, at least
-    if not seq.min_value <= wanted <= seq.max_value:
+    if not seq.min_value <= source_next <= seq.max_value:
         return None
+    # the next value it must hand out, at least: the margin as far as the range allows
+    wanted = source_next + sign * margin
+    wanted = min(wanted, seq.max_value) if sign > 0 else max(wanted, seq.min_value)
     value = wanted - seq.increment  # setval(v): the next value is v + increment
     # the wanted value lies within one increment of the range's start: setval to the
     # start makes the next value the start plus one increment, further on still

@@ -75,6 +75,8 @@ class FixPlan:
     unread: list[Skipped] = field(default_factory=list)  # feeds an affected sequence, unread
     cutover: Cutover | None = None  # --source: the comparison the plan also starts from
     beyond_reach: list[Compared] = field(default_factory=list)  # behind, past its own limit
+    # --source: behind, but a table it feeds could not be read: not moved (apply refuses)
+    blocked: list[tuple[Compared, Skipped]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -116,27 +118,72 @@ def review(
     with session.read_only(
         lock_timeout_ms=options.lock_timeout_ms, statement_timeout_ms=options.statement_timeout_ms
     ):
-        fix_plan = plan(conn, report, margin=margin)
+        fix_plan = plan(conn, report, margin=margin, also=_moved(cut, margin))
     if cut is not None:
         with_source(fix_plan, cut, margin=margin)
     return fix_plan
 
 
-def with_source(fix_plan: FixPlan, cut: Cutover, *, margin: int = 0) -> None:
-    """Move every sequence behind the source's to at least the source's next value
-    (plus ``margin``): a sequence that collides too goes to the further of the two."""
-    fix_plan.cutover = cut
-    by_oid = {f.sequence.oid: i for i, f in enumerate(fix_plan.fixes)}
+def _moved(cut: Cutover | None, margin: int) -> list[PgSequence]:
+    """The target sequences ``--source`` moves, whose tables the fix reads too."""
+    if cut is None:
+        return []
+    return [m.sequence for m in source_moves(cut, margin)]
+
+
+@dataclass(frozen=True)
+class SourceMove:
+    """A target sequence the fix moves towards the source: ``target`` is the value to
+    ``setval`` (None: its limit lies before the source's next value, ``beyond``)."""
+
+    compared: Compared
+    sequence: PgSequence  # the target's
+    state: SequenceState  # the target's, as the comparison read it
+    target: int | None
+    beyond: int
+
+
+def source_moves(cut: Cutover, margin: int = 0) -> list[SourceMove]:
+    """Every target sequence behind the source's next value, and with ``margin`` every
+    one that lies less than ``margin`` values ahead of it: each goes to at least the
+    source's next value plus the margin (as far as its range allows)."""
+    moves = []
     for c in cut.compared:
-        if c.status != "behind" or c.target is None or c.target_state is None:
+        seq, state = c.target, c.target_state
+        if seq is None or state is None or c.status not in ("behind", "ok"):
             continue
-        seq = c.target
+        if c.status == "ok" and (not margin or c.next_value is None or c.source_next_value is None):
+            continue
         beyond = c.source_next_value
         if beyond is None:  # an exhausted source: everything up to its limit is taken
             beyond = (seq.max_value if seq.increment > 0 else seq.min_value) + seq.increment
         value = cutover.source_target(seq, beyond, margin)
+        if c.status == "ok":  # level with the source: moved only to make the margin
+            after = None if value is None else drift.next_value(seq, SequenceState(value, True))
+            now = c.next_value
+            if after is None or now is None or drift.forward(seq, after) <= drift.forward(seq, now):
+                continue
+        moves.append(SourceMove(c, seq, state, value, beyond))
+    return moves
+
+
+def with_source(fix_plan: FixPlan, cut: Cutover, *, margin: int = 0) -> None:
+    """Move every sequence behind the source's to at least the source's next value
+    (plus ``margin``): a sequence that collides too goes to the further of the two. A
+    sequence feeding a table that could not be read is not moved (``blocked``): its
+    table's max is unknown."""
+    fix_plan.cutover = cut
+    by_oid = {f.sequence.oid: i for i, f in enumerate(fix_plan.fixes)}
+    unread: dict[str, Skipped] = {}
+    for skipped in fix_plan.report.skipped:
+        unread.setdefault(skipped.sequence, skipped)
+    for move in source_moves(cut, margin):
+        c, seq, value, beyond = move.compared, move.sequence, move.target, move.beyond
         if value is None:
             fix_plan.beyond_reach.append(c)
+            continue
+        if seq.qualified in unread:
+            fix_plan.blocked.append((c, unread[seq.qualified]))
             continue
         i = by_oid.get(seq.oid)
         if i is not None:
@@ -146,7 +193,7 @@ def with_source(fix_plan: FixPlan, cut: Cutover, *, margin: int = 0) -> None:
                 continue
             columns, tops, before = old.columns, old.tops, old.before
         else:
-            columns, tops, before = (), (), c.target_state
+            columns, tops, before = (), (), move.state
         new = SequenceFix(
             sequence=seq,
             columns=columns,
@@ -164,26 +211,29 @@ def with_source(fix_plan: FixPlan, cut: Cutover, *, margin: int = 0) -> None:
     fix_plan.fixes.sort(key=lambda f: (f.sequence.schema, f.sequence.name))
 
 
-def _clears(report: Report) -> dict[int, list[Column]]:
-    """The sequences that collide somewhere, each with every column it feeds that the
-    arithmetic can judge (a plain default, an integer or numeric type, a unique key)."""
+def _clears(report: Report, also: Iterable[int] = ()) -> dict[int, list[Column]]:
+    """The sequences that collide somewhere (and those in ``also``), each with every
+    column it feeds that the arithmetic can judge (a plain default, an integer or
+    numeric type, a unique key)."""
     colliding = {f.sequence.oid for f in report.findings if f.kind == "collision"}
-    fed: dict[int, list[Column]] = {oid: [] for oid in colliding}
+    fed: dict[int, list[Column]] = {oid: [] for oid in {*colliding, *also}}
     for c in report.checked:
         if c.sequence.oid in fed and c.status in ("ok", "finding") and c.column.unique:
             fed[c.sequence.oid].append(c.column)
     return fed
 
 
-def plan(conn: Any, report: Report, *, margin: int = 0) -> FixPlan:
-    """Read the state of every sequence that collides and the bounds of every column it
-    feeds, inside the connection's current transaction, and decide each ``setval``."""
+def plan(conn: Any, report: Report, *, margin: int = 0, also: Iterable[PgSequence] = ()) -> FixPlan:
+    """Read the state of every sequence that collides (and of those in ``also``, which
+    ``--source`` moves) and the bounds of every column it feeds, inside the connection's
+    current transaction, and decide each ``setval``."""
     if margin < 0:
         raise ValueError(f"margin must be 0 or more, not {margin!r}")
     session = session_for(conn)
     result = FixPlan(report)
     sequences = {f.sequence.oid: f.sequence for f in report.findings}
-    fed = _clears(report)
+    sequences.update((s.oid, s) for s in also)
+    fed = _clears(report, sequences.keys() - {f.sequence.oid for f in report.findings})
     affected = {sequences[oid].qualified for oid in fed}
     result.unread = [s for s in report.skipped if s.sequence in affected]
     result.advice = [
@@ -277,7 +327,13 @@ def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
                         "writes may still arrive after this script ran"
                     )
                 )
-    if not (fix_plan.fixes or fix_plan.advice or fix_plan.unread or fix_plan.beyond_reach):
+    if not (
+        fix_plan.fixes
+        or fix_plan.advice
+        or fix_plan.unread
+        or fix_plan.beyond_reach
+        or fix_plan.blocked
+    ):
         what = summary(report) if cut is None else f"{summary(report)}; {cutover_summary(cut)}"
         lines.append(fixsql.comment(f"nothing to fix: {what}"))
         return "\n".join(lines + _unjudged(report) + _missing(fix_plan))
@@ -289,7 +345,10 @@ def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
     ]
     if margin:
         lines.append(
-            fixsql.comment(f"Headroom: {margin} ids past each table's max (--margin {margin}).")
+            fixsql.comment(
+                f"Headroom: {margin} ids past each table's max"
+                f"{' and the source' if cut is not None else ''} (--margin {margin})."
+            )
         )
     lines += ["", "BEGIN;"]
     for fix in fix_plan.fixes:
@@ -298,8 +357,12 @@ def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
             if f.kind == "collision" and f.sequence.oid == fix.sequence.oid:
                 lines.append(fixsql.comment(f"{f.column.label}: {describe_finding(f)}"))
         for c in cut.compared if cut is not None else ():
-            if c.status == "behind" and c.target is not None and c.target.oid == fix.sequence.oid:
+            if c.target is None or c.target.oid != fix.sequence.oid:
+                continue
+            if c.status == "behind":
                 lines.append(fixsql.comment(f"behind the source: {describe_compared(c)}"))
+            elif c.status == "ok" and fix.source_next is not None:
+                lines.append(fixsql.comment(f"less than --margin ahead: {describe_compared(c)}"))
         lines.append(fixsql.comment(describe_fix(fix)))
         lines.append(fix.sql)  # names inside quotes: a line break there is SQL's own
     for f in fix_plan.advice:
@@ -308,7 +371,18 @@ def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
         lines.append(fixsql.comment(f"{label}: {what_happens(f)}"))
         # the advice is commented SQL already; comment it as one text, every line of it
         lines += [fixsql.comment(line.removeprefix("-- ")) for line in f.fix_sql.split("\n")]
+    for c, skipped in fix_plan.blocked:
+        lines.append("")
+        lines.append(
+            fixsql.comment(
+                f"behind the source, not moved: {describe_compared(c)}; but "
+                f"{skipped.schema}.{skipped.table} could not be read ({skipped.reason}), "
+                "and its max is needed: run seqdrift fix again when it can be read"
+            )
+        )
     for s in fix_plan.unread:
+        if any(c.sequence == s.sequence for c, _ in fix_plan.blocked):  # said above
+            continue
         lines.append("")
         lines.append(
             fixsql.comment(
@@ -318,8 +392,14 @@ def script(fix_plan: FixPlan, *, source: str = "", margin: int = 0) -> str:
         )
     for c in fix_plan.beyond_reach:
         lines.append("")
-        lines.append(fixsql.comment(f"behind the source, not fixable here: {describe_compared(c)}"))
-        lines.append(c.fix_sql)
+        lines.append(
+            fixsql.comment(
+                f"behind the source, not fixable here (its limit lies before the source's "
+                f"next value): {describe_compared(c)}"
+            )
+        )
+        if c.fix_sql.startswith("--"):
+            lines.append(c.fix_sql)
     lines += _unjudged(report) + _missing(fix_plan)
     lines += ["", "COMMIT;"]
     return "\n".join(lines)
@@ -437,9 +517,9 @@ def apply(
             )
     else:
         before = checker.run(conn, options)
-    fed = _clears(before)
-    behind = cut is not None and any(c.status == "behind" for c in cut.compared)
-    if not fed and not behind:
+    moved = _moved(cut, margin)
+    fed = _clears(before, [s.oid for s in moved])
+    if not fed:
         fix_plan = plan(conn, before, margin=margin)
         if cut is not None:
             with_source(fix_plan, cut, margin=margin)
@@ -459,9 +539,15 @@ def apply(
                     f"cannot lock {column.qualified_table} (waited up to {options.lock_timeout_ms} ms): "
                     f"{error_line(exc)}; nothing was changed"
                 ) from exc
-        fix_plan = plan(conn, before, margin=margin)
+        fix_plan = plan(conn, before, margin=margin, also=moved)
         if cut is not None:
             with_source(fix_plan, cut, margin=margin)
+        for c, skipped in fix_plan.blocked:
+            raise CannotFix(
+                f"cannot read {skipped.schema}.{skipped.table}, which {c.sequence} feeds: "
+                f"{skipped.reason}; its max is needed to move it past the source's; "
+                "nothing was changed"
+            )
         denied = session.run(
             "SELECT o::regclass::text FROM unnest(%s::oid[]) AS o "
             "WHERE NOT has_sequence_privilege(o, 'UPDATE') ORDER BY 1",

@@ -505,7 +505,11 @@ def describe_compared(c: Compared) -> str:
     value 51, the source's 101: 50 behind``."""
     what = f"{c.sequence} ({_fed(c)})"
     if c.status == "missing on target":
-        return f"{c.source_sequence}: missing on the target (the source's next value {c.source_next_value})"
+        there = "" if c.sequence == c.source_sequence else f", no {c.sequence} there"
+        return (
+            f"{c.source_sequence}: missing on the target{there} "
+            f"(the source's next value {c.source_next_value})"
+        )
     if c.status == "missing on source":
         return f"{what}: missing on the source (no {c.source_sequence} there)"
     if c.status == "skipped":
@@ -515,6 +519,9 @@ def describe_compared(c: Compared) -> str:
     text = f"{what}: next value {nv}, the source's {source}"
     if c.status == "behind":
         text += f": {plural(c.behind_by or 0, 'value')} behind"
+        step = abs(c.target.increment) if c.target is not None else 1
+        if step != 1 and c.behind_by:
+            text += f" ({plural(-(-c.behind_by // step), 'nextval() call')} of {step})"
     if c.note:
         text += f"; {c.note}"
     return text
@@ -545,6 +552,11 @@ def describe_subscription(sub: Subscription, behind: list[Compared]) -> list[str
             f"  writes may still arrive: ALTER SUBSCRIPTION {sub.name} DISABLE (or drop it) "
             "before the fix"
         )
+    elif sub.lag_bytes or sub.tables_not_ready:
+        lines.append(
+            "  it stopped before it caught up: rows written at the source may be missing "
+            "here; enable it until the lag is 0 (and every table in sync) before the cutover"
+        )
     if sub.refresh_sequences:
         lines.append(
             f"  its publication replicates sequences (FOR ALL SEQUENCES): ALTER SUBSCRIPTION "
@@ -553,14 +565,18 @@ def describe_subscription(sub: Subscription, behind: list[Compared]) -> list[str
     return lines
 
 
-def cutover_summary(cut: Cutover) -> str:
-    """``compared 14 sequences with the source: 2 behind, 1 missing on the target``."""
+def cutover_summary(cut: Cutover, *, where: bool = False) -> str:
+    """``compared 14 sequences with the source: 2 behind, 1 missing on the target``
+    (``where``: the source named after "the source")."""
     counts = {
         k: sum(c.status == k for c in cut.compared)
         for k in ("behind", "missing on target", "missing on source", "skipped")
     }
     words = ", ".join(f"{n} {k}" for k, n in counts.items() if n and k != "skipped")
-    line = f"compared {plural(len(cut.compared), 'sequence')} with the source: {words or 'none behind'}"
+    source = f"the source ({cut.source})" if where else "the source"
+    line = (
+        f"compared {plural(len(cut.compared), 'sequence')} with {source}: {words or 'none behind'}"
+    )
     if counts["skipped"]:
         line += f"; {counts['skipped']} not compared"
     return line
@@ -569,7 +585,7 @@ def cutover_summary(cut: Cutover) -> str:
 def cutover_lines(cut: Cutover, paint: Paint | None = None) -> list[str]:
     """The comparison's part of ``seqdrift check --source``'s text."""
     say = paint or Paint(False)
-    lines = [say(f"compared with the source, {cut.source}:", "bold")]
+    lines: list[str] = []
     shown = [c for c in cut.compared if c.status != "ok"]
     for c in shown:
         style = "red" if c.status == "behind" else "yellow" if c.status != "skipped" else "magenta"
@@ -586,8 +602,10 @@ def cutover_lines(cut: Cutover, paint: Paint | None = None) -> list[str]:
             for line in describe_subscription(sub, behind)
         ]
     style = "red" if cut.differences else "green"
-    lines.append(say(cutover_summary(cut), style))
-    return lines
+    if not lines:  # nothing to list: one line, which names the source
+        return [say(cutover_summary(cut, where=True), style)]
+    header = say(f"compared with the source, {cut.source}:", "bold")
+    return [header, *lines, say(cutover_summary(cut), style)]
 
 
 def cutover_for_terminal(cut: Cutover, *, colour: bool = False, verbose: bool = False) -> str:
@@ -697,5 +715,12 @@ def cutover_github(cut: Cutover) -> str:
         if c.fix_sql:
             message.append(f"fix: {c.fix_sql}")
         lines.append(_gh_command(command, f"sequence {c.status}: {c.sequence}", *message))
+    behind = [c for c in cut.compared if c.status == "behind"]
+    for sub in cut.subscriptions:
+        said = describe_subscription(sub, behind)
+        if sub.enabled or len(said) > 1:
+            lines.append(_gh_command("warning", f"subscription {sub.name}", *said))
+    for line in cut.unread:
+        lines.append(_gh_command("warning", "replication state unread", line))
     lines.append(cutover_summary(cut))
     return "\n".join(lines)

@@ -149,6 +149,22 @@ def test_every_shape_is_judged_and_fixed_by_real_nextval(
     again = entry(cutover.compare(db, source, CheckOptions()), "public.s")
     assert again.status == ("behind" if behind and not fix_reaches else "ok")
 
+    # a margin: the source's next value that much further on, however far the sequence
+    # stood (level with the source too), as far as its range allows; never back
+    ((lo, hi),) = db.execute(
+        "SELECT seqmin, seqmax FROM pg_sequence WHERE seqrelid = 's'::regclass"
+    ).fetchall()
+    for margin in (7, 2**62):
+        now = true_next(db, "public.s")
+        fix.apply(db, CheckOptions(), source=source, margin=margin)
+        moved = true_next(db, "public.s")
+        if not lo <= beyond <= hi:  # the source's next lies past the target's limit
+            assert moved == now
+            continue
+        wanted = min(beyond + margin, hi) if ascending else max(beyond - margin, lo)
+        assert now is not None
+        assert moved == (wanted if further(wanted, now) else now), (margin, now, moved)
+
 
 # --- the command ------------------------------------------------------------------------
 
@@ -290,9 +306,73 @@ def test_sequences_on_one_side_only_and_a_renamed_schema(db: Conn, source: Conn)
     assert "setval('\"New\".ticket'" in script
 
 
+def test_a_table_that_cannot_be_read_keeps_its_sequence_where_it_is(
+    db: Conn, source: Conn
+) -> None:
+    both(source, db, COPIED)
+    _copy_rows(source, db)
+    with psycopg.connect(dsn(db)) as holder:
+        holder.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        lock = ["--lock-timeout", "200"]
+        printed = seqdrift("fix", dsn(db), "--source", dsn(source), *lock)
+        assert printed.returncode == 0, printed.stderr
+        assert "-- behind the source, not moved: public.orders_id_seq" in printed.stdout
+        assert "setval('public.orders_id_seq'" not in printed.stdout
+        assert "setval('public.invoice_number'" in printed.stdout  # the rest still planned
+        refused = seqdrift("fix", dsn(db), "--source", dsn(source), "--apply", *lock)
+        assert refused.returncode == 2, refused.stdout
+        assert refused.stdout == ""
+        assert one_line(refused.stderr).startswith(
+            "seqdrift: cannot fix: cannot read public.orders, which public.orders_id_seq feeds: "
+        )
+        assert "nothing was changed" in refused.stderr
+    assert true_next(db, "public.orders_id_seq") == 1
+    assert true_next(db, "public.invoice_number") == 1  # not one sequence moved
+
+
+def test_excluded_tables_leave_their_sequences_out(db: Conn, source: Conn) -> None:
+    both(source, db, COPIED + "CREATE TABLE shared (id int DEFAULT nextval('invoice_number'));")
+    _copy_rows(source, db)
+    run = seqdrift(
+        "check", dsn(db), "--source", dsn(source), "--exclude-table", "orders", "--format", "json"
+    )
+    names = {c["sequence"] for c in json.loads(run.stdout)["compared"]}
+    # invoice_number: the table using it is not excluded
+    assert names == {"public.events_id_seq", "public.invoice_number"}
+    fixed = seqdrift(
+        "fix", dsn(db), "--source", dsn(source), "--exclude-table", "public.ord*", "--apply"
+    )
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert true_next(db, "public.orders_id_seq") == 1  # left alone
+    assert true_next(db, "public.events_id_seq") == 3
+    both_out = seqdrift(
+        "check", dsn(db), "--source", dsn(source), "--exclude-table", "shared", "--format", "json"
+    )
+    names = {c["sequence"] for c in json.loads(both_out.stdout)["compared"]}
+    assert "public.invoice_number" not in names  # every table using it is left out
+
+
+def test_nothing_behind_is_one_line_naming_the_source(db: Conn, source: Conn) -> None:
+    both(source, db, "CREATE SEQUENCE s INCREMENT 10")
+    run = seqdrift("check", dsn(db), "--source", dsn(source))
+    assert run.returncode == 0, run.stdout
+    last = run.stdout.strip().splitlines()
+    assert last[-1].startswith("compared 1 sequence with the source (database seqdrift_source_")
+    assert last[-1].endswith("): none behind")
+    assert not any(line.startswith("compared with the source,") for line in last)
+    source.execute("SELECT nextval('s') FROM generate_series(1, 4)")
+    behind = seqdrift("check", dsn(db), "--source", dsn(source)).stdout
+    assert "next value 1, the source's 41: 40 values behind (4 nextval() calls of 10)" in behind
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (
+            ["--source", "{tgt}"],
+            "seqdrift: cannot check: the source and the target are one database",
+        ),
+        (["--fail-on", "collision,behind"], "seqdrift: cannot check: --fail-on behind needs"),
         (
             ["--source", "host=127.0.0.1 port=1"],
             "seqdrift: cannot connect to the source: connection refused",
@@ -313,7 +393,7 @@ def test_bad_input_is_one_line_and_exit_2(
     db: Conn, source: Conn, args: list[str], message: str
 ) -> None:
     db.execute("CREATE SEQUENCE s")
-    argv = [a.replace("{src}", dsn(source)) for a in args]
+    argv = [a.replace("{src}", dsn(source)).replace("{tgt}", dsn(db)) for a in args]
     for command in ("check", "fix"):
         run = seqdrift(command, dsn(db), *argv, "--apply" if command == "fix" else "--verbose")
         assert run.returncode == 2, run
@@ -494,6 +574,8 @@ def test_logical_replication_cutover(clusters: tuple[str, str]) -> None:
         }
         text = seqdrift("check", subscriber, "--source", publisher).stdout
         assert "subscription shop: enabled" in text
+        gh = seqdrift("check", subscriber, "--source", publisher, "--format", "github").stdout
+        assert "::warning title=subscription shop::subscription shop: enabled" in gh
         assert (
             "sequences of its tables behind the source: public.events_id_seq, public.orders_id_seq"
             in text

@@ -302,7 +302,7 @@ def parse_discovery(
             (parent, r["column_name"], r["seq_oid"]) in linked for parent in r["parents"] or ()
         ):
             continue
-        if exclude_tables and _excluded(r["schema"], r["table_name"], exclude_tables):
+        if exclude_tables and excluded_table(r["schema"], r["table_name"], exclude_tables):
             continue
         seq = sequences.get(r["seq_oid"])
         if seq is None:
@@ -392,7 +392,8 @@ def _drawn(r: dict[str, Any], seq: PgSequence) -> tuple[Any, bool, str | None, s
     return "default", bool(r["plain_default"]), None, None
 
 
-def _excluded(schema: str, table: str, patterns: Seq[str]) -> bool:
+def excluded_table(schema: str, table: str, patterns: Seq[str]) -> bool:
+    """Whether ``exclude_tables``' fnmatch patterns leave out ``schema.table``."""
     return any(
         fnmatch.fnmatchcase(f"{schema}.{table}", p) or fnmatch.fnmatchcase(table, p)
         for p in patterns
