@@ -306,9 +306,7 @@ def test_sequences_on_one_side_only_and_a_renamed_schema(db: Conn, source: Conn)
     assert "setval('\"New\".ticket'" in script
 
 
-def test_a_table_that_cannot_be_read_keeps_its_sequence_where_it_is(
-    db: Conn, source: Conn
-) -> None:
+def test_a_table_that_cannot_be_read_keeps_its_sequence_where_it_is(db: Conn, source: Conn) -> None:
     both(source, db, COPIED)
     _copy_rows(source, db)
     with psycopg.connect(dsn(db)) as holder:
