@@ -13,7 +13,7 @@ own either way, and the rest still checked.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Sequence as Seq
 from dataclasses import replace
 from typing import Any
@@ -112,6 +112,22 @@ async def acheck(
 def run(conn: Any, options: CheckOptions, *, jobs: int = 1) -> Report:
     """``check()`` with its options as one value (what the fix, the probe, the CLI and
     the plugin call)."""
+    return discover_and_run(conn, options, jobs=jobs)[0]
+
+
+Discovered = tuple[list[Column], dict[int, PgSequence]]
+
+
+def discover_and_run(
+    conn: Any,
+    options: CheckOptions,
+    *,
+    jobs: int = 1,
+    on_discovered: Callable[[Session, Discovered], None] | None = None,
+) -> tuple[Report, Discovered]:
+    """``run``, and what its discovery found (for ``rerun`` to start from).
+    ``on_discovered`` is called once discovery is done, before any table or sequence is
+    read, inside the check's transaction (``probe.since`` marks the database there)."""
     if jobs < 1:
         raise ValueError(f"jobs must be 1 or more, not {jobs!r}")
     report = Report()
@@ -124,17 +140,55 @@ def run(conn: Any, options: CheckOptions, *, jobs: int = 1) -> Report:
         ) as snapshot,
     ):
         columns, sequences = reader.discover(session, options.schemas, options.exclude_tables)
-        judged = _to_judge(columns, sequences, options, report)
-        tops, states = _first_read(session, judged, sequences, snapshot, jobs, options)
-        bounded = _bounds(session, judged, sequences, tops, states, report)
-        rows = _row_counts(session, bounded, options.threshold)
-        for i, (c, seq, state, bounds) in enumerate(bounded):
-            _judge(report, c, seq, state, bounds, sequences, options.threshold, rows.get(i))
+        if on_discovered is not None:
+            on_discovered(session, (columns, sequences))
+        _judge_columns(session, columns, sequences, options, report, snapshot, jobs)
+    _finish(report)
+    return report, (columns, sequences)
+
+
+def rerun(
+    conn: Any, options: CheckOptions, discovered: Discovered, columns: Iterable[Column]
+) -> Report:
+    """The check of only ``columns`` (some of ``discovered``'s, whose discovery is taken
+    as it stands: the catalog has not changed since). Their verdicts, findings and
+    skips; nothing of any other column."""
+    report = Report()
+    _, sequences = discovered
+    with (
+        open_session(conn) as session,
+        session.read_only(
+            lock_timeout_ms=options.lock_timeout_ms,
+            statement_timeout_ms=options.statement_timeout_ms,
+        ) as snapshot,
+    ):
+        _judge_columns(session, list(columns), sequences, options, report, snapshot, 1)
+    _finish(report)
+    return report
+
+
+def _judge_columns(
+    session: Session,
+    columns: list[Column],
+    sequences: dict[int, PgSequence],
+    options: CheckOptions,
+    report: Report,
+    snapshot: str | None,
+    jobs: int,
+) -> None:
+    judged = _to_judge(columns, sequences, options, report)
+    tops, states = _first_read(session, judged, sequences, snapshot, jobs, options)
+    bounded = _bounds(session, judged, sequences, tops, states, report)
+    rows = _row_counts(session, bounded, options.threshold)
+    for i, (c, seq, state, bounds) in enumerate(bounded):
+        _judge(report, c, seq, state, bounds, sequences, options.threshold, rows.get(i))
+
+
+def _finish(report: Report) -> None:
     report.checked.sort(
         key=lambda v: (v.column.schema, v.column.table, v.column.column, v.sequence.qualified)
     )
     _one_fix_per_sequence(report)
-    return report
 
 
 # what judging one column takes: its sequence (or its walk, drawn twice per insert), the

@@ -16,6 +16,7 @@ from pytest_seqdrift import checker, render
 from pytest_seqdrift.db.adapters import open_session, session_for
 from pytest_seqdrift.db.session import DatabaseId, Session, error_line
 from pytest_seqdrift.model import Finding, Report
+from pytest_seqdrift.options import CheckOptions
 from pytest_seqdrift.plugin.asynchronous import asynchronous, in_sync_test
 from pytest_seqdrift.plugin.history import column_key
 from pytest_seqdrift.plugin.locate import Located, wrap
@@ -23,6 +24,7 @@ from pytest_seqdrift.plugin.outcome import HEADER, Outcome, Reporter
 from pytest_seqdrift.plugin.state import Settings, State, driver_errors
 from pytest_seqdrift.plugin.watch import Run, finding_key
 from pytest_seqdrift.probe import probe
+from pytest_seqdrift.probe.since import Mark, probe_since
 
 MARKER = (
     "seqdrift(*, probe=None, limit=None, schemas=None, exclude_tables=None): a migration "
@@ -69,21 +71,41 @@ def handed_databases(item: pytest.Item) -> list[Located]:
 
 
 def judge(
-    settings: Settings, session: Session, located: Located, kwargs: dict[str, Any] | None = None
+    settings: Settings,
+    session: Session,
+    located: Located,
+    kwargs: dict[str, Any] | None = None,
+    marks: dict[DatabaseId, Mark] | None = None,
 ) -> tuple[Report, list[str]]:
-    """Probe a test database (read-only check anything else): its report and notes."""
+    """Probe a test database (read-only check anything else): its report and notes.
+    With ``marks`` (``--seqdrift-scope=all``), a database probed before on the same
+    connection is judged again only where the test could have changed it."""
     s, kwargs = settings, kwargs or {}
     exclude = [*s.options.exclude_tables, *(kwargs.get("exclude_tables") or ())]
     schemas = kwargs.get("schemas")
     if located.test_database or s.probe_dsn:
-        result = probe(
-            session,
-            mode=kwargs.get("probe") or s.mode,  # type: ignore[arg-type]
-            limit=kwargs.get("limit") or s.limit,
-            schemas=schemas,
-            exclude_tables=exclude,
-            threshold=s.options.threshold,
-        )
+        mode = kwargs.get("probe") or s.mode
+        limit = kwargs.get("limit") or s.limit
+        if marks is not None:
+            options = CheckOptions.of(
+                schemas=schemas, exclude_tables=exclude, threshold=s.options.threshold
+            )
+            database = session.database_id()
+            done = probe_since(session, mode, limit, options, marks.get(database))  # type: ignore[arg-type]
+            if done.mark is None:
+                marks.pop(database, None)
+            else:
+                marks[database] = done.mark
+            result = done.result
+        else:
+            result = probe(
+                session,
+                mode=mode,  # type: ignore[arg-type]
+                limit=limit,
+                schemas=schemas,
+                exclude_tables=exclude,
+                threshold=s.options.threshold,
+            )
         notes = [
             f"{p.column.label}: {p.note}" for p in result.probed if p.note and "empty" not in p.note
         ]
@@ -184,7 +206,8 @@ class Prober:
                 with open_session(located.connection) as session:
                     database = session.database_id()
                     own_transaction = session.in_transaction
-                    found, notes = judge(self.state.settings, session, located, kwargs)
+                    marks = self.state.marks if scope_only else None
+                    found, notes = judge(self.state.settings, session, located, kwargs, marks)
                     if scope_only:
                         found, more = self._outliving(session, found, own_transaction)
                         notes += more

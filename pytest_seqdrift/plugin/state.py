@@ -34,6 +34,7 @@ from pytest_seqdrift.plugin.options import (
     get_option,
 )
 from pytest_seqdrift.plugin.watch import Watcher
+from pytest_seqdrift.probe.since import Mark
 
 
 def driver_errors() -> tuple[type[Exception], ...]:
@@ -101,6 +102,8 @@ class State:
     override: tuple[str, ...] | None = None  # the user's seqdrift_connection's args
     claims: Path | None = None  # under pytest-xdist: which worker reports what
     setups_unsent: int = 0  # set-up checks made since the last report (for the summary)
+    # --seqdrift-scope=all: each database's last probe, where the next one starts from
+    marks: dict[DatabaseId, Mark] = field(default_factory=dict)
 
     def template_of(self, database: DatabaseId) -> DatabaseId | None:
         """The pytest-postgresql template a database was created from, where known."""

@@ -89,8 +89,15 @@ async def aprobe(
 
 
 def _probe(session: Session, mode: Mode, limit: int, options: CheckOptions) -> ProbeReport:
+    return probe_checked(session, checker.run(session, options), mode, limit, options)
+
+
+def probe_checked(
+    session: Session, report: Report, mode: Mode, limit: int, options: CheckOptions
+) -> ProbeReport:
+    """The probe of the columns of a check's report (all of a database's, or those
+    ``probe.since`` judges again)."""
     lock_timeout_ms = options.lock_timeout_ms
-    report = checker.run(session, options)
     result = ProbeReport(report)
     targets = [c for c in report.checked if c.column.unique and c.status != "duplicates"]
     clean = [i for i, verdict in enumerate(targets) if _clean(verdict, report)]
