@@ -258,3 +258,99 @@ def test_xdist_one_summary(seed_story: pytest.Pytester) -> None:
     out = result.stdout.str()
     assert out.count("test_migration.py::test_split_billing_addresses: public.") == 1
     assert len(json.loads((seed_story.path / "drift.json").read_text())["findings"]) == 1
+
+
+SESSION_DATABASE = '''
+import psycopg
+import pytest
+from pytest_postgresql import factories
+
+import pytest_seqdrift.plugin.probing as probing
+from pytest_seqdrift.testbed import find_pg_ctl, root_safe
+
+postgresql_proc = factories.postgresql_proc(executable=root_safe(find_pg_ctl()))
+how = []
+
+
+def pytest_configure(config):
+    original = probing.probe_since
+
+    def counted(*args, **kwargs):
+        done = original(*args, **kwargs)
+        how.append(done.full or "from the mark")
+        return done
+
+    probing.probe_since = counted
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"probes: {how}")
+
+
+@pytest.fixture(scope="session")
+def app_connection(postgresql_proc):
+    p = postgresql_proc
+    server = f"host={p.host} port={p.port} user={p.user}"
+    with psycopg.connect(f"{server} dbname=postgres", autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS app")
+        admin.execute("CREATE DATABASE app")
+    with psycopg.connect(f"{server} dbname=app", autocommit=True) as setup:
+        for i in range(8):
+            setup.execute(f"CREATE TABLE t{i} (id serial PRIMARY KEY, v text)")
+            setup.execute(f"INSERT INTO t{i} (v) SELECT 'x' FROM generate_series(1, 20)")
+        setup.execute("""
+            CREATE TABLE orders (id serial PRIMARY KEY, v text);
+            CREATE FUNCTION orders_hook() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.v = 'reset' THEN PERFORM setval('t5_id_seq', 1); END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER orders_hook AFTER INSERT ON orders
+                FOR EACH ROW EXECUTE FUNCTION orders_hook();
+        """)
+    with psycopg.connect(f"{server} dbname=app") as conn:
+        yield conn
+
+
+@pytest.fixture
+def db(app_connection):
+    yield app_connection
+    app_connection.rollback()  # every test in a transaction of its own, rolled back
+
+
+@pytest.fixture
+def seqdrift_connection(db):
+    return db
+'''
+
+
+def test_scope_all_judges_each_test_from_the_last_probe(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(SESSION_DATABASE)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_writes_three_tables(db, n):
+            for i in (1, 2, 6):
+                db.execute(f"INSERT INTO t{i} (v) VALUES ('new')")
+
+        def test_resets_a_sequence(db):
+            db.execute("SELECT setval('t3_id_seq', 1)")  # outlives the rollback
+
+        def test_orders_through_a_trigger(db):
+            db.execute("INSERT INTO orders (v) VALUES ('reset')")  # t5, never named
+
+        def test_after_them(db):
+            db.execute("INSERT INTO t1 (v) VALUES ('new')")
+        """
+    )
+    result = run(pytester, "--seqdrift", "--seqdrift-scope=all")
+    result.assert_outcomes(passed=5, failed=2)
+    out = result.stdout.str()
+    assert "test_resets_a_sequence" in out.split("= FAILURES =")[1]
+    assert "public.t3.id" in out
+    assert "public.t5.id" in out
+    # the first probe is full; every later one starts from the last (no commit, no DDL)
+    (line,) = [x for x in out.splitlines() if x.startswith("probes: ")]
+    assert line == "probes: " + str(["no earlier probe"] + ["from the mark"] * 6)
