@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -173,11 +175,19 @@ def delayed_proxy(host: str, port: int, delay: float) -> Iterator[int]:
         thread.join(10)
 
 
-def measure(dsn: str, n: int, rows: int, repeat: int) -> None:
-    print(f"\n## {n} tables x {rows} rows")
+def measure(dsn: str, n: int, rows: int, repeat: int, load: int = 0) -> None:
+    print(
+        f"\n## {n} tables x {rows} rows"
+        + (f", {load} spinning processes meanwhile" if load else "")
+    )
     t0 = time.perf_counter()
     build(dsn, n, rows)
     print(f"built in {time.perf_counter() - t0:.1f} s")
+    with cpu_load(load):
+        _measure(dsn, n, repeat)
+
+
+def _measure(dsn: str, n: int, repeat: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         session = PsycopgSession(conn)
         report = check(session, schemas=["bench"])
@@ -232,17 +242,51 @@ def target(name: str, value: float, op: str, bound: float) -> None:
     print(f"  {name:<36} {shown:>8}  target {op} {bound:g}: {'met' if met[op] else 'NOT MET'}")
 
 
+# -- load ------------------------------------------------------------------------------------
+
+SPIN = """
+import os, sys
+parent = int(sys.argv[1])
+x = 0
+while os.getppid() == parent:  # ends with the script, however it ends
+    for _ in range(200_000):
+        x += 1
+"""
+
+
+@contextmanager
+def cpu_load(processes: int) -> Iterator[None]:
+    """``processes`` busy loops, for as long as the block (and at most the script) runs."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", SPIN, str(os.getpid())]) for _ in range(processes)
+    ]
+    try:
+        yield
+    finally:
+        for s in spinners:
+            s.terminate()
+        for s in spinners:
+            s.wait(10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", help="an existing server (a schema 'bench' is created)")
     parser.add_argument("--tables", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--rows", type=int, default=1000, help="rows per table")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N spinning processes meanwhile (2: both cores of this machine busy)",
+    )
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, psycopg {psycopg.__version__}")
     if args.dsn:
         for n in args.tables:
-            measure(args.dsn, n, args.rows, args.repeat)
+            measure(args.dsn, n, args.rows, args.repeat, args.load)
         return 0
     # one transaction reads every table: 10,000 tables need more than the default 64 x 100
     # lock slots (see BENCHMARKS.md)
@@ -250,7 +294,7 @@ def main() -> int:
         with psycopg.connect(dsn) as conn:
             print(conn.execute("SELECT version()").fetchone()[0])  # type: ignore[index]
         for n in args.tables:
-            measure(dsn, n, args.rows, args.repeat)
+            measure(dsn, n, args.rows, args.repeat, args.load)
     return 0
 
 

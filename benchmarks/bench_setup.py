@@ -47,15 +47,13 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import django
 import psycopg
-from bench_check import timed  # the same median of warm runs
+from bench_check import cpu_load, timed  # the same median of warm runs; the same load
 
 from pytest_seqdrift import check
 from pytest_seqdrift.testbed import throwaway_server
@@ -826,33 +824,6 @@ def steady_check(dsn: str, root: Path, env: dict[str, str]) -> dict[str, float]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE {name}")
     return out
-
-
-# -- load ------------------------------------------------------------------------------------
-
-SPIN = """
-import os, sys
-parent = int(sys.argv[1])
-x = 0
-while os.getppid() == parent:  # ends with the script, however it ends
-    for _ in range(200_000):
-        x += 1
-"""
-
-
-@contextmanager
-def cpu_load(processes: int) -> Iterator[None]:
-    """``processes`` busy loops, for as long as the block (and at most the script) runs."""
-    spinners = [
-        subprocess.Popen([sys.executable, "-c", SPIN, str(os.getpid())]) for _ in range(processes)
-    ]
-    try:
-        yield
-    finally:
-        for s in spinners:
-            s.terminate()
-        for s in spinners:
-            s.wait(10)
 
 
 def main() -> int:

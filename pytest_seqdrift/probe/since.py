@@ -36,7 +36,9 @@ class Mark:
     relations: tuple[int, ...]  # followed, in the order of ``seen.writes``
     owners: dict[int, frozenset[int]]  # relation followed -> the tables it counts for
     sequences: tuple[int, ...]  # followed, in the order of ``seen.states``
-    texts: tuple[str, str]  # the relations and the sequences, as ``changes.look`` takes them
+    # the relations, the sequences and those not called then, as ``changes.look`` takes them
+    texts: tuple[str, str, str]
+    uncalled: dict[int, int]  # the sequences not called then -> their place in ``texts[2]``
     pending: changes.Pending  # this backend's pending counts, once the probe was done
     # the tables the probe's own transaction had written as it began: judged with its
     # rows then, rolled back (or not) since
@@ -80,8 +82,8 @@ def probe_since(
         mark,
         result=result,
         seen=seen,
-        pending=changes.settle(session, *mark.texts),
         dirty=frozenset(_written(mark, seen)),
+        **_uncalled(session, mark.texts[:2], mark.sequences, seen),
     )
     return Probe(result, following, None, len(again))
 
@@ -94,8 +96,25 @@ def _why_full(session: Session, mark: Mark | None, key: tuple[Any, ...]) -> str 
     return None
 
 
+def _uncalled(
+    session: Session, texts: tuple[str, str], sequences: tuple[int, ...], seen: changes.Seen
+) -> dict[str, Any]:
+    """The mark's fields that follow from which sequences are not called now: their
+    place, the texts, and the counts pending once the probe is done."""
+    uncalled = [oid for oid, state in zip(sequences, seen.states, strict=True) if state is None]
+    text = changes.oids(uncalled)
+    return {
+        "texts": (*texts, text),
+        "uncalled": {oid: j for j, oid in enumerate(uncalled)},
+        "pending": changes.settle(session, texts[0], text),
+    }
+
+
 def _look(
-    session: Session, options: CheckOptions, texts: tuple[str, str], since: changes.Seen | None
+    session: Session,
+    options: CheckOptions,
+    texts: tuple[str, str, str],
+    since: changes.Seen | None,
 ) -> tuple[changes.Seen | None, str | None]:
     """``changes.look``: what it saw, or why it saw nothing."""
     mark = changes.Since() if since is None else changes.Since(since.xmax, since.xip, since.own_xid)
@@ -155,7 +174,9 @@ def _again(mark: Mark, seen: changes.Seen) -> list[int]:
         now, then = seen.states[i], before.states[i]
         if now != then:
             moved.add(oid)
-        elif now is None and (flushed or seen.fetched[i] > mark.pending.fetched[i]):
+        elif now is None and (
+            flushed or seen.fetched[j := mark.uncalled[oid]] > mark.pending.fetched[j]
+        ):
             moved.add(oid)  # not called then, nor now: touched (setval(..., false))?
     chosen = {i for i, c in enumerate(columns) if c.table_oid in written or c.sequence_oid in moved}
     if not chosen:
@@ -183,18 +204,18 @@ def _full(
     table or sequence is read: what commits later, or moves, the next look sees)."""
     Marked = tuple[
         changes.Seen, tuple[int, ...], dict[int, frozenset[int]], tuple[int, ...], tuple[str, str]
-    ]
+    ]  # what it saw, the relations, their tables, the sequences, and the first two as text
     marked: list[Marked] = []
 
     def mark_here(session: Session, discovered: checker.Discovered) -> None:
         columns, sequences = discovered
-        followed = tuple(sorted(sequences))
-        if len(followed) > changes.MAX_SEQUENCES:
+        if len(sequences) > changes.MAX_SEQUENCES:
             return
+        followed = tuple(sorted(changes.readable(session, sorted(sequences))))
         owners = changes.family(session, sorted({c.table_oid for c in columns}))
         relations = tuple(sorted(owners))
         texts = (changes.oids(relations), changes.oids(followed))
-        seen, _ = _look(session, options, texts, None)
+        seen, _ = _look(session, options, (*texts, texts[1]), None)
         if seen is not None:
             marked.append((seen, relations, owners, followed, texts))
 
@@ -206,9 +227,16 @@ def _full(
     seen, relations, owners, followed, texts = marked[0]
     # the tables written so far count as the probe's own transaction's: judged again
     dirty = {t for i, r in enumerate(relations) if seen.writes[i] for t in owners[r]}
-    pending = changes.settle(session, *texts)
     mark = Mark(
-        key, discovered, result, seen, relations, owners, followed, texts, pending, frozenset(dirty)
+        key=key,
+        discovered=discovered,
+        result=result,
+        seen=seen,
+        relations=relations,
+        owners=owners,
+        sequences=followed,
+        dirty=frozenset(dirty),
+        **_uncalled(session, texts, followed, seen),
     )
     return Probe(result, mark, why, len(columns))
 

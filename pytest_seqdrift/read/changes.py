@@ -79,7 +79,7 @@ _WRITES = (
 # the parameters, once: the catalogs, the relations and sequences followed, the sentinel,
 # and the mark's snapshot
 _GIVEN = """
-WITH given (catalogs, relations, sequences, sentinel, since_xmax, since_xip, since_own) AS (
+WITH given (catalogs, relations, uncalled, sentinel, since_xmax, since_xip, since_own) AS (
     VALUES (%s::regclass[], %s::text::oid[], %s::text::oid[], %s::regclass, %s::int8,
             %s::int8[], %s::int8)
 ), now AS (
@@ -101,7 +101,7 @@ SELECT now.xmax,
        ARRAY(SELECT {_WRITES.format("t")}
              FROM unnest(g.relations) WITH ORDINALITY AS u(t, i) ORDER BY i),
        ARRAY(SELECT pg_stat_get_xact_blocks_fetched(s)
-             FROM unnest(g.sequences) WITH ORDINALITY AS u(s, i) ORDER BY i),
+             FROM unnest(g.uncalled) WITH ORDINALITY AS u(s, i) ORDER BY i),
        pg_stat_get_xact_blocks_fetched(g.sentinel),
        CASE WHEN g.since_xmax IS NULL THEN 0
             WHEN now.xmax - g.since_xmax > {MAX_XIDS} THEN NULL
@@ -116,11 +116,15 @@ FROM given AS g, now
 """
 )
 
-# every followed sequence's last value (NULL: not called, or not readable by the role)
+# every followed sequence's last value (NULL: not called); the role may read each one
+# (``readable``; a GRANT or REVOKE is a catalog write)
 STATES = """
-SELECT ARRAY(SELECT CASE WHEN has_sequence_privilege(s, 'SELECT,USAGE')
-                         THEN pg_sequence_last_value(s) END
+SELECT ARRAY(SELECT pg_sequence_last_value(s)
              FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(s, i) ORDER BY i)
+"""
+
+READABLE = """
+SELECT s::int8 FROM unnest(%s::oid[]) AS s WHERE has_sequence_privilege(s, 'SELECT,USAGE')
 """
 
 # the sentinel read many times (a fresh scan each: the condition names the outer row),
@@ -152,7 +156,7 @@ class Seen:
     search_path: str
     catalog_writes: int  # this backend's pending writes to CATALOGS
     writes: tuple[int, ...]  # this backend's pending writes to each relation given
-    fetched: tuple[int, ...]  # pending block fetches of each sequence given, before STATES
+    fetched: tuple[int, ...]  # pending block fetches of each ``uncalled`` one, before STATES
     sentinel: int  # pending block fetches of SENTINEL
     committed: int | None  # xids committed since the mark given (None: too many to count)
     states: tuple[int | None, ...]  # pg_sequence_last_value of each sequence given
@@ -178,14 +182,16 @@ def look(
     session: Session,
     relations: str,
     sequences: str,
+    uncalled: str,
     since: Since = Since(),
     *,
     lock_timeout_ms: int,
 ) -> Seen:
     """Look at the database (one round trip): what ``Seen`` says, for the relations and
-    sequences given (``oids``). In a savepoint rolled back at its end, under the lock
+    sequences given (``oids``; ``uncalled``: those whose block fetches count, the ones
+    not called at the mark). In a savepoint rolled back at its end, under the lock
     timeout (a sequence another session alters); raises ``CannotCheck`` when it fails."""
-    given = [list(CATALOGS), relations, sequences, SENTINEL, since.xmax, list(since.xip)]
+    given = [list(CATALOGS), relations, uncalled, SENTINEL, since.xmax, list(since.xip)]
     timeout = "SELECT set_config('lock_timeout', %s, true)"
     _, observed, states = session.batch(
         [
@@ -225,16 +231,16 @@ class Pending:
     """This backend's pending counts once a probe is done: what the next look compares
     with (its own reads and inserts are in them, and so not taken for the test's)."""
 
-    fetched: tuple[int, ...]  # block fetches of each sequence
+    fetched: tuple[int, ...]  # block fetches of each ``uncalled`` sequence
     sentinel: int  # block fetches of the sentinel, after SENTINEL_READS more
     writes: tuple[int, ...]  # writes to each relation
     catalog_writes: int
 
 
-def settle(session: Session, relations: str, sequences: str) -> Pending:
+def settle(session: Session, relations: str, uncalled: str) -> Pending:
     """Once the probe is done: the sentinel read ``SENTINEL_READS`` times, then the
     counts pending (one round trip)."""
-    given = [sequences, SENTINEL, relations, list(CATALOGS)]
+    given = [uncalled, SENTINEL, relations, list(CATALOGS)]
     _, counted = session.batch([(BUMP, ()), (FETCHED, given)], replay=False)
     if isinstance(counted, ReadFailure):
         raise CannotCheck(counted.message)
@@ -263,3 +269,8 @@ def family(session: Session, tables: Seq[int]) -> dict[int, frozenset[int]]:
     for relid, top in session.run(FAMILY, [list(tables)]):
         tops.setdefault(int(relid), set()).add(int(top))
     return {r: frozenset(t) for r, t in tops.items()}
+
+
+def readable(session: Session, sequences: Seq[int]) -> list[int]:
+    """The sequences the role may read (``pg_sequence_last_value`` fails on the others)."""
+    return [int(s) for (s,) in session.run(READABLE, [list(sequences)])]
