@@ -11,7 +11,7 @@ towards judging more.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -24,6 +24,23 @@ from pytest_seqdrift.probe.report import Mode, ProbeReport
 from pytest_seqdrift.probe.run import probe_checked
 from pytest_seqdrift.read import changes
 
+ColumnKey = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class Followed:
+    """What a mark follows of a database, worked out once per full probe: the tables
+    (with their partitions and children) and the sequences, and where each column is."""
+
+    relations: str  # as changes.look takes them
+    sequences: str
+    owners: dict[int, frozenset[int]]  # relation -> the tables it counts for
+    by_table: dict[int, tuple[int, ...]]  # table oid -> its columns (indices into discovery)
+    by_sequence: dict[int, tuple[int, ...]]  # sequence oid -> the columns it feeds
+    # the columns whose value a trigger, a rule or an expression decides: judged again
+    # whenever anything at all changed (what decides it may read what the test wrote)
+    always: tuple[int, ...]
+
 
 @dataclass(frozen=True)
 class Mark:
@@ -31,15 +48,9 @@ class Mark:
 
     key: tuple[Any, ...]  # the probe's mode, limit and options: another probe, no mark
     discovered: checker.Discovered
+    followed: Followed
     result: ProbeReport
-    seen: changes.Seen  # as the probe began, after discovery
-    relations: tuple[int, ...]  # followed, in the order of ``seen.writes``
-    owners: dict[int, frozenset[int]]  # relation followed -> the tables it counts for
-    sequences: tuple[int, ...]  # followed, in the order of ``seen.states``
-    # the relations, the sequences and those not called then, as ``changes.look`` takes them
-    texts: tuple[str, str, str]
-    uncalled: dict[int, int]  # the sequences not called then -> their place in ``texts[2]``
-    pending: changes.Pending  # this backend's pending counts, once the probe was done
+    seen: changes.Seen  # the look as the probe began (its baseline: the next look's)
     # the tables the probe's own transaction had written as it began: judged with its
     # rows then, rolled back (or not) since
     dirty: frozenset[int]
@@ -61,65 +72,45 @@ def probe_since(
     """Probe the database: from ``mark`` where nothing but what this connection's
     transaction wrote and what sequences moved can have changed since, else in full."""
     key = (mode, limit, options)
-    why = _why_full(session, mark, key)
-    if why is not None or mark is None:
-        return _full(session, mode, limit, options, key, why or "no earlier probe")
-    seen, why_not = _look(session, options, mark.texts, mark.seen)
+    if mark is None:
+        return _full(session, mode, limit, options, key, "no earlier probe")
+    if mark.key != key:
+        return _full(session, mode, limit, options, key, "another probe than the last one")
+    followed = mark.followed
+    seen, why = _look(session, options, followed, mark.seen.baseline)
     if seen is not None:
-        why_not = _changed_too_much(mark, seen)
-    if why_not is not None or seen is None:
-        return _full(session, mode, limit, options, key, why_not or "nothing could be read")
+        why = _changed_too_much(mark, seen)
+    if why is not None or seen is None:
+        return _full(session, mode, limit, options, key, why or "nothing could be read")
     columns, _ = mark.discovered
-    again = _again(mark, seen)
-    if not again:
-        result = ProbeReport(_copy(mark.result.report), list(mark.result.probed), restored=0)
-    else:
+    written = _tables(followed, seen.written)
+    again = _again(mark, written | mark.dirty, seen.moved | seen.touched)
+    result = mark.result
+    if again:
         chosen = [columns[i] for i in again]
         sub = checker.rerun(session, options, mark.discovered, chosen)
         judged = probe_checked(session, sub, mode, limit, options)
-        result = _combined(mark.result, judged, {_key(c) for c in chosen})
-    following = replace(
-        mark,
-        result=result,
-        seen=seen,
-        dirty=frozenset(_written(mark, seen)),
-        **_uncalled(session, mark.texts[:2], mark.sequences, seen),
-    )
-    return Probe(result, following, None, len(again))
-
-
-def _why_full(session: Session, mark: Mark | None, key: tuple[Any, ...]) -> str | None:
-    if mark is None:
-        return "no earlier probe"
-    if mark.key != key:
-        return "another probe than the last one"
-    return None
-
-
-def _uncalled(
-    session: Session, texts: tuple[str, str], sequences: tuple[int, ...], seen: changes.Seen
-) -> dict[str, Any]:
-    """The mark's fields that follow from which sequences are not called now: their
-    place, the texts, and the counts pending once the probe is done."""
-    uncalled = [oid for oid, state in zip(sequences, seen.states, strict=True) if state is None]
-    text = changes.oids(uncalled)
-    return {
-        "texts": (*texts, text),
-        "uncalled": {oid: j for j, oid in enumerate(uncalled)},
-        "pending": changes.settle(session, texts[0], text),
-    }
+        result = _combined(mark, judged, {_key(c) for c in chosen})
+        if judged.restored or any(p.drawn for p in judged.probed):
+            # the probe inserted: its writes and reads are not the next test's
+            base = changes.rebase(session, followed.relations, followed.sequences, seen.baseline)
+            seen = replace(seen, baseline=base)
+    following = replace(mark, result=result, seen=seen, dirty=frozenset(written))
+    return Probe(_copy(result), following, None, len(again))
 
 
 def _look(
-    session: Session,
-    options: CheckOptions,
-    texts: tuple[str, str, str],
-    since: changes.Seen | None,
+    session: Session, options: CheckOptions, followed: Followed, base: changes.Baseline
 ) -> tuple[changes.Seen | None, str | None]:
     """``changes.look``: what it saw, or why it saw nothing."""
-    mark = changes.Since() if since is None else changes.Since(since.xmax, since.xip, since.own_xid)
     try:
-        seen = changes.look(session, *texts, mark, lock_timeout_ms=options.lock_timeout_ms)
+        seen = changes.look(
+            session,
+            followed.relations,
+            followed.sequences,
+            base,
+            lock_timeout_ms=options.lock_timeout_ms,
+        )
     except (session.Error, CannotCheck) as exc:
         if session.broken:
             raise
@@ -138,62 +129,35 @@ def _changed_too_much(mark: Mark, seen: changes.Seen) -> str | None:
         return "too many transactions since the last probe to look at"
     if seen.committed:
         return "a transaction committed since the last probe"
-    if seen.catalog_writes > (0 if _flushed(mark, seen) else mark.pending.catalog_writes):
+    if seen.catalog_written:
         return "this connection wrote to the catalog (DDL) since the last probe"
     return None
 
 
-def _flushed(mark: Mark, seen: changes.Seen) -> bool:
-    """Whether the backend flushed its pending statistics since the mark (its counts
-    started again from 0): the sentinel, read many times at the mark, shows fewer."""
-    return seen.sentinel < mark.pending.sentinel
-
-
-def _written(mark: Mark, seen: changes.Seen) -> set[int]:
-    """The tables this backend wrote to since the mark: more writes pending than then
-    (after a flush, any: what came before it was the last test's, rolled back before
-    the backend went idle, or committed -- and then seen as committed)."""
-    flushed = _flushed(mark, seen)
+def _tables(followed: Followed, relations: Iterable[int]) -> set[int]:
+    """The tables whose rows writes to these relations are."""
     tables: set[int] = set()
-    for i, relid in enumerate(mark.relations):
-        if seen.writes[i] > (0 if flushed else mark.pending.writes[i]):
-            tables |= mark.owners.get(relid, frozenset())
+    for relid in relations:
+        tables |= followed.owners.get(relid, frozenset())
     return tables
 
 
-def _again(mark: Mark, seen: changes.Seen) -> list[int]:
-    """The columns of the mark's discovery to judge again, by index."""
-    columns, _ = mark.discovered
-    before = mark.seen
-    # the rows this transaction wrote, and those the mark's own transaction had (judged
-    # with them then; rolled back since, or not)
-    written = _written(mark, seen) | mark.dirty
-    flushed = _flushed(mark, seen)
-    moved = set()
-    for i, oid in enumerate(mark.sequences):
-        now, then = seen.states[i], before.states[i]
-        if now != then:
-            moved.add(oid)
-        elif now is None and (
-            flushed or seen.fetched[j := mark.uncalled[oid]] > mark.pending.fetched[j]
-        ):
-            moved.add(oid)  # not called then, nor now: touched (setval(..., false))?
-    chosen = {i for i, c in enumerate(columns) if c.table_oid in written or c.sequence_oid in moved}
+def _again(mark: Mark, tables: set[int], sequences: frozenset[int]) -> list[int]:
+    """The columns of the mark's discovery to judge again, by index: those of the
+    tables written, those of the sequences that moved; then every column of a sequence
+    among them (one fix per sequence), and those that are always judged again."""
+    followed = mark.followed
+    chosen: set[int] = set()
+    for t in tables:
+        chosen.update(followed.by_table.get(t, ()))
+    for oid in sequences:
+        chosen.update(followed.by_sequence.get(oid, ()))
     if not chosen:
         return []
-    # a sequence's columns are judged together (one fix per sequence); and a column
-    # whose value a trigger, a rule or an expression decides is judged again whenever
-    # anything changed: what decides it may read what the test wrote elsewhere
-    shared = {columns[i].sequence_oid for i in chosen}
-    decided = {_key(p.column) for p in mark.result.probed if p.decided_by}
-    chosen |= {
-        i
-        for i, c in enumerate(columns)
-        if c.sequence_oid in shared
-        or _key(c) in decided
-        or c.unjudged is not None
-        or not c.plain_default
-    }
+    columns, _ = mark.discovered
+    for oid in {columns[i].sequence_oid for i in chosen}:
+        chosen.update(followed.by_sequence.get(oid, ()))
+    chosen.update(followed.always)
     return sorted(chosen)
 
 
@@ -202,86 +166,105 @@ def _full(
 ) -> Probe:
     """The full probe, marking the database as it begins (after discovery, before any
     table or sequence is read: what commits later, or moves, the next look sees)."""
-    Marked = tuple[
-        changes.Seen, tuple[int, ...], dict[int, frozenset[int]], tuple[int, ...], tuple[str, str]
-    ]  # what it saw, the relations, their tables, the sequences, and the first two as text
-    marked: list[Marked] = []
+    marked: list[tuple[changes.Seen, Followed]] = []
 
     def mark_here(session: Session, discovered: checker.Discovered) -> None:
         columns, sequences = discovered
         if len(sequences) > changes.MAX_SEQUENCES:
             return
-        followed = tuple(sorted(changes.readable(session, sorted(sequences))))
-        owners = changes.family(session, sorted({c.table_oid for c in columns}))
-        relations = tuple(sorted(owners))
-        texts = (changes.oids(relations), changes.oids(followed))
-        seen, _ = _look(session, options, (*texts, texts[1]), None)
-        if seen is not None:
-            marked.append((seen, relations, owners, followed, texts))
+        followed = _followed(session, columns, changes.readable(session, sorted(sequences)))
+        seen, _ = _look(session, options, followed, changes.Baseline())
+        if seen is not None and not seen.catalog_written:
+            marked.append((seen, followed))
 
     report, discovered = checker.discover_and_run(session, options, on_discovered=mark_here)
     result = probe_checked(session, report, mode, limit, options)
     columns, _ = discovered
-    if not marked or marked[0][0].catalog_writes:
+    if not marked:
         return Probe(result, None, why, len(columns))
-    seen, relations, owners, followed, texts = marked[0]
-    # the tables written so far count as the probe's own transaction's: judged again
-    dirty = {t for i, r in enumerate(relations) if seen.writes[i] for t in owners[r]}
-    mark = Mark(
-        key=key,
-        discovered=discovered,
-        result=result,
-        seen=seen,
-        relations=relations,
-        owners=owners,
-        sequences=followed,
-        dirty=frozenset(dirty),
-        **_uncalled(session, texts, followed, seen),
+    seen, followed = marked[0]
+    # the probe's own reads and inserts since the look are not the next test's
+    base = changes.rebase(session, followed.relations, followed.sequences, seen.baseline)
+    dirty = frozenset(_tables(followed, seen.written))
+    mark = Mark(key, discovered, followed, result, replace(seen, baseline=base), dirty)
+    return Probe(_copy(result), mark, why, len(columns))
+
+
+def _followed(session: Session, columns: list[Column], readable: list[int]) -> Followed:
+    owners = changes.family(session, sorted({c.table_oid for c in columns}))
+    by_table: dict[int, list[int]] = {}
+    by_sequence: dict[int, list[int]] = {}
+    for i, c in enumerate(columns):
+        by_table.setdefault(c.table_oid, []).append(i)
+        by_sequence.setdefault(c.sequence_oid, []).append(i)
+    always = tuple(
+        i
+        for i, c in enumerate(columns)
+        if c.unjudged is not None or not c.plain_default or c.source == "trigger"
     )
-    return Probe(result, mark, why, len(columns))
+    return Followed(
+        relations=changes.oids(sorted(owners)),
+        sequences=changes.oids(sorted(readable)),
+        owners=owners,
+        by_table={t: tuple(v) for t, v in by_table.items()},
+        by_sequence={s: tuple(v) for s, v in by_sequence.items()},
+        always=always,
+    )
 
 
-def _key(column: Column) -> tuple[str, str, str]:
+def _key(column: Column) -> ColumnKey:
     return (column.schema, column.table, column.column)
 
 
-def _copy(report: Report) -> Report:
-    return Report(list(report.findings), list(report.checked), list(report.skipped))
+def _copy(result: ProbeReport) -> ProbeReport:
+    """A result of its own for the caller (the mark keeps its lists as they are)."""
+    report = result.report
+    copied = Report(list(report.findings), list(report.checked), list(report.skipped))
+    return ProbeReport(copied, list(result.probed), result.restored)
 
 
-def _combined(
-    before: ProbeReport, again: ProbeReport, keys: set[tuple[str, str, str]]
-) -> ProbeReport:
+def _combined(mark: Mark, again: ProbeReport, keys: set[ColumnKey]) -> ProbeReport:
     """The answers for the columns judged again (``keys``) in place of the last probe's,
     the rest as it had them, in the order a full probe gives them."""
+    before = mark.result
     old, new = before.report, again.report
-
-    def by_column(c: Column) -> tuple[str, str, str]:
-        return (c.schema, c.table, c.column)
-
     report = Report(
-        findings=_merged(old.findings, new.findings, keys, lambda f: by_column(f.column)),
-        checked=_merged(
-            old.checked, new.checked, keys, lambda v: (*by_column(v.column), v.sequence.qualified)
+        findings=_replaced(old.findings, new.findings, keys, lambda f: _key(f.column)),
+        checked=_sorted_replaced(
+            old.checked, new.checked, keys, lambda v: (*_key(v.column), v.sequence.qualified)
         ),
-        skipped=_merged(old.skipped, new.skipped, keys, lambda s: (s.schema, s.table, s.column)),
+        skipped=_replaced(old.skipped, new.skipped, keys, lambda s: (s.schema, s.table, s.column)),
     )
-    probed = _merged(before.probed, again.probed, keys, lambda p: by_column(p.column))
+    probed = _sorted_replaced(before.probed, again.probed, keys, lambda p: _key(p.column))
     return ProbeReport(report, probed, again.restored)
 
 
 T = TypeVar("T")
 
 
-def _merged(
-    old: list[T],
-    new: list[T],
-    keys: set[tuple[str, str, str]],
-    order: Callable[[T], tuple[str, ...]],
+def _replaced(
+    old: list[T], new: list[T], keys: set[ColumnKey], order: Callable[[T], ColumnKey]
 ) -> list[T]:
-    """``old`` without the entries of ``keys``' columns, ``new`` put in among them by
-    ``order`` (a few entries into a long list, already in that order)."""
-    out = [x for x in old if order(x)[:3] not in keys]
+    """A short list (findings, skipped columns): ``old`` without ``keys``' columns, and
+    ``new``, by column."""
+    return sorted([x for x in old if order(x) not in keys] + new, key=order)
+
+
+def _sorted_replaced(
+    old: list[T], new: list[T], keys: set[ColumnKey], order: Callable[[T], tuple[str, ...]]
+) -> list[T]:
+    """A long list in ``order`` (every column's verdict): ``keys``' columns' entries
+    found by bisecting and replaced, without walking the rest."""
+    out = list(old)
+
+    def column(x: T) -> tuple[str, ...]:
+        return order(x)[:3]
+
+    for k in keys:
+        wanted: tuple[str, ...] = k
+        lo = bisect.bisect_left(out, wanted, key=column)
+        hi = bisect.bisect_right(out, wanted, key=column)
+        del out[lo:hi]
     for x in new:
         bisect.insort(out, x, key=order)
     return out

@@ -31,7 +31,7 @@ never leave out one that did.
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.errors import CannotCheck, ReadFailure
@@ -74,35 +74,36 @@ _WRITES = (
     " + pg_stat_get_xact_tuples_deleted({0})"
 )
 
-# this backend's pending counts, and whether anything committed since the mark (read
-# before the states: the state reads below add block fetches of their own)
-# the parameters, once: the catalogs, the relations and sequences followed, the sentinel,
-# and the mark's snapshot
-_GIVEN = """
-WITH given (catalogs, relations, uncalled, sentinel, since_xmax, since_xip, since_own) AS (
+# this backend's pending counts against the baseline, and whether anything committed
+# since (before the states are read: reading one adds a block fetch of its own)
+OBSERVE = f"""
+WITH given (catalogs, relations, sequences, sentinel, since_xmax, since_xip, since_own,
+            base_writes, base_states, base_fetched, base_sentinel) AS (
     VALUES (%s::regclass[], %s::text::oid[], %s::text::oid[], %s::regclass, %s::int8,
-            %s::int8[], %s::int8)
+            %s::int8[], %s::int8, %s::text::int8[], %s::text::int8[], %s::text::int8[],
+            %s::int8)
 ), now AS (
-    SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS xmax
+    SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS xmax,
+           g.base_sentinel IS NOT NULL
+           AND pg_stat_get_xact_blocks_fetched(g.sentinel) < g.base_sentinel AS flushed,
+           ARRAY(SELECT {_WRITES.format("t")}
+                 FROM unnest(g.relations) WITH ORDINALITY AS u(t, i) ORDER BY i) AS writes
+    FROM given AS g
 )
-"""
-
-# this backend's pending counts, and whether anything committed since the mark (read
-# before the states: the state reads below add block fetches of their own)
-OBSERVE = (
-    _GIVEN
-    + f"""
 SELECT now.xmax,
        ARRAY(SELECT x::text::int8 FROM pg_snapshot_xip(pg_current_snapshot()) AS x),
        coalesce(pg_current_xact_id_if_assigned()::text::int8, 0),
        pg_backend_pid(), pg_postmaster_start_time()::text,
        current_user::text, current_setting('search_path'),
        (SELECT coalesce(sum({_WRITES.format("c")}), 0)::int8 FROM unnest(g.catalogs) AS c),
-       ARRAY(SELECT {_WRITES.format("t")}
-             FROM unnest(g.relations) WITH ORDINALITY AS u(t, i) ORDER BY i),
-       ARRAY(SELECT pg_stat_get_xact_blocks_fetched(s)
-             FROM unnest(g.uncalled) WITH ORDINALITY AS u(s, i) ORDER BY i),
-       pg_stat_get_xact_blocks_fetched(g.sentinel),
+       now.flushed,
+       ARRAY(SELECT r FROM unnest(g.relations, now.writes, g.base_writes) AS x(r, w, b)
+             WHERE r IS NOT NULL
+               AND w > CASE WHEN now.flushed OR b IS NULL THEN 0 ELSE b END),
+       now.writes::text,
+       ARRAY(SELECT s FROM unnest(g.sequences, g.base_states, g.base_fetched) AS x(s, v, f)
+             WHERE g.base_states IS NOT NULL AND s IS NOT NULL AND v IS NULL
+               AND (now.flushed OR pg_stat_get_xact_blocks_fetched(s) > f)),
        CASE WHEN g.since_xmax IS NULL THEN 0
             WHEN now.xmax - g.since_xmax > {MAX_XIDS} THEN NULL
             ELSE (SELECT count(*)::int8
@@ -114,13 +115,19 @@ SELECT now.xmax,
        END
 FROM given AS g, now
 """
-)
 
-# every followed sequence's last value (NULL: not called); the role may read each one
-# (``readable``; a GRANT or REVOKE is a catalog write)
+# every followed sequence's last value (NULL: not called; the role may read each one,
+# ``readable``: a GRANT or REVOKE is a catalog write), and those that differ from the
+# baseline's
 STATES = """
-SELECT ARRAY(SELECT pg_sequence_last_value(s)
-             FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(s, i) ORDER BY i)
+WITH now AS MATERIALIZED (
+    SELECT u.s, u.i, pg_sequence_last_value(u.s) AS v
+    FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(s, i)
+)
+SELECT ARRAY(SELECT n.s FROM now AS n
+             LEFT JOIN unnest(%s::text::int8[]) WITH ORDINALITY AS b(v, i) ON b.i = n.i
+             WHERE n.v IS DISTINCT FROM b.v),
+       ARRAY(SELECT n.v FROM now AS n ORDER BY n.i)::text
 """
 
 READABLE = """
@@ -128,53 +135,56 @@ SELECT s::int8 FROM unnest(%s::oid[]) AS s WHERE has_sequence_privilege(s, 'SELE
 """
 
 # the sentinel read many times (a fresh scan each: the condition names the outer row),
-# then what is pending once the mark is taken
+# then the block fetches pending: the baseline of the next look
 BUMP = f"""
 SELECT count((SELECT 1 FROM {SENTINEL} AS t WHERE t.oid::int8 <> -g LIMIT 1))
 FROM generate_series(1, {SENTINEL_READS}) AS g
 """
 
-FETCHED = f"""
+FETCHED = """
 SELECT ARRAY(SELECT pg_stat_get_xact_blocks_fetched(s)
-             FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(s, i) ORDER BY i),
-       pg_stat_get_xact_blocks_fetched(%s::regclass),
-       ARRAY(SELECT {_WRITES.format("t")}
-             FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(t, i) ORDER BY i),
-       (SELECT coalesce(sum({_WRITES.format("c")}), 0)::int8 FROM unnest(%s::regclass[]) AS c)
+             FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(s, i) ORDER BY i)::text,
+       pg_stat_get_xact_blocks_fetched(%s::regclass)
 """
 
 
 @dataclass(frozen=True)
-class Seen:
-    """One look at a database from the probe's connection, inside its transaction."""
+class Baseline:
+    """What one look leaves for the next to compare with: the snapshot, and this
+    backend's pending counts as texts the server reads back (None: no look before)."""
 
-    xmax: int  # the next xid to be assigned
-    xip: tuple[int, ...]  # the transactions in progress
-    own_xid: int  # this transaction's xid (0: none assigned)
-    backend: tuple[int, str]  # this backend's pid and its server's start
-    role: str
-    search_path: str
-    catalog_writes: int  # this backend's pending writes to CATALOGS
-    writes: tuple[int, ...]  # this backend's pending writes to each relation given
-    fetched: tuple[int, ...]  # pending block fetches of each ``uncalled`` one, before STATES
-    sentinel: int  # pending block fetches of SENTINEL
-    committed: int | None  # xids committed since the mark given (None: too many to count)
-    states: tuple[int | None, ...]  # pg_sequence_last_value of each sequence given
+    xmax: int | None = None  # the next xid to be assigned
+    xip: tuple[int, ...] = ()  # the transactions in progress
+    own_xid: int = 0  # the looking transaction's xid (0: none assigned)
+    writes: str | None = None  # writes pending to each relation
+    states: str | None = None  # each sequence's last value (NULL: not called)
+    fetched: str | None = None  # block fetches pending of each sequence
+    sentinel: int | None = None  # block fetches pending of SENTINEL
+    catalog_writes: int = 0  # writes pending to CATALOGS
 
 
 @dataclass(frozen=True)
-class Since:
-    """Where a look is taken from: the mark's snapshot (None: no mark)."""
+class Seen:
+    """One look at a database from the probe's connection, inside its transaction,
+    against the baseline of the look before."""
 
-    xmax: int | None = None
-    xip: tuple[int, ...] = ()
-    own_xid: int = 0
+    backend: tuple[int, str]  # this backend's pid and its server's start
+    role: str
+    search_path: str
+    committed: int | None  # xids committed since the baseline (None: too many to count)
+    flushed: bool  # the backend flushed its pending statistics since (counts from 0)
+    catalog_written: bool  # this backend wrote to CATALOGS since
+    written: frozenset[int]  # the relations this backend wrote to since
+    moved: frozenset[int]  # the sequences whose last value is not the baseline's
+    # the sequences not called then whose blocks this backend fetched since (all of
+    # them after a flush): a setval(..., false) of theirs reads as NULL before and after
+    touched: frozenset[int]
+    baseline: Baseline  # for the next look
 
 
 def oids(values: Seq[int]) -> str:
-    """OIDs as the text of an array: what ``look`` and ``settle`` take (made once per
-    mark; a list of thousands, adapted by the driver at every look, costs more than the
-    look itself)."""
+    """OIDs as the text of an array: what ``look`` takes (made once per mark; a list of
+    thousands, adapted by the driver at every look, costs more than the look itself)."""
     return "{" + ",".join(str(int(v)) for v in values) + "}"
 
 
@@ -182,71 +192,109 @@ def look(
     session: Session,
     relations: str,
     sequences: str,
-    uncalled: str,
-    since: Since = Since(),
+    base: Baseline = Baseline(),
     *,
     lock_timeout_ms: int,
 ) -> Seen:
-    """Look at the database (one round trip): what ``Seen`` says, for the relations and
-    sequences given (``oids``; ``uncalled``: those whose block fetches count, the ones
-    not called at the mark). In a savepoint rolled back at its end, under the lock
-    timeout (a sequence another session alters); raises ``CannotCheck`` when it fails."""
-    given = [list(CATALOGS), relations, uncalled, SENTINEL, since.xmax, list(since.xip)]
-    timeout = "SELECT set_config('lock_timeout', %s, true)"
-    _, observed, states = session.batch(
+    """Look at the database (one round trip): what ``Seen`` says of the relations and
+    sequences given (``oids``) since ``base``. In a savepoint rolled back at its end,
+    under the lock timeout (a sequence another session alters); raises ``CannotCheck``
+    when it fails."""
+    given = [
+        list(CATALOGS),
+        relations,
+        sequences,
+        SENTINEL,
+        base.xmax,
+        list(base.xip),
+        base.own_xid,
+        base.writes,
+        base.states,
+        base.fetched,
+        base.sentinel,
+    ]
+    answers = session.batch(
         [
-            (timeout, [f"{int(lock_timeout_ms)}ms"]),
-            (OBSERVE, [*given, since.own_xid]),
-            (STATES, [sequences]),
+            ("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"]),
+            (OBSERVE, given),
+            (STATES, [sequences, base.states]),
+            (BUMP, ()),
+            (FETCHED, [sequences, SENTINEL]),
         ],
         release_locks=True,
         replay=False,
     )
-    if isinstance(observed, ReadFailure):
-        raise CannotCheck(observed.message)
-    if isinstance(states, ReadFailure):
-        raise CannotCheck(states.message)
-    ((xmax, xip, own, pid, started, role, path, catalog, written, fetched, sentinel, done),) = (
-        observed
-    )
-    ((values,),) = states
+    for answer in answers:
+        if isinstance(answer, ReadFailure):
+            raise CannotCheck(answer.message)
+    _, observed, states, _, fetched = answers
+    (
+        (
+            xmax,
+            xip,
+            own,
+            pid,
+            started,
+            role,
+            path,
+            catalog,
+            flushed,
+            written,
+            writes,
+            touched,
+            done,
+        ),
+    ) = observed  # type: ignore[misc]
+    ((moved, values),) = states  # type: ignore[misc]
+    ((fetches, sentinel),) = fetched  # type: ignore[misc]
     return Seen(
-        xmax=int(xmax),
-        xip=tuple(int(x) for x in xip),
-        own_xid=int(own),
         backend=(int(pid), str(started)),
         role=str(role),
         search_path=str(path),
-        catalog_writes=int(catalog),
-        writes=tuple(int(w) for w in written),
-        fetched=tuple(int(f) for f in fetched),
-        sentinel=int(sentinel),
         committed=None if done is None else int(done),
-        states=tuple(None if v is None else int(v) for v in values),
+        flushed=bool(flushed),
+        catalog_written=int(catalog) > (0 if flushed else base.catalog_writes),
+        written=frozenset(int(r) for r in written),
+        moved=frozenset(int(s) for s in moved),
+        touched=frozenset(int(s) for s in touched),
+        baseline=Baseline(
+            xmax=int(xmax),
+            xip=tuple(int(x) for x in xip),
+            own_xid=int(own),
+            writes=str(writes),
+            states=str(values),
+            fetched=str(fetches),
+            sentinel=int(sentinel),
+            catalog_writes=int(catalog),
+        ),
     )
 
 
-@dataclass(frozen=True)
-class Pending:
-    """This backend's pending counts once a probe is done: what the next look compares
-    with (its own reads and inserts are in them, and so not taken for the test's)."""
-
-    fetched: tuple[int, ...]  # block fetches of each ``uncalled`` sequence
-    sentinel: int  # block fetches of the sentinel, after SENTINEL_READS more
-    writes: tuple[int, ...]  # writes to each relation
-    catalog_writes: int
+REBASE = f"""
+SELECT ARRAY(SELECT {_WRITES.format("t")}
+             FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(t, i) ORDER BY i)::text,
+       (SELECT coalesce(sum({_WRITES.format("c")}), 0)::int8 FROM unnest(%s::regclass[]) AS c)
+"""
 
 
-def settle(session: Session, relations: str, uncalled: str) -> Pending:
-    """Once the probe is done: the sentinel read ``SENTINEL_READS`` times, then the
-    counts pending (one round trip)."""
-    given = [uncalled, SENTINEL, relations, list(CATALOGS)]
-    _, counted = session.batch([(BUMP, ()), (FETCHED, given)], replay=False)
-    if isinstance(counted, ReadFailure):
-        raise CannotCheck(counted.message)
-    ((fetched, sentinel, writes, catalog),) = counted
-    return Pending(
-        tuple(int(c) for c in fetched), int(sentinel), tuple(int(w) for w in writes), int(catalog)
+def rebase(session: Session, relations: str, sequences: str, base: Baseline) -> Baseline:
+    """The baseline moved on past what this backend did since it was taken (a probe's
+    own reads and inserts: not the next test's), its snapshot and states kept (one
+    round trip)."""
+    answers = session.batch(
+        [(BUMP, ()), (FETCHED, [sequences, SENTINEL]), (REBASE, [relations, list(CATALOGS)])],
+        replay=False,
+    )
+    for answer in answers:
+        if isinstance(answer, ReadFailure):
+            raise CannotCheck(answer.message)
+    _, ((fetches, sentinel),), ((writes, catalog),) = answers  # type: ignore[misc]
+    return replace(
+        base,
+        writes=str(writes),
+        fetched=str(fetches),
+        sentinel=int(sentinel),
+        catalog_writes=int(catalog),
     )
 
 
