@@ -14,7 +14,7 @@ from pytest_seqdrift import checker, snapshot
 from pytest_seqdrift.db.adapters import in_thread, open_session
 from pytest_seqdrift.db.session import LOCK_NOT_AVAILABLE, Session, error_line, sqlstate
 from pytest_seqdrift.errors import CannotCheck
-from pytest_seqdrift.model import Checked, Report, SequenceState, printable
+from pytest_seqdrift.model import Checked, PgSequence, Report, SequenceState, printable
 from pytest_seqdrift.options import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_THRESHOLD, CheckOptions
 from pytest_seqdrift.probe.disagreement import _disagreement, _in_one_statement, _settle
 from pytest_seqdrift.probe.draw import _draw, _peek, _top
@@ -93,16 +93,26 @@ def _probe(session: Session, mode: Mode, limit: int, options: CheckOptions) -> P
 
 
 def probe_checked(
-    session: Session, report: Report, mode: Mode, limit: int, options: CheckOptions
+    session: Session,
+    report: Report,
+    mode: Mode,
+    limit: int,
+    options: CheckOptions,
+    paths_known: dict[tuple[int, str], tuple[bool, bool, bool] | None] | None = None,
 ) -> ProbeReport:
     """The probe of the columns of a check's report (all of a database's, or those
-    ``probe.since`` judges again)."""
+    ``probe.since`` judges again). ``paths_known``: what ``_insert_paths`` said of each
+    column (by table and name) while the catalog stays as it is; read where missing,
+    and kept there."""
     lock_timeout_ms = options.lock_timeout_ms
     result = ProbeReport(report)
     targets = [c for c in report.checked if c.column.unique and c.status != "duplicates"]
     clean = [i for i, verdict in enumerate(targets) if _clean(verdict, report)]
-    paths = _insert_paths(session, targets, clean) if mode == "insert" else {}
+    paths = _paths(session, targets, clean, paths_known) if mode == "insert" else {}
     settled = _settled(targets, clean, mode, paths)
+    for i, verdict in enumerate(targets):  # an empty table: what _probe_here says of it
+        if i not in settled and _judged(verdict) and verdict.max_existing is None:
+            settled[i] = _empty(verdict, mode)
     if len(settled) == len(targets):  # nothing to insert, nothing to draw: no nextval runs
         result.probed = [settled[i] for i in range(len(targets))]
         return result
@@ -141,6 +151,34 @@ def probe_checked(
             result.restored += _put_back_at_end(session, before, lock_timeout_ms)
     _merge(result)
     return result
+
+
+def _empty(verdict: Checked, mode: Mode, seq: PgSequence | None = None) -> Probed:
+    """A column whose table holds no row (that its keys count): nothing to probe."""
+    walk = seq if seq is not None else inserts.per_insert(verdict.column, verdict.sequence)
+    return Probed(
+        verdict.column, walk, mode, 0, None, None, passed_max=True, note="empty: nothing to probe"
+    )
+
+
+def _paths(
+    session: Session,
+    targets: Seq[Checked],
+    clean: Seq[int],
+    known: dict[tuple[int, str], tuple[bool, bool, bool] | None] | None,
+) -> dict[int, tuple[bool, bool, bool]]:
+    """``_insert_paths``, from ``known`` where it holds a column."""
+    if known is None:
+        return _insert_paths(session, targets, clean)
+
+    def key(i: int) -> tuple[int, str]:
+        return (targets[i].column.table_oid, targets[i].column.column)
+
+    missing = [i for i in clean if key(i) not in known]
+    found = _insert_paths(session, targets, missing)
+    for i in missing:
+        known[key(i)] = found.get(i)  # None: not settled here (_insert_paths left it out)
+    return {i: p for i in clean if (p := known[key(i)]) is not None}
 
 
 def _unprobed(verdict: Checked, mode: Mode, exc: Exception) -> Probed:
@@ -208,9 +246,7 @@ def _probe_here(
     expected = _finding_for(report, verdict)
     top = verdict.max_existing if judged else _top(session, column, seq)
     if top is None:
-        return Probed(
-            column, seq, mode, 0, None, None, passed_max=True, note="empty: nothing to probe"
-        )
+        return _empty(verdict, mode, seq)
     target = _Target(column, seq, top, _distance(verdict, seq), limit, at_least_once)
     target = replace(target, first=verdict.next_value if judged else _peek(session, target))
     start = _read_state(session, seq)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from pytest_seqdrift import checker
@@ -40,6 +40,9 @@ class Followed:
     # the columns whose value a trigger, a rule or an expression decides: judged again
     # whenever anything at all changed (what decides it may read what the test wrote)
     always: tuple[int, ...]
+    # what the catalog says of inserting into each column (probe.run._insert_paths),
+    # filled in as columns are probed: the catalog does not change under a mark
+    paths: dict[tuple[int, str], tuple[bool, bool, bool] | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -89,12 +92,15 @@ def probe_since(
     if again:
         chosen = [columns[i] for i in again]
         sub = checker.rerun(session, options, mark.discovered, chosen)
-        judged = probe_checked(session, sub, mode, limit, options)
+        judged = probe_checked(session, sub, mode, limit, options, followed.paths)
         result = _combined(mark, judged, {_key(c) for c in chosen})
-        if judged.restored or any(p.drawn for p in judged.probed):
-            # the probe inserted: its writes and reads are not the next test's
-            base = changes.rebase(session, followed.relations, followed.sequences, seen.baseline)
-            seen = replace(seen, baseline=base)
+        # what the check read (and the probe inserted) since the look is not the next
+        # test's doing: a sequence read would look touched, a table probed written
+        inserted = bool(judged.restored or any(p.drawn for p in judged.probed))
+        base = changes.rebase(
+            session, followed.relations, followed.sequences, seen.baseline, writes=inserted
+        )
+        seen = replace(seen, baseline=base)
     following = replace(mark, result=result, seen=seen, dirty=frozenset(written))
     return Probe(_copy(result), following, None, len(again))
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, replace
+from typing import Any
 
 from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.errors import CannotCheck, ReadFailure
@@ -277,25 +278,25 @@ SELECT ARRAY(SELECT {_WRITES.format("t")}
 """
 
 
-def rebase(session: Session, relations: str, sequences: str, base: Baseline) -> Baseline:
+def rebase(
+    session: Session, relations: str, sequences: str, base: Baseline, *, writes: bool = True
+) -> Baseline:
     """The baseline moved on past what this backend did since it was taken (a probe's
-    own reads and inserts: not the next test's), its snapshot and states kept (one
-    round trip)."""
-    answers = session.batch(
-        [(BUMP, ()), (FETCHED, [sequences, SENTINEL]), (REBASE, [relations, list(CATALOGS)])],
-        replay=False,
-    )
+    own reads, and with ``writes`` its inserts: not the next test's), its snapshot and
+    states kept (one round trip)."""
+    statements: list[tuple[str, Seq[Any]]] = [(BUMP, ()), (FETCHED, [sequences, SENTINEL])]
+    if writes:
+        statements.append((REBASE, [relations, list(CATALOGS)]))
+    answers = session.batch(statements, replay=False)
     for answer in answers:
         if isinstance(answer, ReadFailure):
             raise CannotCheck(answer.message)
-    _, ((fetches, sentinel),), ((writes, catalog),) = answers  # type: ignore[misc]
-    return replace(
-        base,
-        writes=str(writes),
-        fetched=str(fetches),
-        sentinel=int(sentinel),
-        catalog_writes=int(catalog),
-    )
+    ((fetches, sentinel),) = answers[1]  # type: ignore[misc]
+    base = replace(base, fetched=str(fetches), sentinel=int(sentinel))
+    if writes:
+        ((written, catalog),) = answers[2]  # type: ignore[misc]
+        base = replace(base, writes=str(written), catalog_writes=int(catalog))
+    return base
 
 
 # every table with the tables under it (partitions, inheritance children): a write to
