@@ -26,6 +26,10 @@ from pytest_seqdrift.plugin.watch import Run, finding_key
 from pytest_seqdrift.probe import probe
 from pytest_seqdrift.probe.since import Mark, probe_since
 
+# marks kept at once: a database made for each test (pytest-postgresql's ``postgresql``)
+# is never probed again, and a mark holds a copy of its discovery and its answers
+MARKS_KEPT = 8
+
 MARKER = (
     "seqdrift(*, probe=None, limit=None, schemas=None, exclude_tables=None): a migration "
     "test whose database pytest-seqdrift probes for sequence drift after the test body"
@@ -91,11 +95,11 @@ def judge(
                 schemas=schemas, exclude_tables=exclude, threshold=s.options.threshold
             )
             database = session.database_id()
-            done = probe_since(session, mode, limit, options, marks.get(database))  # type: ignore[arg-type]
-            if done.mark is None:
-                marks.pop(database, None)
-            else:
-                marks[database] = done.mark
+            done = probe_since(session, mode, limit, options, marks.pop(database, None))  # type: ignore[arg-type]
+            if done.mark is not None:
+                marks[database] = done.mark  # the newest last: the oldest go first
+                while len(marks) > MARKS_KEPT:
+                    del marks[next(iter(marks))]
             result = done.result
         else:
             result = probe(
