@@ -87,7 +87,7 @@ class Suite:
         self.conn = conn
         self.mark: Mark | None = None
 
-    def case(self, body: Callable[[Conn], None]) -> Probe:
+    def case(self, body: Callable[[Conn], object]) -> Probe:
         self.conn.execute("SELECT 1")  # the test's transaction begins
         body(self.conn)
         with open_session(self.conn) as session:
@@ -160,7 +160,7 @@ def test_a_test_that_writes_three_tables_is_judged_on_those_alone(app: Conn) -> 
     ],
 )
 def test_drift_the_test_makes_is_caught_from_the_mark(
-    app: Conn, body: Callable[[Conn], None], table: str
+    app: Conn, body: Callable[[Conn], object], table: str
 ) -> None:
     suite = Suite(app)
     suite.case(nothing)
@@ -224,9 +224,11 @@ def test_statistics_flushed_between_probes_judge_every_uncalled_sequence(app: Co
         time.sleep(1.5)  # the backend flushes its pending statistics once it is idle
         app.execute("SELECT 1")
         app.rollback()
-        done = suite.case(
-            lambda c, v=value: c.execute("SELECT setval('fresh_id_seq', %s, false)", [v])
-        )
+
+        def reset(c: Conn, v: int = value) -> object:
+            return c.execute("SELECT setval('fresh_id_seq', %s, false)", [v])
+
+        done = suite.case(reset)
         assert "fresh" in {f.column.table for f in done.result.report.findings}
         if done.full is None:
             break

@@ -212,7 +212,8 @@ class Prober:
                     own_transaction = session.in_transaction
                     marks = self.state.marks if scope_only else None
                     found, notes = judge(self.state.settings, session, located, kwargs, marks)
-                    if scope_only:
+                    # a second connection's check only where the test could be failed
+                    if scope_only and self._any_fresh(database, found):
                         found, more = self._outliving(session, found, own_transaction)
                         notes += more
             except driver_errors() as exc:
@@ -272,6 +273,19 @@ class Prober:
                 why = f"the same drift, reported at {earlier}"
             outcome.notes.append(f"{prefix}{f.column.label}: {why}")
         return fresh
+
+    def _any_fresh(self, database: DatabaseId, report: Report) -> bool:
+        """Whether any finding could be one a ``--seqdrift-scope=all`` test is failed for
+        (``_fresh``): not its set-up's, not on a column an earlier test was failed for.
+        Where none is, what outlives the test's transaction need not be asked."""
+        state = self.state
+        for f in report.findings:
+            column = (database.name, *column_key(f.column))
+            if finding_key(f) in state.born_keys or column in state.born_columns:
+                continue
+            if column not in state.blamed:
+                return True
+        return False
 
     def _outliving(
         self, session: Session, report: Report, own_transaction: bool
