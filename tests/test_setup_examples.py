@@ -182,6 +182,50 @@ def test_the_migrations_run_again(db):
 """
 
 
+SHOP_TEST_CASES = """
+from django.db import connection
+from django.test import TestCase, TransactionTestCase
+
+from shop.models import Country
+
+
+class CountryTests(TestCase):
+    @classmethod
+    def setUpTestData(cls):
+        Country.objects.create(code="ES", name="Spain")
+
+    def test_reads(self):
+        self.assertEqual(Country.objects.count(), 6)
+
+    def test_resets_the_sequence(self):
+        with connection.cursor() as cursor:  # outlives the test's rollback
+            cursor.execute("SELECT setval('shop_country_id_seq', 1, false)")
+
+
+class CountryWrites(TransactionTestCase):
+    def test_copies_with_an_id(self):  # committed, then flushed by Django: no drift left
+        Country.objects.create(id=900, code="IT", name="Italy")
+"""
+
+
+def test_django_scope_all_probes_test_case_classes(shop: pytest.Pytester) -> None:
+    """Tests written as Django TestCase methods name no fixture and no marker: their
+    class's ``databases`` says which database they use, and they are probed too."""
+    shutil.copy(shop.path / "fix" / "0004_country_sequence.py", shop.path / "shop" / "migrations")
+    (shop.path / "tests" / "test_cases.py").write_text(SHOP_TEST_CASES)
+    run(shop, "--seqdrift", "tests/test_cases.py").assert_outcomes(passed=3)
+    result = run(shop, "--seqdrift", "--seqdrift-scope=all", "tests/test_cases.py")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ CountryTests.test_resets_the_sequence _*",
+            "pytest-seqdrift: sequence drift after this test (--seqdrift-scope=all):",
+            "  public.shop_country.id  (sequence public.shop_country_id_seq)",
+            "    next value 1; the very next insert collides with existing id 1 (max id *)",
+        ]
+    )
+
+
 def test_django_scope_all_blames_no_test_for_the_set_up_or_its_own_rows(
     shop: pytest.Pytester,
 ) -> None:

@@ -34,6 +34,7 @@ from pytest_seqdrift.plugin.locate import (
     django_database_names,
     django_ready,
     django_resets_sequences,
+    django_test_case_databases,
     migration_fixture,
     postgresql_fixture_kind,
     uses_database,
@@ -264,7 +265,13 @@ class SeqdriftPlugin:
         why = self._marked_or_migrating(item)
         if why is None and self.watcher.steps > steps_before:
             why = "it ran migrations"
-        if why is None and self.settings.scope == "all" and self._uses_database(item):
+        # a Django TestCase method uses its class's ``databases`` (no fixture is added
+        # to it: unittest's tests take none)
+        if (
+            why is None
+            and self.settings.scope == "all"
+            and (self._uses_database(item) or django_test_case_databases(item))
+        ):
             why = "scope"
         return why
 

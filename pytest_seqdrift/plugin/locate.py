@@ -129,6 +129,18 @@ def django_databases(databases: Iterable[str] | str | None) -> list[Located]:
     return postgres or found[:1]
 
 
+def django_test_case_databases(item: Any) -> list[Located]:
+    """The databases of a test written as a Django ``TestCase`` or ``TransactionTestCase``
+    method (no fixture or marker names them: the class's ``databases`` does)."""
+    cls = getattr(item, "cls", None)
+    test = sys.modules.get("django.test")
+    if cls is None or test is None or not django_ready():
+        return []
+    if not (isinstance(cls, type) and issubclass(cls, test.TransactionTestCase)):
+        return []
+    return django_databases(getattr(cls, "databases", None))
+
+
 def django_database_names() -> dict[str, str]:
     """Each Django alias's database name, as its connection stands now."""
     connections = importlib.import_module("django.db").connections

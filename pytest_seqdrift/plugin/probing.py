@@ -19,7 +19,7 @@ from pytest_seqdrift.model import Finding, Report
 from pytest_seqdrift.options import CheckOptions
 from pytest_seqdrift.plugin.asynchronous import asynchronous, in_sync_test
 from pytest_seqdrift.plugin.history import column_key
-from pytest_seqdrift.plugin.locate import Located, wrap
+from pytest_seqdrift.plugin.locate import Located, django_test_case_databases, wrap
 from pytest_seqdrift.plugin.outcome import HEADER, Outcome, Reporter
 from pytest_seqdrift.plugin.state import Settings, State, driver_errors
 from pytest_seqdrift.plugin.watch import Run, finding_key
@@ -156,6 +156,8 @@ class Prober:
         with contextlib.ExitStack() as stack:
             # ``handed``: with sessions on the test's event loop for its async objects
             databases = handed_databases(item) if handed is None else list(handed)
+            if not databases:  # a Django TestCase method: no fixture hands it over
+                databases = django_test_case_databases(item)
             for located in asynchronous(databases):  # a synchronous test's
                 outcome.cannot = f"{HEADER} could not probe: {in_sync_test(located)}"
                 return
