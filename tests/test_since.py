@@ -249,3 +249,16 @@ def test_another_connection_or_probe_means_the_full_probe(app: Conn, db: Conn) -
         done = probe_since(session, "default", 10_000, OPTIONS, suite.mark)
         assert done.full == "another probe than the last one"
         app.rollback()
+
+
+def test_ddl_this_connection_committed_just_before_still_leaves_a_mark(app: Conn) -> None:
+    """Catalog writes still pending in this backend's statistics, of transactions that
+    ended (a migration just before): a probe whose transaction wrote nothing marks all
+    the same -- its discovery sees them as they are."""
+    for name in ("later_a", "later_b"):  # the second within the second: not flushed
+        app.execute(f"CREATE TABLE {name} (id serial PRIMARY KEY)")
+        app.commit()
+    first = Suite(app).case(nothing)
+    assert first.mark is not None
+    assert first.mark.seen.baseline.catalog_writes > 0  # they were pending
+    assert first.mark.seen.baseline.own_xid == 0

@@ -80,6 +80,7 @@ def judge(
     located: Located,
     kwargs: dict[str, Any] | None = None,
     marks: dict[DatabaseId, Mark] | None = None,
+    database: DatabaseId | None = None,
 ) -> tuple[Report, list[str]]:
     """Probe a test database (read-only check anything else): its report and notes.
     With ``marks`` (``--seqdrift-scope=all``), a database probed before on the same
@@ -94,7 +95,7 @@ def judge(
             options = CheckOptions.of(
                 schemas=schemas, exclude_tables=exclude, threshold=s.options.threshold
             )
-            database = session.database_id()
+            database = database or session.database_id()
             done = probe_since(session, mode, limit, options, marks.pop(database, None))  # type: ignore[arg-type]
             if done.mark is not None:
                 marks[database] = done.mark  # the newest last: the oldest go first
@@ -213,7 +214,9 @@ class Prober:
                     database = session.database_id()
                     own_transaction = session.in_transaction
                     marks = self.state.marks if scope_only else None
-                    found, notes = judge(self.state.settings, session, located, kwargs, marks)
+                    found, notes = judge(
+                        self.state.settings, session, located, kwargs, marks, database
+                    )
                     # a second connection's check only where the test could be failed
                     if scope_only and self._any_fresh(database, found):
                         found, more = self._outliving(session, found, own_transaction)

@@ -180,7 +180,10 @@ def _full(
             return
         followed = _followed(session, columns, changes.readable(session, sorted(sequences)))
         seen, _ = _look(session, options, followed, changes.Baseline())
-        if seen is not None and not seen.catalog_written:
+        # catalog writes pending: DDL this transaction may still roll back (the discovery
+        # would then be wrong), unless it has written nothing at all (no xid): then they
+        # are those of transactions that ended, which the discovery sees as they are
+        if seen is not None and (not seen.catalog_written or not seen.baseline.own_xid):
             marked.append((seen, followed))
 
     report, discovered = checker.discover_and_run(session, options, on_discovered=mark_here)
