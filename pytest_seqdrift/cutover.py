@@ -361,9 +361,16 @@ def _one(
         return entry("skipped", note=f"on the target: {t_state}")
     t_next = drift.next_value(t, t_state)
     s_next = drift.next_value(s, s_state)
+    # an exhausted source has handed out everything up to its own limit
+    beyond = (
+        s_next
+        if s_next is not None
+        else (s.max_value if s.increment > 0 else s.min_value) + s.increment
+    )
     numbers: dict[str, Any] = {
         "next_value": t_next,
         "source_next_value": s_next,
+        "source_beyond": beyond,
         "target_state": t_state,
     }
     if (s.increment > 0) != (t.increment > 0):
@@ -378,12 +385,6 @@ def _one(
     if t_next is None:
         notes.append("the target's sequence is exhausted")
         return entry("ok", note="; ".join(notes), **numbers)
-    # an exhausted source has handed out everything up to its limit
-    beyond = (
-        s_next
-        if s_next is not None
-        else (s.max_value if s.increment > 0 else s.min_value) + s.increment
-    )
     if drift.forward(t, t_next) >= drift.forward(t, beyond):
         return entry("ok", note="; ".join(notes) or None, **numbers)
     value = source_target(t, beyond, 0)

@@ -149,14 +149,11 @@ def source_moves(cut: Cutover, margin: int = 0) -> list[SourceMove]:
     source's next value plus the margin (as far as its range allows)."""
     moves = []
     for c in cut.compared:
-        seq, state = c.target, c.target_state
-        if seq is None or state is None or c.status not in ("behind", "ok"):
+        seq, state, beyond = c.target, c.target_state, c.source_beyond
+        if seq is None or state is None or beyond is None or c.status not in ("behind", "ok"):
             continue
         if c.status == "ok" and (not margin or c.next_value is None or c.source_next_value is None):
             continue
-        beyond = c.source_next_value
-        if beyond is None:  # an exhausted source: everything up to its limit is taken
-            beyond = (seq.max_value if seq.increment > 0 else seq.min_value) + seq.increment
         value = cutover.source_target(seq, beyond, margin)
         if c.status == "ok":  # level with the source: moved only to make the margin
             after = None if value is None else drift.next_value(seq, SequenceState(value, True))

@@ -278,6 +278,9 @@ class Compared:
     status: CompareStatus
     next_value: int | None = None  # the target's (None: exhausted, or missing there)
     source_next_value: int | None = None  # the source's (None: exhausted, or missing)
+    # the first value the source has not handed out: its next one, or, exhausted, one
+    # step past its own limit (None: not compared)
+    source_beyond: int | None = None
     behind_by: int | None = None
     columns: tuple[str, ...] = ()
     fix_sql: str = ""

@@ -306,6 +306,33 @@ def test_sequences_on_one_side_only_and_a_renamed_schema(db: Conn, source: Conn)
     assert "setval('\"New\".ticket'" in script
 
 
+@pytest.mark.parametrize(
+    ("shape", "target", "wanted"),
+    [
+        ("AS integer", "AS bigint", 2**31),  # the source's own limit, not the target's
+        ("AS integer INCREMENT -1", "AS bigint INCREMENT -1", -(2**31) - 1),
+        ("AS smallint", "AS integer", 2**15),
+    ],
+)
+def test_an_exhausted_source_is_passed_by_its_own_limit(
+    db: Conn, source: Conn, shape: str, target: str, wanted: int
+) -> None:
+    """A source whose type is narrower than the target's, run out: the target goes one
+    step past the source's limit, which its own wider range reaches."""
+    source.execute(f"CREATE SEQUENCE s {shape}")
+    end = "seqmin" if "-1" in shape else "seqmax"
+    source.execute(
+        f"SELECT setval('s', (SELECT {end} FROM pg_sequence WHERE seqrelid = 's'::regclass))"
+    )
+    db.execute(f"CREATE SEQUENCE s {target}")
+    assert true_next(source, "public.s") is None  # exhausted
+    c = entry(cutover.compare(db, source, CheckOptions()), "public.s")
+    assert c.status == "behind"
+    assert c.source_beyond == wanted
+    fix.apply(db, CheckOptions(), source=source)
+    assert true_next(db, "public.s") == wanted
+
+
 def test_a_table_that_cannot_be_read_keeps_its_sequence_where_it_is(db: Conn, source: Conn) -> None:
     both(source, db, COPIED)
     _copy_rows(source, db)
