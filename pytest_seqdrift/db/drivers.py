@@ -88,6 +88,7 @@ class PsycopgSession(_Psycopg):
         except psycopg.Error:
             conn.close()
             return None
+        other.own_transaction = True  # the caller closes it, which ends its transaction
         return other
 
     def _send_batch(self, statements: Seq[Statement]) -> list[Rows]:

@@ -111,6 +111,9 @@ class Session(ABC):
         self.conn = conn
         self.statements = 0  # statements sent, for benchmarks and tests
         self.round_trips = 0  # waits for the server: one per statement, one per pipeline
+        # inside read_only() in a transaction of its own (not the caller's), which its
+        # end rolls back
+        self.own_transaction = False
 
     # -- the driver's primitives ---------------------------------------------------------
 
@@ -213,12 +216,14 @@ class Session(ABC):
             else:
                 self._send_batch(opening)
             opened = True
+            self.own_transaction = own
             yield snapshot
         except self.Error as exc:
             if sqlstate(exc) == IN_FAILED_TRANSACTION and not opened:
                 raise CannotCheck(_in_failed_transaction("checking sequences")) from None
             raise CannotCheck(error_line(exc)) from exc
         finally:
+            self.own_transaction = False
             if opened:
                 self._undo(own, autocommit, "seqdrift_check")
 

@@ -34,11 +34,25 @@ from pytest_seqdrift.model import Bounds, Column, Search, SequenceState, Window
 # its subtransaction with the error, which becomes that read's answer; the next
 # subtransaction starts at the read after it.
 #
-# Not pg_sequence_last_value(), though it needs no query per sequence: it locks the
-# sequence until the end of the transaction (sequence.c keeps that lock in the top
-# transaction's resource owner), which no subtransaction can release.
+# A run of sequence states, where every sequence is one the role may SELECT from, is
+# read first with pg_sequence_last_value(), one call for the whole run, which costs a
+# tenth of a query per sequence; its NULLs (a sequence not yet called) and a run whose
+# call failed are read again by their own queries. That function's lock on a sequence
+# lasts until the end of the transaction (sequence.c keeps it in the top transaction's
+# resource owner), which no subtransaction can release, so only the first
+# LAST_VALUE_MAX sequences of a block are read that way, and no more than a sixth of the
+# locks the server's lock table is sized for: the rest of a large database's sequences
+# go through their queries and release their locks with their chunk. Only in a
+# transaction of the check's own, which ends with the check: inside the caller's
+# transaction those locks would outlive the check.
+# The states are read where the run stands among the reads, after the maxima before it.
 
-SET_WORK = "SELECT set_config('seqdrift.reads', %s, true), set_config('seqdrift.chunk', %s, true)"
+SET_WORK = (
+    "SELECT set_config('seqdrift.reads', %s, true), set_config('seqdrift.chunk', %s, true), "
+    "set_config('seqdrift.seqs', %s, true)"
+)
+# sequences read by pg_sequence_last_value() in one block at most (their locks stay)
+LAST_VALUE_MAX = 1000
 GET_RESULT = "SELECT current_setting('seqdrift.answers')"
 
 READ_BLOCK = r"""
@@ -46,8 +60,16 @@ DO $seqdrift$
 DECLARE
     reads text[] := current_setting('seqdrift.reads')::text[];
     chunk int := current_setting('seqdrift.chunk')::int;
+    -- per read, the sequence whose state it reads, where pg_sequence_last_value may
+    seqs oid[] := current_setting('seqdrift.seqs')::oid[];
     total int := coalesce(array_length(reads, 1), 0);
     answers text[] := '{}';
+    ahead text[];  -- the last values of the run of states from ahead_at to ahead_to
+    ahead_at int := 0;
+    ahead_to int := 0;
+    -- locks this block may keep: a sixth of what the lock table is sized for
+    budget int := current_setting('max_locks_per_transaction')::int
+                  * current_setting('max_connections')::int / 6;
     a text; b text; c text; d text;
     pos int := 1;
     stop int;
@@ -58,6 +80,31 @@ BEGIN
         BEGIN
             FOR i IN pos .. stop LOOP
                 at := i;
+                IF seqs[i] IS NOT NULL AND (i <= ahead_to OR budget > 0) THEN
+                    IF i > ahead_to THEN
+                        ahead_at := i;
+                        ahead_to := i;
+                        WHILE ahead_to < total AND seqs[ahead_to + 1] IS NOT NULL
+                              AND ahead_to - ahead_at + 1 < budget LOOP
+                            ahead_to := ahead_to + 1;
+                        END LOOP;
+                        budget := budget - (ahead_to - ahead_at + 1);
+                        BEGIN
+                            SELECT array_agg(CASE WHEN has_sequence_privilege(s, 'SELECT')
+                                             THEN pg_sequence_last_value(s)::text END
+                                             ORDER BY n)
+                            INTO ahead
+                            FROM unnest(seqs[ahead_at:ahead_to]) WITH ORDINALITY AS u (s, n);
+                        EXCEPTION WHEN OTHERS THEN
+                            ahead := '{}';  -- each one by its query, which tells why
+                        END;
+                    END IF;
+                    a := ahead[i - ahead_at + 1];
+                    IF a IS NOT NULL THEN
+                        answers := answers || concat(i - 1, E'\t', a, E'\ttrue\t\t');
+                        CONTINUE;
+                    END IF;
+                END IF;
                 EXECUTE reads[i] INTO a, b, c, d;
                 answers := answers || concat_ws(E'\t', i - 1, coalesce(a, ''), coalesce(b, ''),
                                                 coalesce(c, ''), coalesce(d, ''));
@@ -194,12 +241,19 @@ def read_statement(read: Read) -> tuple[str, tuple[()]]:
     return read_text(read), ()
 
 
-def work_params(reads: Seq[Read], chunk: int) -> list[Any]:
+def work_params(reads: Seq[Read], chunk: int, *, last_values: bool = False) -> list[Any]:
     """SET_WORK's parameters: the reads as the text of an array literal (the block casts
     it to text[]), built here rather than by the driver's array adapter, which costs
-    more than the reads' own formatting."""
+    more than the reads' own formatting. ``last_values``: the block may read sequence
+    states with pg_sequence_last_value() (only in a transaction of the check's own)."""
     quoted = ('"' + read_text(r).replace("\\", "\\\\").replace('"', '\\"') + '"' for r in reads)
-    return ["{" + ",".join(quoted) + "}", str(int(chunk))]
+    ahead = 0
+    seqs = []
+    for r in reads:
+        fast = last_values and isinstance(r, StateRead) and ahead < LAST_VALUE_MAX
+        ahead += fast
+        seqs.append(str(int(r.seq.oid)) if fast else "NULL")  # type: ignore[union-attr]
+    return ["{" + ",".join(quoted) + "}", str(int(chunk)), "{" + ",".join(seqs) + "}"]
 
 
 def parse_result(text: str | None, count: int) -> list[Answer | ReadFailure | None]:

@@ -68,7 +68,7 @@ def _read(session: Session, reads: Seq[block.Read]) -> list[block.Answer | ReadF
     if not reads:
         return []
     statements = [
-        (block.SET_WORK, block.work_params(reads, CHUNK)),
+        (block.SET_WORK, block.work_params(reads, CHUNK, last_values=session.own_transaction)),
         (block.READ_BLOCK, ()),
         (block.GET_RESULT, ()),
     ]
