@@ -3,8 +3,11 @@
 In one run, on one database of N sequence-backed tables (a mix of serial and identity
 columns, a few drifted), this times:
 
-(a) ``check()``: pytest-seqdrift's read-only check (and with ``jobs=2``: its reads split
-    between two connections on one snapshot);
+(a) ``check()``: pytest-seqdrift's read-only check, as a check after another of the same
+    database with nothing committed since runs it (its discovery remembered, see
+    pytest_seqdrift/read/remembered.py: the plugin's case), and cold, with a discovery
+    of its own each time (a ``seqdrift check`` command's case); and with ``jobs=2``:
+    its reads split between two connections on one snapshot;
 (b) the baseline a user would write: per table, one query for the max and one for the
     sequence state;
 (c) the floor: the same per-table reads done by PL/pgSQL on the server in one call.
@@ -37,6 +40,7 @@ import psycopg
 
 from pytest_seqdrift import check
 from pytest_seqdrift.db.drivers import PsycopgSession
+from pytest_seqdrift.read import remembered
 from pytest_seqdrift.testbed import throwaway_server
 
 BUILD = """
@@ -105,6 +109,12 @@ def naive(conn: psycopg.Connection[Any]) -> int:
         nxt = last + 1 if called else last
         found += top is not None and nxt <= top
     return found
+
+
+def cold(conn: psycopg.Connection[Any]) -> None:
+    """A check with a discovery of its own, as the first check of a process makes."""
+    remembered.forget()
+    check(conn, schemas=["bench"])
 
 
 def floor(conn: psycopg.Connection[Any]) -> int:
@@ -189,19 +199,33 @@ def measure(dsn: str, n: int, rows: int, repeat: int, load: int = 0) -> None:
 
 def _measure(dsn: str, n: int, repeat: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
+        remembered.forget()
         session = PsycopgSession(conn)
         report = check(session, schemas=["bench"])
         drifted = sum(f.kind == "collision" for f in report.findings)
         assert drifted == naive(conn) == n // 97, (drifted, naive(conn))
         statements, trips = session.statements, session.round_trips
+        session = PsycopgSession(conn)
+        again = check(session, schemas=["bench"])
+        assert again.findings == report.findings
+        warm_statements, warm_trips = session.statements, session.round_trips
+        t_cold = timed(lambda: cold(conn), repeat)
         t_check = timed(lambda: check(conn, schemas=["bench"]), repeat)
         t_jobs = timed(lambda: check(conn, schemas=["bench"], jobs=2), repeat)
         t_naive = timed(lambda: naive(conn), repeat)
         t_floor = timed(lambda: floor(conn), repeat)
-    print(f"check  {t_check * 1000:9.1f} ms  ({statements} statements, {trips} round trips)")
+    print(
+        f"check  {t_check * 1000:9.1f} ms  ({warm_statements} statements, {warm_trips} round "
+        "trips; its discovery remembered)"
+    )
+    print(
+        f"cold   {t_cold * 1000:9.1f} ms  ({statements} statements, {trips} round trips; a "
+        "discovery of its own)"
+    )
     print(f"naive  {t_naive * 1000:9.1f} ms  ({1 + 2 * n} statements and round trips)")
     print(f"floor  {t_floor * 1000:9.1f} ms  (1 statement)")
     print(f"check/floor = {t_check / t_floor:.2f}   naive/check = {t_naive / t_check:.2f}")
+    print(f"cold/floor  = {t_cold / t_floor:.2f}   naive/cold  = {t_naive / t_cold:.2f}")
     print(
         f"check, jobs=2 {t_jobs * 1000:.1f} ms: check/floor = {t_jobs / t_floor:.2f}   "
         f"naive/check = {t_naive / t_jobs:.2f}"
@@ -213,27 +237,36 @@ def _measure(dsn: str, n: int, repeat: int) -> None:
         proxied = psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port=port)
         with psycopg.connect(proxied, autocommit=True) as conn:
             p_check = timed(lambda: check(conn, schemas=["bench"]), max(1, repeat // 2))
+            p_cold = timed(lambda: cold(conn), max(1, repeat // 2))
             p_naive = timed(lambda: naive(conn), 1)
     print(
-        f"through a 1 ms proxy: check {p_check * 1000:.1f} ms, naive {p_naive * 1000:.1f} ms, "
-        f"naive/check = {p_naive / p_check:.1f}"
+        f"through a 1 ms proxy: check {p_check * 1000:.1f} ms, cold {p_cold * 1000:.1f} ms, "
+        f"naive {p_naive * 1000:.1f} ms, naive/check = {p_naive / p_check:.1f}, "
+        f"naive/cold = {p_naive / p_cold:.1f}"
     )
-    print("targets (issue 6):")
+    print("targets (issues 6 and 17):")
     target("check / floor", t_check / t_floor, "<=", 1.3)
+    target("cold check / floor", t_cold / t_floor, "<=", 1.3)
     target("check / floor, jobs=2", t_jobs / t_floor, "<=", 1.3)
     target("naive / check, loopback", t_naive / t_check, ">=", 3.0)
+    target("naive / cold check, loopback", t_naive / t_cold, ">=", 3.0)
     target("naive / check, loopback, jobs=2", t_naive / t_jobs, ">=", 3.0)
     target("naive / check, through the proxy", p_naive / p_check, ">=", 20.0)
-    target("statements per check", statements, "==", CONSTANT_STATEMENTS)
+    target("naive / cold check, through the proxy", p_naive / p_cold, ">=", 20.0)
+    target("statements per cold check", statements, "==", CONSTANT_STATEMENTS)
+    target("statements per check", warm_statements, "==", REMEMBERED_STATEMENTS)
     if n >= 10000:
         target("seconds for the check", t_check, "<", 2.0)
         target("seconds for the check, jobs=2", t_jobs, "<", 2.0)
 
 
 # A check sends these whatever the number of tables (tests/test_api.py counts them):
-# BEGIN + lock timeout, discovery, a read block (SAVEPOINT, its input, DO, its answers,
-# RELEASE), a second read block for the drifted columns, ROLLBACK.
-CONSTANT_STATEMENTS = 14
+# BEGIN and the settings, the look for a remembered discovery (SAVEPOINT, the look,
+# RELEASE), discovery, the keys and triggers (SAVEPOINT, two queries, RELEASE), a read
+# block (SAVEPOINT, its input, DO, its answers, RELEASE), a second read block for the
+# drifted columns, ROLLBACK. With its discovery remembered, no discovery and no keys.
+CONSTANT_STATEMENTS = 21
+REMEMBERED_STATEMENTS = 16
 
 
 def target(name: str, value: float, op: str, bound: float) -> None:

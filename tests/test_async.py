@@ -24,6 +24,7 @@ from pytest_seqdrift.db.drivers import PsycopgSession
 from pytest_seqdrift.options import CheckOptions
 from pytest_seqdrift.plugin.fixtures import AsyncSequenceSnapshot
 from pytest_seqdrift.probe import aprobe, probe
+from pytest_seqdrift.read import remembered
 
 Conn = psycopg.Connection[Any]
 
@@ -279,7 +280,9 @@ def test_the_same_statements_as_the_sync_check(db: Conn, driver: str, drift: boo
         db.execute(STORY)
     sync = PsycopgSession(db)
     options = CheckOptions()
+    remembered.forget()  # each check discovers: the same statements
     expected = render.as_dict(checker.run(sync, options))
+    remembered.forget()
 
     async def main() -> tuple[dict[str, Any], int]:
         async with KINDS[driver](db) as conn:

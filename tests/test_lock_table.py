@@ -58,10 +58,10 @@ def test_more_tables_than_the_lock_table_holds(
 ) -> None:
     monkeypatch.setattr(reader, "CHUNK", 25)
     _, statements = checked(many_tables)
-    # the transaction, discovery, the keys and triggers (two queries under a savepoint),
-    # and two read blocks (four statements each, under a savepoint): no read was retried
-    # on its own
-    assert statements == 3 + 4 + 2 * 5 + 1
+    # the transaction, the look for a remembered discovery (under a savepoint),
+    # discovery, the keys and triggers (two queries under a savepoint), and two read
+    # blocks (four statements each, under a savepoint): no read was retried on its own
+    assert statements == 3 + 3 + 4 + 2 * 5 + 1
 
 
 def test_one_chunk_for_all_runs_out_and_the_failed_reads_are_retried(

@@ -52,6 +52,7 @@ from pytest_seqdrift.db.drivers import PsycopgSession
 from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.model import Report
 from pytest_seqdrift.probe import Mode, ProbeReport, probe
+from pytest_seqdrift.read import remembered
 from pytest_seqdrift.render import as_dict
 
 Conn = psycopg.Connection[Any]
@@ -1325,9 +1326,11 @@ def test_async_drivers_say_what_psycopg_says(db: Conn, shape: Shape, driver: str
     statements; every sequence put back."""
     build(db, shape)
     sync = PsycopgSession(db)
+    remembered.forget()  # each check discovers: the same statements
     expected = as_dict(check(sync))
     expected_probe = probe(db, limit=shape.limit)
     before = sequence_states(db)
+    remembered.forget()
     report, statements, result = asyncio.run(_async_check_and_probe(db, driver, shape.limit))
     assert as_dict(report) == expected
     assert statements == sync.statements

@@ -12,7 +12,7 @@ from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.errors import CannotCheck, ReadFailure
 from pytest_seqdrift.model import Bounds, Column, PgSequence, Search, SequenceState
 from pytest_seqdrift.options import CheckOptions
-from pytest_seqdrift.read import block, discovery, inserts, keys
+from pytest_seqdrift.read import block, discovery, inserts, keys, remembered
 
 # Columns (sequences) read per statement: each read holds an AccessShareLock on a table
 # and its index until its chunk's savepoint is rolled back; PostgreSQL's default lock
@@ -25,10 +25,17 @@ T = TypeVar("T")
 def discover(
     session: Session, schemas: Iterable[str] | None = None, exclude_tables: Seq[str] = ()
 ) -> tuple[list[Column], dict[int, PgSequence]]:
-    """Every sequence-backed column and its sequence, with what an insert meets."""
-    rows = session.query_dicts(discovery.DISCOVERY, discovery.discovery_params(schemas))
-    columns, sequences = discovery.parse_discovery(rows, exclude_tables)
-    return _shaped(session, columns, sequences), sequences
+    """Every sequence-backed column and its sequence, with what an insert meets: as
+    the catalog says now, or as a discovery of the same database said while the catalog
+    has not changed since (``remembered``)."""
+    names = None if schemas is None else tuple(schemas)
+
+    def fresh() -> tuple[list[Column], dict[int, PgSequence]]:
+        rows = session.query_dicts(discovery.DISCOVERY, discovery.discovery_params(names))
+        columns, sequences = discovery.parse_discovery(rows, exclude_tables)
+        return _shaped(session, columns, sequences), sequences
+
+    return remembered.discover(session, (names, tuple(exclude_tables)), fresh)
 
 
 def _shaped(
