@@ -8,7 +8,7 @@ sequences has ``CACHE 20``, drawn by every writer: its ``last_value`` runs ahead
 ids the sessions have handed out, which must not matter.
 
 Why it holds: on an idle connection check() reads in one REPEATABLE READ transaction
-whose snapshot is taken by the discovery query, before any sequence is read; every id
+whose snapshot is taken as it opens, before any sequence is read; every id
 in that snapshot was drawn before the sequence state the check compares it with. The
 last test shows the ordering matters: a write slipped in between the sequence read and
 the bounds read is invisible to the check, and visible to a naive read.
@@ -225,3 +225,23 @@ def test_a_write_between_any_two_reads_is_no_finding(db: Conn, table: str) -> No
         ((last_value,),) = naive.run(f"SELECT last_value FROM {seq}")
         ((top,),) = naive.run(f"SELECT max(id) FROM {table}")
         assert top > last_value  # "the next value already exists": a false collision
+
+
+def test_a_sequence_another_session_alters_is_read_all_the_same(db: Conn) -> None:
+    """The states are read by one pg_sequence_last_value() call, whose ROW EXCLUSIVE
+    lock an uncommitted ALTER SEQUENCE blocks: after the lock timeout they are read by
+    their own queries, which it does not block. Every column judged, the drift found."""
+    db.execute(
+        "CREATE TABLE a (id serial PRIMARY KEY); INSERT INTO a DEFAULT VALUES;"
+        "CREATE TABLE b (id serial PRIMARY KEY); INSERT INTO b (id) VALUES (1), (2);"
+    )
+    with psycopg.connect(dsn(db)) as migration:
+        migration.execute("ALTER SEQUENCE a_id_seq INCREMENT BY 1")  # held, not committed
+        start = time.perf_counter()
+        report = check(db, lock_timeout_ms=300)
+        took = time.perf_counter() - start
+        migration.rollback()
+    assert report.skipped == []
+    assert {v.column.table: v.next_value for v in report.checked} == {"a": 2, "b": 1}
+    assert [f.column.table for f in report.findings] == ["b"]
+    assert took >= 0.3  # the call waited for the lock, and the queries answered
