@@ -252,3 +252,27 @@ def test_the_optional_drivers_are_not_imported_with_the_package() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("threshold", [None, 5])
+def test_discovery_is_prepared_only_as_the_connection_prepares(db: Conn, threshold: Any) -> None:
+    """psycopg prepares the discovery query as it prepares the caller's statements:
+    never with ``prepare_threshold=None`` (a transaction-pooling PgBouncer's setting).
+    A prepared discovery still sees DDL made after it was prepared."""
+    from pytest_seqdrift.read import remembered
+
+    db.execute("CREATE TABLE a (id serial PRIMARY KEY); INSERT INTO a DEFAULT VALUES")
+    with psycopg.connect(db.info.dsn, autocommit=True, prepare_threshold=threshold) as conn:
+        for _ in range(7):
+            remembered.forget()
+            assert [v.column.table for v in check(conn).checked] == ["a"]
+        prepared = conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements "
+            "WHERE strpos(statement, 'FROM links ' || 'l') > 0"
+        ).fetchone()
+        assert prepared == ((0,) if threshold is None else (1,))
+        conn.execute("CREATE TABLE b (id serial PRIMARY KEY)")
+        conn.execute("INSERT INTO b (id) VALUES (1)")
+        report = check(conn)
+    assert [v.column.table for v in report.checked] == ["a", "b"]
+    assert [f.column.table for f in report.findings] == ["b"]

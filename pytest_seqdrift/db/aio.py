@@ -125,7 +125,8 @@ class AsyncPsycopgSession(_Psycopg):
 
     async def _fetch_dicts(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         async with psycopg.AsyncCursor(self.conn, row_factory=dict_row) as cur:
-            await cur.execute(query, params, prepare=False)
+            # prepared as the connection prepares (see ``Session.query_dicts``)
+            await cur.execute(query, params)
             return await cur.fetchall()
 
     def _send_batch(self, statements: Seq[Statement]) -> list[Rows]:

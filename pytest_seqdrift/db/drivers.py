@@ -66,7 +66,9 @@ class PsycopgSession(_Psycopg):
 
     def _execute_dicts(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         with psycopg.Cursor(self.conn, row_factory=dict_row) as cur:
-            cur.execute(query, params, prepare=False)
+            # prepared as the connection prepares (``prepare_threshold``): it reads only
+            # the catalogs, whose types never change (see ``Session.query_dicts``)
+            cur.execute(query, params)
             return cur.fetchall()
 
     def sibling(

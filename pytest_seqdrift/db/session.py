@@ -158,6 +158,13 @@ class Session(ABC):
         return self._execute(query, params)
 
     def query_dicts(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Rows as dicts, for a query of the catalogs only (discovery): a driver may
+        prepare it as it prepares the caller's own statements (psycopg after
+        ``prepare_threshold`` runs, never with ``prepare_threshold=None``, which users
+        of a transaction-pooling PgBouncer set). Planning discovery costs more than
+        running it on a small database, and a catalog's column types never change, so
+        the plan never goes stale ("cached plan must not change result type" comes from
+        user tables, which every other statement names and none is prepared for)."""
         self.statements += 1
         self.round_trips += 1
         return self._execute_dicts(query, params)
