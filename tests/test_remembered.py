@@ -297,3 +297,20 @@ def test_every_driver_takes_the_remembered_discovery(app: Conn, taken: list[bool
     assert taken[1::2] == [True, True, True], taken
     for name, (first, second) in runs.items():
         assert answer(first) == answer(second), name
+
+
+def test_the_oldest_discoveries_go_first(
+    app: Conn, taken: list[bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most KEPT discoveries, and no more columns than KEPT_COLUMNS unless one
+    discovery alone holds more: the most recently used stays."""
+    monkeypatch.setattr(remembered, "KEPT_COLUMNS", 5)
+    check(app)  # 4 columns
+    check(app, schemas=["public"])  # 4 more: over 5, the first goes
+    check(app, schemas=["public"])
+    assert taken[-1] is True
+    check(app)
+    assert taken[-1] is False
+    monkeypatch.setattr(remembered, "KEPT_COLUMNS", 1)
+    check(app)  # alone over the limit, and kept
+    assert taken[-1] is True

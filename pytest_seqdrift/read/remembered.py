@@ -41,8 +41,10 @@ from pytest_seqdrift.read.changes import CATALOGS, MAX_XIDS
 
 Discovered = tuple[list[Column], dict[int, PgSequence]]
 
-# discoveries kept, the most recently used last
+# discoveries kept, the most recently used last, and the columns they may hold in all
+# (a column takes about a kilobyte: the oldest go first past this, the newest stays)
 KEPT = 8
+KEPT_COLUMNS = 20_000
 
 # the catalogs the look counts this transaction's writes to: those discovery, the keys
 # and the triggers read (changes.CATALOGS), and the exclusion operators' and the
@@ -177,5 +179,7 @@ def _remember(entry: _Entry) -> None:
     with _lock:
         _entries.pop(key, None)
         _entries[key] = entry
-        while len(_entries) > KEPT:
+        while len(_entries) > KEPT or (
+            len(_entries) > 1 and sum(len(e.columns) for e in _entries.values()) > KEPT_COLUMNS
+        ):
             _entries.popitem(last=False)
