@@ -314,3 +314,41 @@ def test_the_oldest_discoveries_go_first(
     monkeypatch.setattr(remembered, "KEPT_COLUMNS", 1)
     check(app)  # alone over the limit, and kept
     assert taken[-1] is True
+
+
+def test_a_callers_older_snapshot_never_takes_a_newer_discovery(
+    app: Conn, taken: list[bool]
+) -> None:
+    """A caller's REPEATABLE READ transaction whose snapshot predates a DDL commit sees
+    the old catalog, though another connection's check remembered the new one."""
+    with psycopg.connect(dsn(app)) as reader:
+        reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        reader.execute("SELECT 1")  # the snapshot: before the DDL
+        other(app, "CREATE TABLE newer (id serial PRIMARY KEY); INSERT INTO newer VALUES (1)")
+        other(
+            app,
+            "ALTER TABLE keyed ALTER COLUMN id DROP DEFAULT;"
+            "ALTER SEQUENCE keyed_id_seq OWNED BY NONE",
+        )
+        check(app)  # remembered: the new catalog
+        assert taken[-1] is False
+        old = same_as_fresh(reader, taken, expect_taken=False)
+        assert "public.newer.id" not in labels(old)
+        assert "keyed" in {f.column.table for f in old.findings}
+
+
+def test_a_callers_snapshot_that_saw_the_ddl_in_progress(app: Conn, taken: list[bool]) -> None:
+    """The same snapshot xmax, but the DDL's transaction in progress for the caller's
+    snapshot and committed for the remembered one: not the same catalog."""
+    with psycopg.connect(dsn(app)) as migration, psycopg.connect(dsn(app)) as reader:
+        migration.execute(
+            "ALTER TABLE keyed ALTER COLUMN id DROP DEFAULT;"
+            "ALTER SEQUENCE keyed_id_seq OWNED BY NONE"
+        )
+        other(app, "CREATE TABLE filler (v text)")  # a later xid completes first
+        reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        reader.execute("SELECT 1")  # the migration in progress for this snapshot
+        migration.commit()
+        check(app)
+        old = same_as_fresh(reader, taken, expect_taken=False)
+        assert "keyed" in {f.column.table for f in old.findings}

@@ -10,7 +10,11 @@ transaction that reads it. So a discovery is taken again as it stands when
 * no transaction has committed anywhere in the cluster since it was made: every xid
   in progress then (its snapshot's xip, and its own transaction's) and every xid
   assigned since (from its xmax on) is asked ``pg_xact_status``, as ``read.changes``
-  does for the probe; and
+  does for the probe;
+* the snapshot of the check now sees every transaction that one saw: its xmax is not
+  lower, and nothing below that one's xmax is in progress for it that was not then
+  (a caller's REPEATABLE READ transaction may hold a snapshot older than the
+  discovery remembered, and sees an older catalog); and
 * neither the transaction that made it nor the one that reads it has written to the
   catalog: it has no xid, or its backend's pending statistics count no write to the
   catalogs discovery reads (they count every write of the current transaction, and
@@ -71,17 +75,21 @@ LOOK = f"""
 WITH now AS (
     SELECT {_CONTEXT} AS context,
            pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS xmax,
+           ARRAY(SELECT x::text::int8 FROM pg_snapshot_xip(pg_current_snapshot()) AS x) AS xip,
            coalesce(pg_current_xact_id_if_assigned()::text::int8, 0) AS own,
            (SELECT coalesce(sum({_WRITES.format("c")}), 0)
             FROM unnest(%s::regclass[]) AS c) > 0 AS written
 )
-SELECT now.context, now.xmax,
-       ARRAY(SELECT x::text::int8 FROM pg_snapshot_xip(pg_current_snapshot()) AS x),
-       now.own, now.written,
+SELECT now.context, now.xmax, now.xip, now.own, now.written,
        ARRAY(SELECT e.i FROM unnest(%s::text[], %s::text::int8[], %s::text[])
                              WITH ORDINALITY AS e(context, xmax, xids, i)
              WHERE e.context = now.context AND NOT (now.own <> 0 AND now.written)
                AND now.xmax - e.xmax <= {MAX_XIDS}
+               -- this snapshot sees all that one saw: it is not older (a transaction
+               -- of the caller's, REPEATABLE READ, may be)
+               AND now.xmax >= e.xmax
+               AND NOT EXISTS (SELECT FROM unnest(now.xip) AS x
+                               WHERE x < e.xmax AND x <> ALL (e.xids::int8[]))
                AND NOT EXISTS (
                    SELECT FROM (SELECT unnest(e.xids::int8[])
                                 UNION ALL SELECT generate_series(e.xmax, now.xmax - 1)) AS r(x)
