@@ -70,7 +70,8 @@ SENTINEL_READS = 64
 # More xids than this since the mark are not looked at one by one: judge everything.
 MAX_XIDS = 100_000
 
-_WRITES = (
+# what this backend has written to a relation and not yet flushed to the statistics
+PENDING_WRITES = (
     "pg_stat_get_xact_tuples_inserted({0}) + pg_stat_get_xact_tuples_updated({0})"
     " + pg_stat_get_xact_tuples_deleted({0})"
 )
@@ -87,7 +88,7 @@ WITH given (catalogs, relations, sequences, sentinel, since_xmax, since_xip, sin
     SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS xmax,
            g.base_sentinel IS NOT NULL
            AND pg_stat_get_xact_blocks_fetched(g.sentinel) < g.base_sentinel AS flushed,
-           ARRAY(SELECT {_WRITES.format("t")}
+           ARRAY(SELECT {PENDING_WRITES.format("t")}
                  FROM unnest(g.relations) WITH ORDINALITY AS u(t, i) ORDER BY i) AS writes
     FROM given AS g
 )
@@ -96,7 +97,7 @@ SELECT now.xmax,
        coalesce(pg_current_xact_id_if_assigned()::text::int8, 0),
        pg_backend_pid(), pg_postmaster_start_time()::text,
        current_user::text, current_setting('search_path'),
-       (SELECT coalesce(sum({_WRITES.format("c")}), 0)::int8 FROM unnest(g.catalogs) AS c),
+       (SELECT coalesce(sum({PENDING_WRITES.format("c")}), 0)::int8 FROM unnest(g.catalogs) AS c),
        now.flushed,
        ARRAY(SELECT r FROM unnest(g.relations, now.writes, g.base_writes) AS x(r, w, b)
              WHERE r IS NOT NULL
@@ -272,9 +273,9 @@ def look(
 
 
 REBASE = f"""
-SELECT ARRAY(SELECT {_WRITES.format("t")}
+SELECT ARRAY(SELECT {PENDING_WRITES.format("t")}
              FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(t, i) ORDER BY i)::text,
-       (SELECT coalesce(sum({_WRITES.format("c")}), 0)::int8 FROM unnest(%s::regclass[]) AS c)
+       (SELECT coalesce(sum({PENDING_WRITES.format("c")}), 0)::int8 FROM unnest(%s::regclass[]) AS c)
 """
 
 

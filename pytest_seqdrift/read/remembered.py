@@ -14,11 +14,12 @@ transaction that reads it. So a discovery is taken again as it stands when
 * the snapshot of the check now sees every transaction that one saw: its xmax is not
   lower, and nothing below that one's xmax is in progress for it that was not then
   (a caller's REPEATABLE READ transaction may hold a snapshot older than the
-  discovery remembered, and sees an older catalog); and
+  discovery remembered, and sees an older catalog);
 * neither the transaction that made it nor the one that reads it has written to the
   catalog: it has no xid, or its backend's pending statistics count no write to the
   catalogs discovery reads (they count every write of the current transaction, and
   may count earlier ones not yet flushed, which only ever makes this say "written");
+  and
 * the same role, ``search_path`` and settings that decide what discovery sees (the
   privileges, row-level security, how a sequence's name is looked up and spelled),
   the same server (its start time and port), database and temporary schema, and the
@@ -41,7 +42,7 @@ from typing import Any
 from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.errors import ReadFailure
 from pytest_seqdrift.model import Column, PgSequence, amended
-from pytest_seqdrift.read.changes import CATALOGS, MAX_XIDS
+from pytest_seqdrift.read.changes import CATALOGS, MAX_XIDS, PENDING_WRITES
 
 Discovered = tuple[list[Column], dict[int, PgSequence]]
 
@@ -54,11 +55,6 @@ KEPT_COLUMNS = 20_000
 # and the triggers read (changes.CATALOGS), and the exclusion operators' and the
 # functions' languages
 _CATALOGS = (*CATALOGS, "pg_operator", "pg_language")
-
-_WRITES = (
-    "pg_stat_get_xact_tuples_inserted({0}) + pg_stat_get_xact_tuples_updated({0})"
-    " + pg_stat_get_xact_tuples_deleted({0})"
-)
 
 # where and as whom discovery runs: what decides what it sees, as one text
 _CONTEXT = (
@@ -77,7 +73,7 @@ WITH now AS (
            pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS xmax,
            ARRAY(SELECT x::text::int8 FROM pg_snapshot_xip(pg_current_snapshot()) AS x) AS xip,
            coalesce(pg_current_xact_id_if_assigned()::text::int8, 0) AS own,
-           (SELECT coalesce(sum({_WRITES.format("c")}), 0)
+           (SELECT coalesce(sum({PENDING_WRITES.format("c")}), 0)
             FROM unnest(%s::regclass[]) AS c) > 0 AS written
 )
 SELECT now.context, now.xmax, now.xip, now.own, now.written,
