@@ -261,36 +261,32 @@ class Prober:
         now (a failing insert moves it); for a migration test the same finding made by
         the same step (pytest-alembic's tests each run the same upgrade); drift no
         step made is a migration test's own, every time."""
-        state = self.state
         fresh = []
         for f in report.findings:
-            column = (database.name, *column_key(f.column))
-            if finding_key(f) in state.born_keys or scope_only and column in state.born_columns:
-                why = "the drift its set-up left, reported once"
+            why = self._stale(database, f, scope_only)
+            if why is None:
+                fresh.append(f)
             else:
-                made_by = state.made_by(database, f)
-                # a migration test's drift with no step to blame is its own, every time
-                key = column if scope_only else made_by if made_by[-1] is not None else None
-                earlier = None if key is None else state.blamed.get(key)
-                if earlier is None:
-                    fresh.append(f)
-                    continue
-                why = f"the same drift, reported at {earlier}"
-            outcome.notes.append(f"{prefix}{f.column.label}: {why}")
+                outcome.notes.append(f"{prefix}{f.column.label}: {why}")
         return fresh
+
+    def _stale(self, database: DatabaseId, f: Finding, scope_only: bool) -> str | None:
+        """Why ``_fresh`` leaves a finding out, or None when the test is failed for it."""
+        state = self.state
+        column = (database.name, *column_key(f.column))
+        if finding_key(f) in state.born_keys or scope_only and column in state.born_columns:
+            return "the drift its set-up left, reported once"
+        made_by = state.made_by(database, f)
+        # a migration test's drift with no step to blame is its own, every time
+        key = column if scope_only else made_by if made_by[-1] is not None else None
+        earlier = None if key is None else state.blamed.get(key)
+        return None if earlier is None else f"the same drift, reported at {earlier}"
 
     def _any_fresh(self, database: DatabaseId, report: Report) -> bool:
         """Whether any finding could be one a ``--seqdrift-scope=all`` test is failed for
-        (``_fresh``): not its set-up's, not on a column an earlier test was failed for.
-        Where none is, what outlives the test's transaction need not be asked."""
-        state = self.state
-        for f in report.findings:
-            column = (database.name, *column_key(f.column))
-            if finding_key(f) in state.born_keys or column in state.born_columns:
-                continue
-            if column not in state.blamed:
-                return True
-        return False
+        (``_fresh``). Where none is, what outlives the test's transaction need not be
+        asked."""
+        return any(self._stale(database, f, True) is None for f in report.findings)
 
     def _outliving(
         self, session: Session, report: Report, own_transaction: bool
