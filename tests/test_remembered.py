@@ -15,21 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from pytest_postgresql import factories
 from support.cli import Conn, dsn, login_role
 
 from pytest_seqdrift import Report, acheck, check
-from pytest_seqdrift.db.drivers import PsycopgSession
 from pytest_seqdrift.read import remembered
-from pytest_seqdrift.testbed import find_pg_ctl, root_safe
-
-# A server of these tests' own, without autovacuum: an ANALYZE it starts commits, and a
-# commit anywhere means a discovery of its own, which would make a case that expects
-# the remembered one fail for a reason that is not the case's.
-quiet_proc = factories.postgresql_proc(
-    executable=root_safe(find_pg_ctl()), postgres_options="-c autovacuum=off"
-)
-quiet = factories.postgresql("quiet_proc")
 
 SCHEMA = """
 CREATE TABLE a (id serial PRIMARY KEY, v text);
@@ -46,12 +35,6 @@ DO $$ DECLARE t text; BEGIN  -- no ANALYZE of autovacuum's: it commits
     LOOP EXECUTE format('ALTER TABLE %I SET (autovacuum_enabled = false)', t); END LOOP;
 END $$;
 """
-
-
-@pytest.fixture
-def db(quiet: Conn) -> Conn:
-    quiet.autocommit = True
-    return quiet
 
 
 @pytest.fixture
@@ -369,16 +352,3 @@ def test_a_callers_snapshot_that_saw_the_ddl_in_progress(app: Conn, taken: list[
         check(app)
         old = same_as_fresh(reader, taken, expect_taken=False)
         assert "keyed" in {f.column.table for f in old.findings}
-
-
-def test_a_remembered_discovery_sends_fewer_statements(app: Conn) -> None:
-    """Counted: the look instead of discovery and the keys' round trip (tests/test_api.py
-    counts the cold check's)."""
-    counts = []
-    for _ in range(2):
-        session = PsycopgSession(app)
-        check(session, schemas=["public"])
-        counts.append((session.statements, session.round_trips))
-    # drift here: the second read block too; and a partial key, whose text the cold
-    # check reads in a block of its own (the remembered discovery holds it)
-    assert counts == [(26, 8), (16, 5)]
