@@ -22,7 +22,12 @@ try:
 except ServerNotFound as exc:
     raise pytest.UsageError(str(exc)) from None
 
-postgresql_proc = factories.postgresql_proc(executable=PG_CTL)
+# Without autovacuum: an ANALYZE it starts commits, and a commit anywhere on the server
+# rightly makes a remembered discovery (read/remembered.py) and a probe's mark
+# (probe/since.py) void, so a case that expects either to be taken would fail for a
+# reason that is not the case's. No test relies on autovacuum; those that need fresh
+# statistics run VACUUM or ANALYZE themselves.
+postgresql_proc = factories.postgresql_proc(executable=PG_CTL, postgres_options="-c autovacuum=off")
 postgresql = factories.postgresql("postgresql_proc")
 
 
