@@ -7,7 +7,10 @@ columns, a few drifted), this times:
     database with nothing committed since runs it (its discovery remembered, see
     pytest_seqdrift/read/remembered.py: the plugin's case), and cold, with a discovery
     of its own each time (a ``seqdrift check`` command's case); and with ``jobs=2``:
-    its reads split between two connections on one snapshot;
+    its reads split between two connections on one snapshot; and after another session
+    committed a row (the discovery taken again: the catalog's fingerprint is the same)
+    or DDL (a discovery of its own), the plugin's case after a data or a schema
+    migration;
 (b) the baseline a user would write: per table, one query for the max and one for the
     sequence state;
 (c) the floor: the same per-table reads done by PL/pgSQL on the server in one call.
@@ -137,15 +140,33 @@ def cold(conn: psycopg.Connection[Any]) -> None:
     check(conn, schemas=["bench"])
 
 
+@contextmanager
+def committed(dsn: str, statement: str) -> Iterator[Callable[[], None]]:
+    """What commits ``statement`` in another session, before a check: a row (the
+    catalog's fingerprint says the discovery stands) or DDL (a discovery of its own)."""
+    with psycopg.connect(dsn, autocommit=True) as writer:
+        writer.execute("CREATE TABLE IF NOT EXISTS public.bench_writes (v int)")
+        runs = iter(range(1_000_000))
+
+        def write() -> None:
+            writer.execute(statement.format(next(runs)))
+
+        yield write
+
+
 def floor(conn: psycopg.Connection[Any]) -> int:
     conn.execute("SELECT bench.floor()").fetchone()
     return 0
 
 
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm caches and plans
+def timed(fn: Callable[[], object], repeat: int, before: Callable[[], object] = int) -> float:
+    """The median of ``repeat`` runs of ``fn`` after one to warm caches and plans, each
+    after ``before()`` (not timed)."""
+    before()
+    fn()
     samples = []
     for _ in range(repeat):
+        before()
         start = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - start)
@@ -232,6 +253,13 @@ def _measure(dsn: str, n: int, repeat: int) -> None:
         t_cold = timed(lambda: cold(conn), repeat)
         with counted_reuse() as reused:
             t_check = timed(lambda: check(conn, schemas=["bench"]), repeat)
+        with (
+            committed(dsn, "INSERT INTO public.bench_writes VALUES ({})") as rows,
+            counted_reuse() as reused_rows,
+        ):
+            t_rows = timed(lambda: check(conn, schemas=["bench"]), repeat, rows)
+        with committed(dsn, "ALTER TABLE public.bench_writes ADD COLUMN c{} int") as ddl:
+            t_ddl = timed(lambda: check(conn, schemas=["bench"]), repeat, ddl)
         t_jobs = timed(lambda: check(conn, schemas=["bench"], jobs=2), repeat)
         t_naive = timed(lambda: naive(conn), repeat)
         t_floor = timed(lambda: floor(conn), repeat)
@@ -242,6 +270,14 @@ def _measure(dsn: str, n: int, repeat: int) -> None:
     print(
         f"cold   {t_cold * 1000:9.1f} ms  ({statements} statements, {trips} round trips; a "
         "discovery of its own)"
+    )
+    print(
+        f"after a committed row   {t_rows * 1000:9.1f} ms  (its discovery taken again: "
+        f"{reused_rows[0]} of {repeat + 1} runs; after/cold = {t_rows / t_cold:.2f})"
+    )
+    print(
+        f"after committed DDL     {t_ddl * 1000:9.1f} ms  (a discovery of its own; "
+        f"after/cold = {t_ddl / t_cold:.2f})"
     )
     print(f"naive  {t_naive * 1000:9.1f} ms  ({1 + 2 * n} statements and round trips)")
     print(f"floor  {t_floor * 1000:9.1f} ms  (1 statement)")

@@ -8,6 +8,8 @@ taken."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -88,6 +90,16 @@ def same_as_fresh(conn: Conn, taken: list[bool], expect_taken: bool) -> Report:
     return report
 
 
+def with_fingerprint(conn: Conn) -> Report:
+    """The first check of a database goes without a fingerprint of its catalog; the
+    first one after a commit reads it: a check that remembers a discovery with one."""
+    check(conn)
+    other(conn, "SELECT pg_current_xact_id()")  # a commit that changes no catalog
+    report = check(conn)
+    assert all(e.fingerprint for e in remembered._entries.values())
+    return report
+
+
 def labels(report: Report) -> set[str]:
     return {v.column.label for v in report.checked}
 
@@ -124,19 +136,123 @@ COMMITTED = {
     ),
     "the sequence's increment": "ALTER SEQUENCE b_id_seq INCREMENT BY 10",
     "a column renamed": "ALTER TABLE a RENAME COLUMN id TO ident",
-    "rows only": "INSERT INTO a (v) VALUES ('y')",
+    # the same number of rows in every catalog: only their xids tell
+    "a column's default rewritten": (
+        "ALTER TABLE a ALTER COLUMN id SET DEFAULT nextval('b_id_seq'::regclass)"
+    ),
+    "rows emptied by TRUNCATE": "TRUNCATE b",
 }
 
 
 @pytest.mark.parametrize("statement", COMMITTED.values(), ids=COMMITTED.keys())
-def test_a_commit_anywhere_means_a_discovery_of_its_own(
+def test_a_commit_that_changed_the_catalog_means_a_discovery_of_its_own(
     app: Conn, taken: list[bool], statement: str
 ) -> None:
-    before = check(app)
+    before = with_fingerprint(app)
     other(app, statement)
     after = same_as_fresh(app, taken, expect_taken=False)
-    if statement != COMMITTED["rows only"]:
-        assert answer(after) != answer(before)
+    assert answer(after) != answer(before)
+
+
+# what other sessions commit that changes rows and sequences, not the catalog
+DATA = {
+    "rows inserted": "INSERT INTO a (v) VALUES ('y')",
+    "a row with its id": "INSERT INTO a (id, v) VALUES (40, 'copied')",
+    "rows deleted": "DELETE FROM b WHERE id = 9",
+    "rows updated": "UPDATE keyed SET code = 'y' WHERE id = 7",
+    "a sequence set": "SELECT setval('a_id_seq', 1, false)",
+    "a data migration": (
+        "BEGIN; INSERT INTO b (id, v) VALUES (20, 'seed'); SELECT setval('b_id_seq', 20); COMMIT"
+    ),
+}
+
+
+@pytest.mark.parametrize("statement", DATA.values(), ids=DATA.keys())
+def test_a_commit_of_rows_keeps_the_discovery(app: Conn, taken: list[bool], statement: str) -> None:
+    """Something committed, and the catalog's fingerprint says it was not the catalog:
+    the discovery stands, and the check reads the rows and sequences as they are."""
+    before = with_fingerprint(app)
+    other(app, statement)
+    (made,) = remembered._entries.values()
+    after = check(app)
+    assert taken[-1] is True
+    assert answer(after) == answer(fresh_check(app)) != answer(before)
+    # taken for the snapshot of this check from now on: the next one, with nothing
+    # committed since, does not read the fingerprint again ...
+    (stamped,) = remembered._entries.values()
+    assert stamped.xmax > made.xmax
+    check(app)
+    assert taken[-1] is True
+    # ... and a commit that changes the catalog is still seen
+    other(app, "ALTER TABLE b DROP CONSTRAINT b_pkey")
+    same_as_fresh(app, taken, expect_taken=False)
+
+
+def fresh_check(conn: Conn) -> Report:
+    """A check that discovers afresh, leaving what is remembered as it was."""
+    kept = dict(remembered._entries)
+    remembered.forget()
+    try:
+        return check(conn)
+    finally:
+        remembered.forget()
+        remembered._entries.update(kept)
+
+
+def test_ddl_in_a_subtransaction_in_progress_at_the_first_check(
+    app: Conn, taken: list[bool]
+) -> None:
+    """The DDL's row carries a subtransaction's xid, which the snapshot's list of xids
+    in progress does not name (it names the top transaction's), and every catalog keeps
+    its number of rows. (ALTER SEQUENCE locks nothing a check reads.)"""
+    with_fingerprint(app)
+    with psycopg.connect(dsn(app)) as migration:
+        migration.execute("SELECT 1")
+        migration.execute("SAVEPOINT step")
+        migration.execute("ALTER SEQUENCE b_id_seq INCREMENT BY 10")
+        migration.execute("RELEASE step")
+        other(app, "CREATE TABLE filler (v text)")  # a later xid completes first
+        before = check(app)
+        assert remembered._entries  # its discovery was remembered
+        migration.commit()
+    after = same_as_fresh(app, taken, expect_taken=False)
+    assert answer(after) != answer(before)
+
+
+def test_an_index_made_valid_in_place(app: Conn, taken: list[bool]) -> None:
+    """CREATE INDEX CONCURRENTLY commits the index invalid, then makes it ready and
+    valid in transactions of its own that change no catalog's number of rows. Older
+    releases write those flags in place, without a new xid on the row (the fingerprint
+    holds the flags as they stand); newer ones write a new row version."""
+    build_error: list[BaseException] = []
+    with_fingerprint(app)
+    with psycopg.connect(dsn(app)) as writer:
+        writer.execute("INSERT INTO keyed (id, code) VALUES (8, 'w')")  # holds the build
+        build = threading.Thread(target=_create_concurrently, args=(app, build_error))
+        build.start()
+        _wait_for(app, "SELECT count(*) FROM pg_index WHERE NOT indisready", 1)
+        before = check(app)  # the new key is not ready: it does not count
+        writer.rollback()
+    build.join(30)
+    assert not build.is_alive()
+    assert not build_error, build_error
+    after = same_as_fresh(app, taken, expect_taken=False)
+    assert answer(after) != answer(before)
+
+
+def _create_concurrently(app: Conn, errors: list[BaseException]) -> None:
+    try:
+        other(app, "CREATE UNIQUE INDEX CONCURRENTLY keyed_all ON keyed (id)")
+    except BaseException as exc:  # noqa: BLE001 -- reported by the test
+        errors.append(exc)
+
+
+def _wait_for(conn: Conn, query: str, value: int) -> None:
+    for _ in range(300):
+        if conn.execute(query).fetchone() == (value,):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"never {value}: {query}")
 
 
 def test_ddl_in_progress_at_the_first_check_and_committed_after(
@@ -193,13 +309,27 @@ def test_privileges_granted_and_revoked(app: Conn, taken: list[bool]) -> None:
         app.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(ident))
         app.execute(sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
         with psycopg.connect(dsn(app, user=role), autocommit=True) as conn:
-            check(conn)
+            with_fingerprint(conn)
             app.execute(sql.SQL("REVOKE SELECT ON b FROM {}").format(ident))
             after = same_as_fresh(conn, taken, expect_taken=False)
             assert any(s.table == "b" for s in after.skipped)
             # the same database as another role: never the first role's discovery
             check(app)
             assert taken[-1] is False
+
+
+def test_a_role_made_superuser(app: Conn, taken: list[bool]) -> None:
+    """A role's attributes are written in pg_authid, which not every role may read:
+    the fingerprint holds them as pg_roles shows them."""
+    with login_role(app) as role:
+        ident = sql.Identifier(role)
+        app.execute(sql.SQL("GRANT SELECT ON a, keyed, heap TO {}").format(ident))
+        with psycopg.connect(dsn(app, user=role), autocommit=True) as conn:
+            before = with_fingerprint(conn)
+            assert any(s.table == "b" for s in before.skipped)
+            app.execute(sql.SQL("ALTER ROLE {} SUPERUSER").format(ident))
+            after = same_as_fresh(conn, taken, expect_taken=False)
+            assert not any(s.table == "b" for s in after.skipped)
 
 
 @pytest.mark.parametrize(
