@@ -145,7 +145,8 @@ def committed(dsn: str, statement: str) -> Iterator[Callable[[], None]]:
     """What commits ``statement`` in another session, before a check: a row (the
     catalog's fingerprint says the discovery stands) or DDL (a discovery of its own)."""
     with psycopg.connect(dsn, autocommit=True) as writer:
-        writer.execute("CREATE TABLE IF NOT EXISTS public.bench_writes (v int)")
+        writer.execute("DROP TABLE IF EXISTS public.bench_writes")
+        writer.execute("CREATE TABLE public.bench_writes (v int)")
         runs = iter(range(1_000_000))
 
         def write() -> None:
