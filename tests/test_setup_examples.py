@@ -203,7 +203,7 @@ class CountryTests(TestCase):
 
 
 class CountryWrites(TransactionTestCase):
-    def test_copies_with_an_id(self):  # committed, then flushed by Django: no drift left
+    def test_copies_with_an_id(self):  # the drift the test above left, reported there
         Country.objects.create(id=900, code="IT", name="Italy")
 """
 
@@ -224,6 +224,64 @@ def test_django_scope_all_probes_test_case_classes(shop: pytest.Pytester) -> Non
             "    next value 1; the very next insert collides with existing id 1 (max id *)",
         ]
     )
+
+
+SHOP_COMMITTING_TEST_CASES = """
+from django.test import TestCase, TransactionTestCase
+
+from shop.models import Country, Order
+
+
+class CountryImports(TransactionTestCase):
+    def test_copies_with_an_id(self):  # committed; Django flushes it after tearDown
+        Country.objects.create(id=900, code="IT", name="Italy")
+
+
+class CountryDrafts(TestCase):
+    def test_keeps_an_id_in_its_transaction(self):  # rolled back after the test
+        Country.objects.create(id=700, code="PT", name="Portugal")
+
+
+class OrderFailures(TransactionTestCase):
+    def test_fails_after_a_copy(self):  # its own failure, nothing of ours
+        greece = Country.objects.create(code="GR", name="Greece")
+        Order.objects.create(id=800, reference="IMP-800", country=greece)
+        raise AssertionError("broken on purpose")
+"""
+
+
+def test_django_scope_all_probes_test_case_methods_before_their_teardown(
+    shop: pytest.Pytester,
+) -> None:
+    """A TransactionTestCase method is probed as it returns, before Django's teardown
+    flushes what it committed, as a pytest-style ``transaction=True`` test is before
+    its fixtures' teardown: the row it committed with its id fails it. A TestCase
+    method is probed inside its transaction: its own row is a note. A method that
+    fails shows its own failure only."""
+    shutil.copy(shop.path / "fix" / "0004_country_sequence.py", shop.path / "shop" / "migrations")
+    (shop.path / "tests" / "test_committing.py").write_text(SHOP_COMMITTING_TEST_CASES)
+    result = run(shop, "--seqdrift", "--seqdrift-scope=all", "-v", "tests/test_committing.py")
+    result.assert_outcomes(passed=1, failed=2)
+    failure = result.stdout.str().split("OrderFailures.test_fails_after_a_copy _")[1]
+    failure = failure.split("\n_")[0].split("\n=")[0]  # up to the next section
+    assert "broken on purpose" in failure
+    assert "pytest-seqdrift" not in failure
+    result.stdout.fnmatch_lines(
+        [
+            "*_ CountryImports.test_copies_with_an_id _*",
+            "pytest-seqdrift: sequence drift after this test (--seqdrift-scope=all):",
+            "  public.shop_country.id  (sequence public.shop_country_id_seq)",
+            "    next value *; * inserts succeed, the * collides with existing id 900 (max id 900)",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "note: tests/test_committing.py::CountryDrafts::test_keeps_an_id_in_its_transaction: "
+            "public.shop_country.id: drift only inside this test's own transaction, which its "
+            "rollback takes away: *existing id 700 (max id 700)",
+        ]
+    )
+    assert "pytest_seqdrift" not in result.stdout.str()  # none of our frames
 
 
 def test_django_scope_all_blames_no_test_for_the_set_up_or_its_own_rows(

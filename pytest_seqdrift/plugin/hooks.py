@@ -6,9 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
 import shutil
-from collections.abc import Generator
+import sys
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +236,8 @@ class SeqdriftPlugin:
         self.phase = "call"
         handed = handed_databases(item)
         later = asynchronous(handed)
-        done: list[Outcome] = []  # the probe's, where it ran on the test's event loop
+        done: list[Outcome] = []  # the probe's, where it ran inside the call
+        as_it_returns = False  # probed as a Django test case's method returns
         try:
             if later and wrappable(item):
                 with wrapped_body(
@@ -242,21 +247,30 @@ class SeqdriftPlugin:
                 ):
                     result = yield
             else:
-                result = yield  # the test body; raises if it failed, and then no probe
+                # the test body; raises if it failed, and then no probe
+                with before_django_teardown(
+                    item, after=lambda: done.append(self._after_body(item, steps_before))
+                ) as as_it_returns:
+                    result = yield
         finally:
             self.phase = "teardown"
-        outcome = done[0] if done else self._after_body(item, steps_before)
+        # (a unittest method that raised did not return: no probe, as for a failed body)
+        outcome = done[0] if done else self._after_body(item, steps_before, not as_it_returns)
         self.reporter.finish(item, "call", outcome)
         return result
 
     def _after_body(
-        self, item: pytest.Item, steps_before: int, databases: list[Located] | None = None
+        self,
+        item: pytest.Item,
+        steps_before: int,
+        probe: bool = True,
+        databases: list[Located] | None = None,
     ) -> Outcome:
         """The probe after the body, when the test is a migration test (or under
-        ``--seqdrift-scope=all`` uses a database)."""
+        ``--seqdrift-scope=all`` uses a database) and ``probe``."""
         outcome, self.pending = self.pending, Outcome()
         runs = self.watcher.take_runs()  # migrations the body ran, to the end
-        why = self._why_probed(item, steps_before)
+        why = self._why_probed(item, steps_before) if probe else None
         if why is not None:
             self.prober.probe(item, why, runs, outcome, databases)
         return outcome
@@ -301,7 +315,7 @@ class SeqdriftPlugin:
         def probe(sessions: list[Located]) -> Outcome:
             swapped = iter(sessions)
             databases = [next(swapped) if any(d is x for x in later) else d for d in handed]
-            return self._after_body(item, steps_before, databases)
+            return self._after_body(item, steps_before, databases=databases)
 
         done.append(await with_sessions(later, probe))
 
@@ -351,6 +365,42 @@ class SeqdriftPlugin:
             lines = lines[1:]
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@contextlib.contextmanager
+def before_django_teardown(item: pytest.Item, after: Callable[[], object]) -> Iterator[bool]:
+    """For a test written as a Django ``TransactionTestCase`` (or ``TestCase``) method:
+    ``after()`` as its method returns, before ``tearDown`` and Django's
+    ``_post_teardown``, which flushes the rows it committed (or rolls its transaction
+    back) -- where a pytest-style test is probed, before its fixtures' teardown. Not
+    when the method raised. Yields whether it is so (an ``async def`` method, and any
+    other test, is probed after the call)."""
+    instance = getattr(item, "instance", None)
+    test = sys.modules.get("django.test")
+    name = getattr(instance, "_testMethodName", None)
+    original = getattr(instance, name, None) if isinstance(name, str) else None
+    if (
+        test is None
+        or not isinstance(instance, test.TransactionTestCase)
+        or original is None
+        or inspect.iscoroutinefunction(original)
+    ):
+        yield False
+        return
+
+    @functools.wraps(original)
+    def method(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        result = original(*args, **kwargs)
+        after()
+        return result
+
+    setattr(instance, str(name), method)
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(AttributeError):
+            delattr(instance, str(name))
 
 
 def _func(defs: Any, name: str) -> Any:
