@@ -375,8 +375,8 @@ def before_django_teardown(item: pytest.Item, after: Callable[[], object]) -> It
     back) -- where a pytest-style test is probed, before its fixtures' teardown. Not
     when the method raised. Yields whether it is so (an ``async def`` method, and any
     other test, is probed after the call)."""
-    instance = getattr(item, "instance", None)
-    test = sys.modules.get("django.test")
+    test = sys.modules.get("django.test")  # not imported: no Django test case
+    instance = getattr(item, "instance", None) if test is not None else None
     name = getattr(instance, "_testMethodName", None)
     original = getattr(instance, name, None) if isinstance(name, str) else None
     if (
