@@ -229,14 +229,14 @@ def discover(
         if isinstance(answer, ReadFailure):
             return fresh()
         context, xmax, xip, own, written, standing, estimates, fingerprint = answer[0]
-        now = tuple(xip) + ((own,) if own else ())
         if standing:  # the catalog this snapshot sees: it stands for this one from now on
+            now = _in_progress(xip, own)
             return _taken(candidates, standing[0], estimates, xmax=xmax, xids=now)
     # (the first discovery of a database here goes without a fingerprint: a database
     # checked once, as each test's own database often is, never pays for one)
     columns, sequences = fresh()
     if not (own and written) and not any(_transient(c) for c in columns):
-        now = tuple(xip) + ((own,) if own else ())
+        now = _in_progress(xip, own)
         _remember(_Entry(context, options, xmax, now, fingerprint, tuple(columns), sequences))
     return columns, sequences
 
@@ -252,6 +252,11 @@ def _taken(
         entry = replace(entry, **stamp)
     _remember(entry)  # the most recently used
     return _reused(entry, estimates[start : start + len(entry.unindexed)])
+
+
+def _in_progress(xip: Sequence[int], own: int) -> tuple[int, ...]:
+    """The xids a look's snapshot saw in progress, and its own transaction's (0: none)."""
+    return tuple(xip) + ((own,) if own else ())
 
 
 def _array(values: Iterable[int]) -> str:
