@@ -23,7 +23,9 @@ A server older than 14 is passed over (and named in the error if nothing else is
 
 PostgreSQL refuses to run as root. As root, ``pg_ctl`` runs through ``unshare --user``
 (:func:`root_safe`): inside a new user namespace root appears as an unprivileged user, and
-no system user has to be created. Used by the test bed, the demo and the benchmarks.
+no system user has to be created. The same wrapper keeps pytest-postgresql's process
+runner from killing the server by mistake (:data:`MARK`). Used by the test bed, the demo
+and the benchmarks.
 """
 
 from __future__ import annotations
@@ -268,23 +270,40 @@ def _user_namespaces() -> str | None:
     return unshare if ok == 0 else None
 
 
+# mirakuru, which runs pytest-postgresql's servers, marks each server's environment with
+# its executor's id ("<pid>:<uuid4>"); and as any Python process that imported it exits
+# (every pytest run with pytest-postgresql installed), it SIGKILLs each process whose mark
+# merely *contains* that process's pid, digits anywhere in the id included. Under xdist,
+# with pytest subprocesses exiting by the hundred and pids wrapping at 32768, sooner or
+# later one whose pid is such a substring kills a live server and its backends, without
+# a line in its log. The servers of the test bed carry no mark: pg_ctl stops them (as
+# pytest-postgresql does), and a run that was killed leaves them to ``./dev``, which
+# stops what it finds under its temp root.
+MARK = "mirakuru_uuid"
+
+
 def root_safe(pg_ctl: str) -> str:
-    """``pg_ctl`` itself, or as root a wrapper that runs it in a user namespace."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+    """The ``pg_ctl`` to start a test server with: a wrapper that drops mirakuru's mark
+    from the server's environment (see :data:`MARK`) and, as root, runs ``pg_ctl`` in
+    a user namespace. Where there is no ``/bin/sh`` to run it (Windows), ``pg_ctl``."""
+    if not hasattr(os, "geteuid"):
         return pg_ctl
-    unshare = _user_namespaces()
-    if unshare is None:
-        raise ServerNotFound(
-            "running as root, PostgreSQL refuses to start, and user namespaces (unshare "
-            "--user) are not available here to start it as an unprivileged user: run as a "
-            "non-root user, or point --seqdrift-dsn (or pytest-postgresql's "
-            "postgresql_noproc fixture) at a running server."
-        )
-    digest = hashlib.sha256(f"{unshare}\0{pg_ctl}".encode()).hexdigest()[:12]
+    run = f'"{pg_ctl}"'
+    if os.geteuid() == 0:
+        unshare = _user_namespaces()
+        if unshare is None:
+            raise ServerNotFound(
+                "running as root, PostgreSQL refuses to start, and user namespaces (unshare "
+                "--user) are not available here to start it as an unprivileged user: run as "
+                "a non-root user, or point --seqdrift-dsn (or pytest-postgresql's "
+                "postgresql_noproc fixture) at a running server."
+            )
+        run = f'"{unshare}" --user {run}'
+    digest = hashlib.sha256(f"{run}\0{os.geteuid()}".encode()).hexdigest()[:12]
     wrapper_dir = Path(tempfile.gettempdir()) / f"seqdrift-pgctl-{digest}"
     wrapper_dir.mkdir(mode=0o755, exist_ok=True)
     wrapper = wrapper_dir / "pg_ctl"
-    script = f'#!/bin/sh\nexec "{unshare}" --user "{pg_ctl}" "$@"\n'
+    script = f'#!/bin/sh\nunset {MARK}\nexec {run} "$@"\n'
     if not wrapper.exists() or wrapper.read_text() != script:
         tmp = wrapper_dir / f".pg_ctl.{os.getpid()}"
         tmp.write_text(script)

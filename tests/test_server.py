@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from mirakuru.base_env import processes_with_env
 
 from pytest_seqdrift import check
 from pytest_seqdrift import testbed as srv
@@ -28,6 +29,7 @@ from pytest_seqdrift.testbed import (
 )
 
 Conn = psycopg.Connection[Any]
+on_linux = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root needs a user namespace")
 
 EMBEDDED = {"SEQDRIFT_PG_SEARCH": "embedded"}
@@ -129,6 +131,25 @@ def test_as_root_without_user_namespaces_one_sentence_says_what_to_do(
     assert "--seqdrift-dsn" in message
 
 
+def assert_no_exiting_process_kills(conn: Conn) -> None:
+    """The server behind ``conn`` and its backend are out of reach of mirakuru's exit
+    handler, which SIGKILLs every process whose mark contains the exiting process's pid:
+    no pid, whatever its digits, finds them."""
+    backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    status = Path(f"/proc/{backend}/status").read_text()
+    postmaster = int(status.split("PPid:")[1].split()[0])
+    environ = Path(f"/proc/{postmaster}/environ").read_bytes().split(b"\0")
+    assert not [v for v in environ if v.startswith(srv.MARK.encode() + b"=")]
+    for digit in "0123456789":  # every pid contains one of them, and so does every mark
+        found = processes_with_env(srv.MARK, digit)
+        assert not found & {postmaster, backend}, f"a process with a {digit} in its pid kills it"
+
+
+@on_linux
+def test_an_exiting_pytest_cannot_kill_the_test_server(db: Conn) -> None:
+    assert_no_exiting_process_kills(db)
+
+
 @pytest.fixture(scope="module")
 def embedded_dsn() -> Iterator[str]:
     with pytest.MonkeyPatch.context() as mp:
@@ -142,6 +163,8 @@ def test_the_embedded_server_starts_here(embedded_dsn: str) -> None:
     with psycopg.connect(embedded_dsn) as conn:
         assert conn.info.server_version // 10000 == 18
         assert conn.execute("SELECT current_database()").fetchone() == ("seqdrift_embedded",)
+        if Path("/proc/self/environ").exists():
+            assert_no_exiting_process_kills(conn)
 
 
 def test_check_on_the_embedded_server(embedded_dsn: str) -> None:
