@@ -16,7 +16,8 @@ from pytest_seqdrift.model import Bounds, Column, Search, SequenceState, Window
 # After discovery, every read is one of two kinds: a sequence's state, or a column's
 # windows (up to four min/max searches, see model.Search). All the reads of a check run on
 # the server in one PL/pgSQL block (READ_BLOCK), the way the floor of the benchmarks
-# does them: one EXECUTE per read. A DO block needs no object of its own, so it runs
+# does them: one EXECUTE per read (reads a connection was given before are answered by
+# a statement prepared for them instead: read/prepared.py). A DO block needs no object of its own, so it runs
 # inside a READ ONLY transaction and on a replica. It takes no parameters and returns no
 # rows, so its reads go in and its answers come out through two transaction-local
 # settings (set_config(..., true)), which the check's own rollback clears.
@@ -198,24 +199,38 @@ def read_text(read: Read) -> str:
     if isinstance(read, TextRead):
         return read.text
     if isinstance(read, StateRead):
-        seq = read.seq
         return (
-            "SELECT last_value::text, is_called::text, NULL, NULL FROM "
-            f"{_ident(seq.schema)}.{_ident(seq.name)}"
+            f"SELECT last_value::text, is_called::text, NULL, NULL FROM {sequence_name(read.seq)}"
         )
+    slots = read.slots
+    if sum(s is not None for s in slots) == 1 and isinstance(slots[2], Extreme):
+        # the first read of a column: its max (min), without a subquery
+        c = read.column
+        agg = "min" if slots[2].ascending else "max"
+        only = f" WHERE ({c.row_filter})" if c.row_filter else ""
+        return f"SELECT NULL, NULL, {agg}({_ident(c.column)})::text, NULL FROM {_table(c)}{only}"
+    return "SELECT " + ", ".join(column_parts(read))
+
+
+def sequence_name(seq: SequenceRef) -> str:
+    return f"{_ident(seq.schema)}.{_ident(seq.name)}"
+
+
+def _table(c: Column) -> str:
+    return ("" if c.partitioned else "ONLY ") + f"{_ident(c.schema)}.{_ident(c.table)}"
+
+
+def column_parts(read: ColumnRead) -> list[str]:
+    """A column read's four answers, each an expression of type text (``NULL`` where
+    the read has no search)."""
     c = read.column
     col = _ident(c.column)
-    rel = ("" if c.partitioned else "ONLY ") + f"{_ident(c.schema)}.{_ident(c.table)}"
-    slots = read.slots
+    rel = _table(c)
     # only the rows the column's keys can collide with (keys.py)
     only = f" WHERE ({c.row_filter})" if c.row_filter else ""
     also = f" AND ({c.row_filter})" if c.row_filter else ""
-    if sum(s is not None for s in slots) == 1 and isinstance(slots[2], Extreme):
-        # the first read of a column: its max (min), without a subquery
-        agg = "min" if slots[2].ascending else "max"
-        return f"SELECT NULL, NULL, {agg}({col})::text, NULL FROM {rel}{only}"
     parts = []
-    for w in slots:
+    for w in read.slots:
         if w is None:
             parts.append("NULL")
             continue
@@ -233,7 +248,7 @@ def read_text(read: Read) -> str:
             # a numeric column can hold fractions, which no sequence hands out
             where += f" AND {col} = trunc({col})"
         parts.append(f"(SELECT {agg}({col}) FROM {rel} WHERE {where})::text")
-    return "SELECT " + ", ".join(parts)
+    return parts
 
 
 def read_statement(read: Read) -> tuple[str, tuple[()]]:
