@@ -2,12 +2,13 @@
 
 Statements per check are constant, whatever the number of tables: the transaction and
 its lock timeout, discovery (one query), one PL/pgSQL block that reads every sequence's
-state and every column's max (block.READ_BLOCK), a second block for the columns whose
-max reaches their sequence's next value (none, in a database without drift), and row
-counts for the few columns whose verdict depends on them (usually none). Where the
-block cannot run, the same reads go as statements of their own, pipelined; a table
-that cannot be read (a lock held past the lock timeout, a privilege) is reported on its
-own either way, and the rest still checked.
+state and every column's max (block.READ_BLOCK; reads the connection was given before
+go to one statement prepared for them, read/prepared.py), a second block for the
+columns whose max reaches their sequence's next value (none, in a database without
+drift), and row counts for the few columns whose verdict depends on them (usually
+none). Where the block cannot run, the same reads go as statements of their own,
+pipelined; a table that cannot be read (a lock held past the lock timeout, a
+privilege) is reported on its own either way, and the rest still checked.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from pytest_seqdrift.probe import disagreement as probe_disagreement
 from pytest_seqdrift.probe import insert as probe_insert
 from pytest_seqdrift.probe import run as probe_run
 from pytest_seqdrift.probe import sequences as probe_sequences
-from pytest_seqdrift.read import remembered
+from pytest_seqdrift.read import prepared, remembered
 
 
 def next_position(state: SequenceState, increment: int) -> int:
@@ -967,6 +967,7 @@ def test_statements_per_probe_do_not_grow_with_clean_tables(db: Conn, mode: Mode
     for n in (3, 40):
         _clean_tables(db, n)
         session = PsycopgSession(db)
+        prepared.forget(db)  # the seed story's reads were sent before: not prepared
         with unchanged(db):
             result = probe(session, mode=mode)
         assert len(result.probed) == n + 2
@@ -977,6 +978,7 @@ def test_statements_per_probe_do_not_grow_with_clean_tables(db: Conn, mode: Mode
         remembered.forget()  # each discovers: the same statements
         check(checked, schemas=["many"])
         remembered.forget()
+        prepared.forget(db)  # and its reads: the same statements as the check's
         with unchanged(db):
             result = probe(probed, schemas=["many"], mode=mode)
         assert len(result.probed) == n

@@ -52,7 +52,7 @@ from pytest_seqdrift.db.drivers import PsycopgSession
 from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.model import Report
 from pytest_seqdrift.probe import Mode, ProbeReport, probe
-from pytest_seqdrift.read import remembered
+from pytest_seqdrift.read import prepared, remembered
 from pytest_seqdrift.render import as_dict
 
 Conn = psycopg.Connection[Any]
@@ -1339,3 +1339,44 @@ def test_async_drivers_say_what_psycopg_says(db: Conn, shape: Shape, driver: str
         (p.column.label, p.inserts_until_collision, p.note) for p in expected_probe.probed
     ]
     assert sequence_states(db) == before
+
+
+@pytest.mark.parametrize("shape", KEYS + DRAWS + DISCOVERY, ids=ids(KEYS + DRAWS + DISCOVERY))
+def test_prepared_reads_say_what_the_block_says(
+    db: Conn, shape: Shape, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every shape, checked and probed again and again on one connection, as the plugin
+    does after each migration: the reads go through the read block the first time,
+    through a statement prepared for them from the second (read/prepared.py), and every
+    report is the first one, number for number; the later checks are answered by the
+    prepared statement alone."""
+    build(db, shape)
+    answered: list[bool] = []
+    read = prepared.read
+
+    def spy(*args: Any) -> Any:
+        out = read(*args)
+        answered.append(out is not None)
+        return out
+
+    monkeypatch.setattr(prepared, "read", spy)
+    remembered.forget()
+    with psycopg.connect(dsn(db), autocommit=True) as conn:
+        reports, runs = [], []
+        for _ in range(4):
+            answered.clear()
+            reports.append(as_dict(check(conn)))
+            runs.append(list(answered))
+        assert not any(runs[0]), "the first check prepared what it had not seen before"
+        assert all(runs[2] + runs[3]), "a repeated check did not use its statement"
+        assert reports[1:] == [reports[0]] * 3
+        probes = [probe(conn, limit=shape.limit) for _ in range(3)]
+        assert as_dict(probes[2].report) == as_dict(probes[0].report)
+        assert [(p.column.label, p.inserts_until_collision, p.note) for p in probes[2].probed] == [
+            (p.column.label, p.inserts_until_collision, p.note) for p in probes[0].probed
+        ]
+        names = conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'seqdrift\\_%'"
+        ).fetchone()
+        assert names is not None
+        assert 1 <= names[0] <= prepared.KEPT

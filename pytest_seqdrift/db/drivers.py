@@ -37,6 +37,12 @@ class _Psycopg(Session):
     def _get_autocommit(self) -> bool:
         return bool(self.conn.autocommit)
 
+    @property
+    def may_prepare(self) -> bool:
+        # ``prepare_threshold=None`` is how a psycopg user says "never prepare" (a
+        # transaction-pooling PgBouncer): none of ours either
+        return self.conn.prepare_threshold is not None
+
     def connect_params(self) -> dict[str, Any]:
         info = self.conn.info
         return {"conninfo": info.dsn, "password": info.password or None}
@@ -140,6 +146,10 @@ class Psycopg2Session(Session):
 
     def _get_autocommit(self) -> bool:
         return bool(self.conn.autocommit)
+
+    @property
+    def may_prepare(self) -> bool:
+        return True  # psycopg2 prepares nothing itself, and has no setting that forbids it
 
     def _set_autocommit(self, value: bool) -> None:
         if bool(self.conn.autocommit) != value:

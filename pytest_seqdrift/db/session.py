@@ -170,6 +170,12 @@ class Session(ABC):
         return self._execute_dicts(query, params)
 
     @property
+    def may_prepare(self) -> bool:
+        """Whether the engine may leave statements of its own prepared on the connection
+        (``read.prepared``); not where the caller has said that none must be."""
+        return False
+
+    @property
     def in_transaction(self) -> bool:
         return self._status() == _INTRANS
 

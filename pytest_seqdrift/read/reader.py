@@ -12,7 +12,7 @@ from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.errors import CannotCheck, ReadFailure
 from pytest_seqdrift.model import Bounds, Column, PgSequence, Search, SequenceState
 from pytest_seqdrift.options import CheckOptions
-from pytest_seqdrift.read import block, discovery, inserts, keys, remembered
+from pytest_seqdrift.read import block, discovery, inserts, keys, prepared, remembered
 
 # Columns (sequences) read per statement: each read holds an AccessShareLock on a table
 # and its index until its chunk's savepoint is rolled back; PostgreSQL's default lock
@@ -69,9 +69,29 @@ def _chunks(items: Seq[T]) -> Iterator[Seq[T]]:
 
 
 def _read(session: Session, reads: Seq[block.Read]) -> list[block.Answer | ReadFailure]:
-    """Every read's answer, in order: one PL/pgSQL block on the server for all of them
-    (block.READ_BLOCK, one round trip), or where that block cannot run, the reads as
+    """Every read's answer, in order: per chunk of reads the connection was given
+    before, its prepared statement (``prepared``); the rest in one PL/pgSQL block on the
+    server (block.READ_BLOCK, one round trip), or where that block cannot run, as
     statements of their own."""
+    out: list[block.Answer | ReadFailure] = []
+    rest: list[int] = []
+    for start in range(0, len(reads), CHUNK):
+        part = reads[start : start + CHUNK]
+        answered = prepared.read(session, part, CHUNK)
+        if answered is None:
+            rest += range(start, start + len(part))
+            out += [ReadFailure("not answered")] * len(part)  # answered below
+        else:
+            out += answered
+    if rest:
+        for i, answer in zip(rest, _read_block(session, [reads[i] for i in rest]), strict=True):
+            out[i] = answer
+    return out
+
+
+def _read_block(session: Session, reads: Seq[block.Read]) -> list[block.Answer | ReadFailure]:
+    """The reads in one PL/pgSQL block, or as statements of their own where it cannot
+    run."""
     if not reads:
         return []
     statements = [

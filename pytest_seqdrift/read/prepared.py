@@ -1,0 +1,199 @@
+"""Reads that repeat on a connection, answered by one statement prepared on it.
+
+The plugin checks the same database on the same connection again and again: after each
+migration on the migrating connection, and after each test under
+``--seqdrift-scope=all``. Those checks send the same reads (the first read of every
+column and every sequence's state), and the read block (``block.READ_BLOCK``) plans each
+of them again every time: planning is most of the block's time. Here a list of reads
+that the connection was given before becomes one statement, ``PREPARE``d on the
+connection the second time it is seen, and from then on only ``EXECUTE``d: planned once.
+
+Not the first time: one statement of a hundred subqueries costs about twice the block to
+plan, so a read that is never repeated (the ``seqdrift check`` command, a test's own
+database) stays with the block.
+
+The statement is one row: an array of one text per read, the read's four texts joined
+by tabs as the block answers them (an empty text for SQL NULL; a read with no row is
+NULL, which ``answers`` turns into four NULLs, as the block's ``EXECUTE ... INTO`` does).
+It reads every table at the statement's snapshot and every sequence while the statement
+runs, after that snapshot was taken, so no insert of another session can make a state
+older than a max: what the block keeps by reading the maxima first.
+
+A prepared statement outlives the transaction and the check, on a connection that may be
+the caller's, so:
+
+* its name is a digest of its text (``seqdrift_`` and 24 hex digits): a name always
+  stands for the same text, also on a server connection that a pool hands to another
+  client; and it is prepared only where the caller has not said that statements must not
+  be (``Session.may_prepare``: psycopg's ``prepare_threshold=None``);
+* every column it returns is text, so a table dropped and made again with other types
+  cannot make "cached plan must not change result type": PostgreSQL plans again after
+  DDL on what the statement reads, and where that fails (a table is gone) the reads go
+  through the block;
+* at most ``KEPT`` are kept per connection; the oldest is ``DEALLOCATE``d;
+* a failure of the statement (a lock timeout, a privilege) sends the reads through the
+  block, which answers each read on its own; a failure that says the connection's
+  prepared statements are not what this module thinks (a ``DISCARD ALL``, a pooler)
+  makes it forget the connection;
+* it reads no more than the block's chunk, in a savepoint rolled back once its row is
+  in, so it holds no more locks than the block does (``Session.batch(release_locks=)``).
+  PREPARE and DEALLOCATE are not undone by a rollback, and are allowed in a READ ONLY
+  transaction and on a replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_seqdrift.db.session import Session
+from pytest_seqdrift.errors import ReadFailure
+from pytest_seqdrift.read import block
+
+# statements kept prepared per connection, the most recently used last
+KEPT = 8
+# lists of reads remembered as seen once per connection (only their digests)
+SEEN = 32
+# SQLSTATEs that say the connection's prepared statements are not what ``_known`` says
+_NOT_THERE = "26000"  # invalid_sql_statement_name: no such statement
+_THERE = "42P05"  # duplicate_prepared_statement
+
+
+@dataclass
+class _Known:
+    """What this process did on one connection: the digests of the statements it
+    prepared there, and of those it saw once."""
+
+    ready: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+
+_known: weakref.WeakKeyDictionary[Any, _Known] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def statement(reads: Seq[block.Read]) -> str:
+    """One statement that answers every read: an array of one text per read."""
+    return "SELECT ARRAY[" + ", ".join(_cell(r) for r in reads) + "]::text[]"
+
+
+_TAB = "E'\\t'"
+
+
+def _cell(read: block.Read) -> str:
+    """A read's four answers as one text, joined by tabs: a scalar expression without
+    the read's own statement around it where the read is of a known kind (half the
+    cost of a subquery of that statement)."""
+    if isinstance(read, block.StateRead):
+        return (
+            f"(SELECT last_value::text || {_TAB} || is_called::text || E'\\t\\t' "
+            f"FROM {block.sequence_name(read.seq)})"
+        )
+    if isinstance(read, block.ColumnRead):
+        parts = ("''" if p == "NULL" else f"coalesce({p}, '')" for p in block.column_parts(read))
+        return f"concat_ws({_TAB}, {', '.join(parts)})"
+    return (
+        f"(SELECT concat_ws({_TAB}, coalesce(a::text, ''), coalesce(b::text, ''), "
+        f"coalesce(c::text, ''), coalesce(d::text, '')) FROM ({block.read_text(read)} LIMIT 1) "
+        "AS q (a, b, c, d))"
+    )
+
+
+def name_of(text: str) -> str:
+    return "seqdrift_" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def answers(cells: Seq[str | None], count: int) -> list[block.Answer] | None:
+    """The statement's array as the reads' answers (None if it is not one)."""
+    if len(cells) != count:
+        return None
+    out: list[block.Answer] = []
+    for cell in cells:
+        if cell is None:  # the read found no row
+            out.append((None, None, None, None))
+            continue
+        values = cell.split("\t")
+        if len(values) != 4:
+            return None
+        out.append(tuple(v or None for v in values))
+    return out
+
+
+def read(session: Session, reads: Seq[block.Read], most: int) -> list[block.Answer] | None:
+    """Every read's answer from the connection's prepared statement for them, or None
+    where the reads are to go through the block: the first time they are seen on this
+    connection, and whenever the statement fails. ``most``: the reads one statement may
+    hold the locks of (the block's chunk)."""
+    if not reads or len(reads) > most or not session.may_prepare:
+        return None
+    conn = session.conn
+    text = statement(reads)
+    name = name_of(text)
+    with _lock:
+        try:
+            known = _known.setdefault(conn, _Known())
+        except TypeError:  # a connection that takes no weak reference
+            return None
+        if name in known.ready:
+            known.ready.move_to_end(name)
+            evicted = None
+        elif name in known.seen:
+            del known.seen[name]
+            evicted = _evicted(known)
+        else:
+            _remember(known.seen, name, SEEN)
+            return None
+    if evicted is not None and not _prepare(session, known, name, text, evicted):
+        return None
+    (result,) = session.batch([(f"EXECUTE {name}", ())], release_locks=True, replay=False)
+    if isinstance(result, ReadFailure):
+        if result.sqlstate == _NOT_THERE:  # deallocated behind our back: prepare again
+            with _lock:
+                known.ready.pop(name, None)
+                _remember(known.seen, name, SEEN)
+        return None
+    if len(result) != 1 or not isinstance(result[0][0], list):
+        return None
+    return answers(result[0][0], len(reads))
+
+
+def _prepare(session: Session, known: _Known, name: str, text: str, evicted: list[str]) -> bool:
+    """Prepare the statement (after deallocating those ``evicted``); True once it is
+    there, also when it was already (prepared by this process before it forgot)."""
+    work = [(f"DEALLOCATE {n}", ()) for n in evicted]
+    work.append((f"PREPARE {name} AS {text}", ()))
+    # replayed one by one on a failure: a statement already deallocated fails alone
+    *_, prepared = session.batch(work, release_locks=True)
+    there = not isinstance(prepared, ReadFailure) or prepared.sqlstate == _THERE
+    if there:
+        with _lock:
+            known.ready[name] = None  # _evicted made room
+            known.ready.move_to_end(name)
+    return there
+
+
+def _remember(names: OrderedDict[str, None], name: str, most: int) -> None:
+    names[name] = None
+    names.move_to_end(name)
+    while len(names) > most:
+        names.popitem(last=False)
+
+
+def _evicted(known: _Known) -> list[str]:
+    """The oldest statements past ``KEPT`` once one more is added, forgotten here (the
+    caller deallocates them)."""
+    out = []
+    while len(known.ready) >= KEPT:
+        out.append(known.ready.popitem(last=False)[0])
+    return out
+
+
+def forget(conn: Any) -> None:
+    """Forget what was prepared on ``conn`` (for tests)."""
+    with _lock:
+        _known.pop(conn, None)
