@@ -43,7 +43,7 @@ import psycopg
 
 from pytest_seqdrift import check
 from pytest_seqdrift.db.drivers import PsycopgSession
-from pytest_seqdrift.read import remembered
+from pytest_seqdrift.read import prepared, remembered
 from pytest_seqdrift.testbed import throwaway_server
 
 BUILD = """
@@ -135,8 +135,16 @@ def counted_reuse() -> Iterator[list[int]]:
 
 
 def cold(conn: psycopg.Connection[Any]) -> None:
-    """A check with a discovery of its own, as the first check of a process makes."""
+    """A check with a discovery of its own, as the first check of a process makes, and
+    its reads in the read block, as on a connection that never sent them before."""
     remembered.forget()
+    prepared.forget(conn)
+    check(conn, schemas=["bench"])
+
+
+def unprepared(conn: psycopg.Connection[Any]) -> None:
+    """A check with its discovery remembered, and its reads in the read block."""
+    prepared.forget(conn)
     check(conn, schemas=["bench"])
 
 
@@ -247,11 +255,13 @@ def _measure(dsn: str, n: int, repeat: int) -> None:
         drifted = sum(f.kind == "collision" for f in report.findings)
         assert drifted == naive(conn) == n // 97, (drifted, naive(conn))
         statements, trips = session.statements, session.round_trips
+        assert check(conn, schemas=["bench"]).findings == report.findings  # prepares
         session = PsycopgSession(conn)
         again = check(session, schemas=["bench"])
         assert again.findings == report.findings
         warm_statements, warm_trips = session.statements, session.round_trips
         t_cold = timed(lambda: cold(conn), repeat)
+        t_unprepared = timed(lambda: unprepared(conn), repeat)
         with counted_reuse() as reused:
             t_check = timed(lambda: check(conn, schemas=["bench"]), repeat)
         with (
@@ -267,6 +277,10 @@ def _measure(dsn: str, n: int, repeat: int) -> None:
     print(
         f"check  {t_check * 1000:9.1f} ms  ({warm_statements} statements, {warm_trips} round "
         f"trips; its discovery remembered: {reused[0]} of {repeat + 1} runs)"
+    )
+    print(
+        f"check, reads not prepared {t_unprepared * 1000:7.1f} ms  (the read block, as before "
+        f"read/prepared.py; check/this = {t_check / t_unprepared:.2f})"
     )
     print(
         f"cold   {t_cold * 1000:9.1f} ms  ({statements} statements, {trips} round trips; a "
@@ -322,9 +336,11 @@ def _measure(dsn: str, n: int, repeat: int) -> None:
 # BEGIN and the settings, the look for a remembered discovery (SAVEPOINT, the look,
 # RELEASE), discovery, the keys and triggers (SAVEPOINT, two queries, RELEASE), a read
 # block (SAVEPOINT, its input, DO, its answers, RELEASE), a second read block for the
-# drifted columns, ROLLBACK. With its discovery remembered, no discovery and no keys.
+# drifted columns, ROLLBACK. With its discovery remembered, no discovery and no keys,
+# and each read block replaced by its prepared statement (SAVEPOINT, EXECUTE, ROLLBACK
+# TO, RELEASE) from the third check on.
 CONSTANT_STATEMENTS = 21
-REMEMBERED_STATEMENTS = 16
+REMEMBERED_STATEMENTS = 14
 
 
 def target(name: str, value: float, op: str, bound: float) -> None:
