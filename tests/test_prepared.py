@@ -122,3 +122,19 @@ def test_at_most_kept_statements_stay(app: Conn, monkeypatch: pytest.MonkeyPatch
         check(app)
         assert len(ours(app)) <= 2
     assert len(ours(app)) == 2
+
+
+def test_psycopg2_prepares_as_psycopg_does(app: Conn) -> None:
+    psycopg2 = pytest.importorskip("psycopg2")
+    expected = as_dict(check(app))
+    conn = psycopg2.connect(dsn(app))
+    try:
+        conn.autocommit = True
+        reports = [as_dict(check(conn)) for _ in range(3)]
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_prepared_statements")
+            (count,) = cur.fetchone()
+    finally:
+        conn.close()
+    assert reports == [expected] * 3
+    assert count == 2

@@ -69,24 +69,15 @@ def _chunks(items: Seq[T]) -> Iterator[Seq[T]]:
 
 
 def _read(session: Session, reads: Seq[block.Read]) -> list[block.Answer | ReadFailure]:
-    """Every read's answer, in order: per chunk of reads the connection was given
-    before, its prepared statement (``prepared``); the rest in one PL/pgSQL block on the
-    server (block.READ_BLOCK, one round trip), or where that block cannot run, as
-    statements of their own."""
-    out: list[block.Answer | ReadFailure] = []
-    rest: list[int] = []
-    for start in range(0, len(reads), CHUNK):
-        part = reads[start : start + CHUNK]
-        answered = prepared.read(session, part, CHUNK)
-        if answered is None:
-            rest += range(start, start + len(part))
-            out += [ReadFailure("not answered")] * len(part)  # answered below
-        else:
-            out += answered
-    if rest:
-        for i, answer in zip(rest, _read_block(session, [reads[i] for i in rest]), strict=True):
-            out[i] = answer
-    return out
+    """Every read's answer, in order: where the connection was given the same reads
+    before, and they fit in one chunk, from the statement prepared for them
+    (``prepared``: one statement, as the block is, whatever the number of tables); else
+    in one PL/pgSQL block on the server (block.READ_BLOCK, one round trip), or where
+    that block cannot run, as statements of their own."""
+    answered = prepared.read(session, reads, CHUNK)
+    if answered is not None:
+        return list(answered)
+    return _read_block(session, reads)
 
 
 def _read_block(session: Session, reads: Seq[block.Read]) -> list[block.Answer | ReadFailure]:
