@@ -39,9 +39,9 @@ class _Psycopg(Session):
 
     @property
     def may_prepare(self) -> bool:
-        # ``prepare_threshold=None`` is how a psycopg user says "never prepare" (a
-        # transaction-pooling PgBouncer): none of ours either
-        return self.conn.prepare_threshold is not None
+        # also with ``prepare_threshold=None``, which Django sets by default: a pooler
+        # that loses the statements stops it (read/prepared.py)
+        return True
 
     def connect_params(self) -> dict[str, Any]:
         info = self.conn.info
@@ -149,7 +149,7 @@ class Psycopg2Session(Session):
 
     @property
     def may_prepare(self) -> bool:
-        return True  # psycopg2 prepares nothing itself, and has no setting that forbids it
+        return True
 
     def _set_autocommit(self, value: bool) -> None:
         if bool(self.conn.autocommit) != value:

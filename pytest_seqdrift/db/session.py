@@ -172,7 +172,7 @@ class Session(ABC):
     @property
     def may_prepare(self) -> bool:
         """Whether the engine may leave statements of its own prepared on the connection
-        (``read.prepared``); not where the caller has said that none must be."""
+        (``read.prepared``)."""
         return False
 
     @property

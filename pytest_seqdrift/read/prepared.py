@@ -24,17 +24,20 @@ the caller's, so:
 
 * its name is a digest of its text (``seqdrift_`` and 24 hex digits): a name always
   stands for the same text, also on a server connection that a pool hands to another
-  client; and it is prepared only where the caller has not said that statements must not
-  be (``Session.may_prepare``: psycopg's ``prepare_threshold=None``);
+  client;
+* it is prepared on psycopg 3 and psycopg2 connections (``Session.may_prepare``), also
+  where psycopg's ``prepare_threshold`` is None, which Django sets by default "to keep
+  connection poolers working": a statement this module prepared that is gone when it
+  is executed (a transaction-pooling PgBouncer's other server connection, a ``DISCARD
+  ALL``) makes it prepare nothing more on that connection, after one block's worth of
+  time lost; not through asyncpg, whose users turn its statement cache off for poolers;
 * every column it returns is text, so a table dropped and made again with other types
   cannot make "cached plan must not change result type": PostgreSQL plans again after
   DDL on what the statement reads, and where that fails (a table is gone) the reads go
   through the block;
 * at most ``KEPT`` are kept per connection; the oldest is ``DEALLOCATE``d;
 * a failure of the statement (a lock timeout, a privilege) sends the reads through the
-  block, which answers each read on its own; a failure that says the connection's
-  prepared statements are not what this module thinks (a ``DISCARD ALL``, a pooler)
-  makes it forget the connection;
+  block, which answers each read on its own;
 * it reads no more than the block's chunk, in a savepoint rolled back once its row is
   in, so it holds no more locks than the block does (``Session.batch(release_locks=)``).
   PREPARE and DEALLOCATE are not undone by a rollback, and are allowed in a READ ONLY
@@ -71,6 +74,9 @@ class _Known:
 
     ready: OrderedDict[str, None] = field(default_factory=OrderedDict)
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # a statement prepared here vanished: a pooler's server connections, or a DISCARD
+    # ALL; nothing more is prepared on this connection
+    lost: bool = False
 
 
 _known: weakref.WeakKeyDictionary[Any, _Known] = weakref.WeakKeyDictionary()
@@ -139,6 +145,8 @@ def read(session: Session, reads: Seq[block.Read], most: int) -> list[block.Answ
             known = _known.setdefault(conn, _Known())
         except TypeError:  # a connection that takes no weak reference
             return None
+        if known.lost:
+            return None
         if name in known.ready:
             known.ready.move_to_end(name)
             evicted = None
@@ -152,10 +160,10 @@ def read(session: Session, reads: Seq[block.Read], most: int) -> list[block.Answ
         return None
     (result,) = session.batch([(f"EXECUTE {name}", ())], release_locks=True, replay=False)
     if isinstance(result, ReadFailure):
-        if result.sqlstate == _NOT_THERE:  # deallocated behind our back: prepare again
+        if result.sqlstate == _NOT_THERE:  # deallocated behind our back
             with _lock:
-                known.ready.pop(name, None)
-                _remember(known.seen, name, SEEN)
+                known.ready.clear()
+                known.lost = True
         return None
     if len(result) != 1 or not isinstance(result[0][0], list):
         return None
