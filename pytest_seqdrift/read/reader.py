@@ -74,6 +74,8 @@ def _read(session: Session, reads: Seq[block.Read]) -> list[block.Answer | ReadF
     (``prepared``: one statement, as the block is, whatever the number of tables); else
     in one PL/pgSQL block on the server (block.READ_BLOCK, one round trip), or where
     that block cannot run, as statements of their own."""
+    if not reads:
+        return []
     answered = prepared.read(session, reads, CHUNK)
     if answered is not None:
         return list(answered)
