@@ -193,6 +193,10 @@ class AsyncpgSession(Session):
     failed one is told by the server's answer to the session's first statement
     (``Session.read_only`` and ``scratch`` turn that into the usual error)."""
 
+    @property
+    def may_prepare(self) -> bool:
+        return False  # its users turn asyncpg's statement cache off for poolers; we cannot tell
+
     def __init__(self, conn: Any, wait: Waiter) -> None:
         super().__init__(conn)
         self.wait = wait

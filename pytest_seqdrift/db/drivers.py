@@ -37,12 +37,6 @@ class _Psycopg(Session):
     def _get_autocommit(self) -> bool:
         return bool(self.conn.autocommit)
 
-    @property
-    def may_prepare(self) -> bool:
-        # also with ``prepare_threshold=None``, which Django sets by default: a pooler
-        # that loses the statements stops it (read/prepared.py)
-        return True
-
     def connect_params(self) -> dict[str, Any]:
         info = self.conn.info
         return {"conninfo": info.dsn, "password": info.password or None}
@@ -146,10 +140,6 @@ class Psycopg2Session(Session):
 
     def _get_autocommit(self) -> bool:
         return bool(self.conn.autocommit)
-
-    @property
-    def may_prepare(self) -> bool:
-        return True
 
     def _set_autocommit(self, value: bool) -> None:
         if bool(self.conn.autocommit) != value:

@@ -172,8 +172,9 @@ class Session(ABC):
     @property
     def may_prepare(self) -> bool:
         """Whether the engine may leave statements of its own prepared on the connection
-        (``read.prepared``)."""
-        return False
+        (``read.prepared``): also where psycopg's ``prepare_threshold`` is None, which
+        Django sets by default; a pooler that loses them stops it there."""
+        return True
 
     @property
     def in_transaction(self) -> bool:

@@ -17,8 +17,8 @@ from pytest_seqdrift.model import Bounds, Column, Search, SequenceState, Window
 # windows (up to four min/max searches, see model.Search). All the reads of a check run on
 # the server in one PL/pgSQL block (READ_BLOCK), the way the floor of the benchmarks
 # does them: one EXECUTE per read (reads a connection was given before are answered by
-# a statement prepared for them instead: read/prepared.py). A DO block needs no object of its own, so it runs
-# inside a READ ONLY transaction and on a replica. It takes no parameters and returns no
+# a statement prepared for them instead: read/prepared.py). A DO block needs no object
+# of its own, so it runs inside a READ ONLY transaction and on a replica. It takes no parameters and returns no
 # rows, so its reads go in and its answers come out through two transaction-local
 # settings (set_config(..., true)), which the check's own rollback clears.
 #
