@@ -202,6 +202,6 @@ def _evicted(known: _Known) -> list[str]:
 
 
 def forget(conn: Any) -> None:
-    """Forget what was prepared on ``conn`` (for tests)."""
+    """Forget what was prepared on ``conn`` (for tests and benchmarks)."""
     with _lock:
         _known.pop(conn, None)

@@ -83,10 +83,8 @@ def _read(session: Session, reads: Seq[block.Read]) -> list[block.Answer | ReadF
 
 
 def _read_block(session: Session, reads: Seq[block.Read]) -> list[block.Answer | ReadFailure]:
-    """The reads in one PL/pgSQL block, or as statements of their own where it cannot
-    run."""
-    if not reads:
-        return []
+    """The reads (at least one) in one PL/pgSQL block, or as statements of their own
+    where it cannot run."""
     statements = [
         (block.SET_WORK, block.work_params(reads, CHUNK, last_values=session.own_transaction)),
         (block.READ_BLOCK, ()),
