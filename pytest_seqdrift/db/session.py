@@ -333,8 +333,7 @@ class Session(ABC):
             if own:
                 self.run("ROLLBACK")
             else:
-                self.run(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(sql.Identifier(savepoint)))
-                self.run(sql.SQL("RELEASE SAVEPOINT {}").format(sql.Identifier(savepoint)))
+                self._end_savepoint(savepoint, rollback=True)
         finally:
             if own and not self.closed and self._status() == _IDLE:
                 self._set_autocommit(autocommit)
@@ -416,23 +415,24 @@ class Session(ABC):
         """A savepoint around the block, released at its end; rolled back to first when
         the block raises, or always with ``rollback`` (which undoes what the block wrote
         and lets go of the locks it took). A lost connection is left alone."""
-        point = sql.Identifier(name)
-        self.run(sql.SQL("SAVEPOINT {}").format(point))
+        self.run(f"SAVEPOINT {name}")
         try:
             yield
         except BaseException:
             if not (self.closed or self.broken):
-                self.run(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(point))
-                self.run(sql.SQL("RELEASE SAVEPOINT {}").format(point))
+                self._end_savepoint(name, rollback=True)
             raise
-        if rollback:
-            self.run(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(point))
-        self.run(sql.SQL("RELEASE SAVEPOINT {}").format(point))
+        self._end_savepoint(name, rollback=rollback)
 
     def _end_savepoint(self, name: str, *, rollback: bool) -> None:
+        """Release the savepoint (one of ours, named without quotes), rolled back to
+        first with ``rollback``: one round trip."""
         if rollback:
-            self.run(f"ROLLBACK TO SAVEPOINT {name}")
-        self.run(f"RELEASE SAVEPOINT {name}")
+            self._send_batch(
+                [(f"ROLLBACK TO SAVEPOINT {name}", ()), (f"RELEASE SAVEPOINT {name}", ())]
+            )
+        else:
+            self.run(f"RELEASE SAVEPOINT {name}")
 
 
 @dataclass(frozen=True)
