@@ -262,3 +262,37 @@ def test_ddl_this_connection_committed_just_before_still_leaves_a_mark(app: Conn
     assert first.mark is not None
     assert first.mark.seen.baseline.catalog_writes > 0  # they were pending
     assert first.mark.seen.baseline.own_xid == 0
+
+
+def test_track_counts_off_means_the_full_probe(app: Conn) -> None:
+    """Without track_counts no write is counted: the look cannot say what a test wrote."""
+    suite = Suite(app)
+    suite.case(nothing)
+
+    def uncounted(conn: Conn) -> None:
+        conn.execute("SET LOCAL track_counts = off")
+        conn.execute("INSERT INTO t4 (id, v) VALUES (500, 'copied')")
+
+    done = suite.case(uncounted)
+    assert done.full == "track_counts is off: what a test writes is not counted"
+    assert "t4" in {f.column.table for f in done.result.report.findings}
+
+
+def test_the_looks_statements_gone_from_the_connection(app: Conn) -> None:
+    """A ``DEALLOCATE ALL`` (or a pooler's other server connection) between two probes:
+    the look runs as it is, still from the mark, and prepares nothing more there."""
+    suite = Suite(app)
+    suite.case(nothing)
+    suite.case(writes_three_tables)
+
+    def gone(conn: Conn) -> None:
+        conn.execute("DEALLOCATE ALL")
+        conn.execute("INSERT INTO t4 (id, v) VALUES (500, 'copied')")
+
+    done = suite.case(gone)
+    assert done.full is None
+    assert "t4" in {f.column.table for f in done.result.report.findings}
+    assert suite.case(writes_three_tables).full is None
+    left = app.execute("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'seqdrift%'")
+    assert left.fetchone() == (0,)
+    app.rollback()

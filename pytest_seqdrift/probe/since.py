@@ -131,6 +131,8 @@ def _changed_too_much(mark: Mark, seen: changes.Seen) -> str | None:
         return "another connection than the last probe's"
     if (seen.role, seen.search_path) != (before.role, before.search_path):
         return "another role or search_path than at the last probe"
+    if not seen.counting:
+        return "track_counts is off: what a test writes is not counted"
     if seen.committed is None:
         return "too many transactions since the last probe to look at"
     if seen.committed:
@@ -187,7 +189,11 @@ def _full(
             marked.append((seen, followed))
 
     report, discovered = checker.discover_and_run(session, options, on_discovered=mark_here)
-    result = probe_checked(session, report, mode, limit, options)
+    # what the catalog says of inserting into each column, kept for the probes from the
+    # mark (their tests write other tables than the last one's)
+    result = probe_checked(
+        session, report, mode, limit, options, marked[0][1].paths if marked else None
+    )
     columns, _ = discovered
     if not marked:
         return Probe(result, None, why, len(columns))

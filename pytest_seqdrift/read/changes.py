@@ -30,12 +30,15 @@ never leave out one that did.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pytest_seqdrift.db.session import Session
+from pytest_seqdrift.db.session import Rows, Session
 from pytest_seqdrift.errors import CannotCheck, ReadFailure
+from pytest_seqdrift.read import prepared
 
 # The catalogs whose rows discovery, the keys, the triggers and the privileges are read
 # from; a write to any of them in the probe's own transaction means "judge everything".
@@ -76,91 +79,101 @@ PENDING_WRITES = (
     " + pg_stat_get_xact_tuples_deleted({0})"
 )
 
-# this backend's pending counts against the baseline, and whether anything committed
-# since (before the states are read: reading one adds a block fetch of its own)
+# The look is two statements prepared on the connection (``read.prepared``), made for
+# the lists a mark follows: the lists (thousands of OIDs) are constants of the
+# statement, parsed once, not parameters parsed at every look, and each statement
+# answers only what is not zero; the baseline stays here and is compared here.
+# ``{xmax}``, ``{xip}``, ``{own}`` and ``{quiet}`` are the parameters (the snapshot of the
+# baseline, and the sequences not called at it), written ``$1``... once prepared.
+
+# CATALOGS as the text of an array, its braces doubled for ``str.format``
+_CATALOGS = "{{" + ",".join(f"pg_catalog.{c}" for c in CATALOGS) + "}}"
+
+# this backend's pending counts, and whether anything committed since the baseline
+# (before the states are read: reading one adds a block fetch of its own)
 OBSERVE = f"""
-WITH given (catalogs, relations, sequences, sentinel, since_xmax, since_xip, since_own,
-            base_writes, base_states, base_fetched, base_sentinel) AS (
-    VALUES (%s::regclass[], %s::text::oid[], %s::text::oid[], %s::regclass, %s::int8,
-            %s::int8[], %s::int8, %s::text::int8[], %s::text::int8[], %s::text::int8[],
-            %s::int8)
-), now AS (
-    SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS xmax,
-           g.base_sentinel IS NOT NULL
-           AND pg_stat_get_xact_blocks_fetched(g.sentinel) < g.base_sentinel AS flushed,
-           ARRAY(SELECT {PENDING_WRITES.format("t")}
-                 FROM unnest(g.relations) WITH ORDINALITY AS u(t, i) ORDER BY i) AS writes
-    FROM given AS g
-)
-SELECT now.xmax,
+SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8,
        ARRAY(SELECT x::text::int8 FROM pg_snapshot_xip(pg_current_snapshot()) AS x),
        coalesce(pg_current_xact_id_if_assigned()::text::int8, 0),
        pg_backend_pid(), pg_postmaster_start_time()::text,
        current_user::text, current_setting('search_path'),
-       (SELECT coalesce(sum({PENDING_WRITES.format("c")}), 0)::int8 FROM unnest(g.catalogs) AS c),
-       now.flushed,
-       ARRAY(SELECT r FROM unnest(g.relations, now.writes, g.base_writes) AS x(r, w, b)
-             WHERE r IS NOT NULL
-               AND w > CASE WHEN now.flushed OR b IS NULL THEN 0 ELSE b END),
-       now.writes::text,
-       ARRAY(SELECT s FROM unnest(g.sequences, g.base_states, g.base_fetched) AS x(s, v, f)
-             WHERE g.base_states IS NOT NULL AND s IS NOT NULL AND v IS NULL
-               AND (now.flushed OR pg_stat_get_xact_blocks_fetched(s) > f)),
-       CASE WHEN g.since_xmax IS NULL THEN 0
-            WHEN now.xmax - g.since_xmax > {MAX_XIDS} THEN NULL
+       (SELECT coalesce(sum({PENDING_WRITES.format("c")}), 0)::int8
+        FROM unnest('{_CATALOGS}'::regclass[]) AS c),
+       pg_stat_get_xact_blocks_fetched('{SENTINEL}'::regclass),
+       current_setting('track_counts')::bool,
+       (SELECT array_agg(t::int8 ORDER BY t)::text || ':' || array_agg(w ORDER BY t)::text
+        FROM (SELECT t, {PENDING_WRITES.format("t")} AS w
+              FROM unnest('{{relations}}'::oid[]) AS t) AS x
+        WHERE w > 0),
+       ARRAY(SELECT pg_stat_get_xact_blocks_fetched(s::oid)
+             FROM unnest(g.quiet) WITH ORDINALITY AS u(s, i) ORDER BY i),
+       CASE WHEN g.xmax IS NULL THEN 0
+            WHEN pg_snapshot_xmax(pg_current_snapshot())::text::int8 - g.xmax > {MAX_XIDS}
+            THEN NULL
             ELSE (SELECT count(*)::int8
-                  FROM (SELECT unnest(g.since_xip)
-                        UNION SELECT generate_series(g.since_xmax, now.xmax - 1)
-                        UNION SELECT nullif(g.since_own, 0)) AS r(x)
+                  FROM (SELECT unnest(g.xip)
+                        UNION SELECT generate_series(g.xmax,
+                                     pg_snapshot_xmax(pg_current_snapshot())::text::int8 - 1)
+                        UNION SELECT nullif(g.own, 0)) AS r(x)
                   WHERE x IS NOT NULL
                     AND coalesce(pg_xact_status(x::text::xid8), 'committed') = 'committed')
        END
-FROM given AS g, now
+FROM (VALUES ({{xmax}}, {{xip}}, {{own}}, {{quiet}})) AS g (xmax, xip, own, quiet)
 """
 
 # every followed sequence's last value (NULL: not called; the role may read each one,
-# ``readable``: a GRANT or REVOKE is a catalog write), and those that differ from the
-# baseline's
+# ``readable``: a GRANT or REVOKE is a catalog write)
 STATES = """
-WITH now AS MATERIALIZED (
-    SELECT u.s, u.i, pg_sequence_last_value(u.s) AS v
-    FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(s, i)
-)
-SELECT ARRAY(SELECT n.s FROM now AS n
-             LEFT JOIN unnest(%s::text::int8[]) WITH ORDINALITY AS b(v, i) ON b.i = n.i
-             WHERE n.v IS DISTINCT FROM b.v),
-       ARRAY(SELECT n.v FROM now AS n ORDER BY n.i)::text
+SELECT ARRAY(SELECT pg_sequence_last_value(s)
+             FROM unnest('{sequences}'::oid[]) WITH ORDINALITY AS u(s, i) ORDER BY i)::text
 """
 
 READABLE = """
 SELECT s::int8 FROM unnest(%s::oid[]) AS s WHERE has_sequence_privilege(s, 'SELECT,USAGE')
 """
 
-# the sentinel read many times (a fresh scan each: the condition names the outer row),
-# then the block fetches pending: the baseline of the next look
+# the sentinel read many times (a fresh scan each: the condition names the outer row)
+# where a flush left it fewer fetches than that: then a flush is told by fewer again
 BUMP = f"""
-SELECT count((SELECT 1 FROM {SENTINEL} AS t WHERE t.oid::int8 <> -g LIMIT 1))
-FROM generate_series(1, {SENTINEL_READS}) AS g
+SELECT CASE WHEN pg_stat_get_xact_blocks_fetched('{SENTINEL}'::regclass) < {SENTINEL_READS}
+            THEN (SELECT count((SELECT 1 FROM {SENTINEL} AS t WHERE t.oid::int8 <> -g LIMIT 1))
+                  FROM generate_series(1, {SENTINEL_READS}) AS g)
+       END
 """
 
-FETCHED = """
-SELECT ARRAY(SELECT pg_stat_get_xact_blocks_fetched(s)
-             FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(s, i) ORDER BY i)::text,
-       pg_stat_get_xact_blocks_fetched(%s::regclass)
+# the block fetches pending of the sentinel and of the sequences given: the baseline
+FETCHED = f"""
+SELECT pg_stat_get_xact_blocks_fetched('{SENTINEL}'::regclass),
+       ARRAY(SELECT pg_stat_get_xact_blocks_fetched(s)
+             FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(s, i) ORDER BY i)
 """
+
+# the writes pending to each relation (those not zero) and to the catalogs
+WRITES = f"""
+SELECT (SELECT array_agg(t::int8 ORDER BY t)::text || ':' || array_agg(w ORDER BY t)::text
+        FROM (SELECT t, {PENDING_WRITES.format("t")} AS w
+              FROM unnest(%s::text::oid[]) AS t) AS x
+        WHERE w > 0),
+       (SELECT coalesce(sum({PENDING_WRITES.format("c")}), 0)::int8
+        FROM unnest(%s::regclass[]) AS c)
+"""
+
+_PARAMETERS = ("int8", "int8[]", "int8", "int8[]")
 
 
 @dataclass(frozen=True)
 class Baseline:
     """What one look leaves for the next to compare with: the snapshot, and this
-    backend's pending counts as texts the server reads back (None: no look before)."""
+    backend's pending counts (None: no look before)."""
 
     xmax: int | None = None  # the next xid to be assigned
     xip: tuple[int, ...] = ()  # the transactions in progress
     own_xid: int = 0  # the looking transaction's xid (0: none assigned)
-    writes: str | None = None  # writes pending to each relation
-    states: str | None = None  # each sequence's last value (NULL: not called)
-    fetched: str | None = None  # block fetches pending of each sequence
+    writes: Mapping[int, int] | None = None  # writes pending to each relation (not 0)
+    states: str | None = None  # each sequence's last value, as the server wrote the array
+    # block fetches pending of the sequences not called (``states``) -- those whose
+    # blocks were read since are absent, and count as touched
+    fetched: Mapping[int, int] | None = None
     sentinel: int | None = None  # block fetches pending of SENTINEL
     catalog_writes: int = 0  # writes pending to CATALOGS
 
@@ -175,6 +188,8 @@ class Seen:
     search_path: str
     committed: int | None  # xids committed since the baseline (None: too many to count)
     flushed: bool  # the backend flushed its pending statistics since (counts from 0)
+    # track_counts is on: without it no write is counted, and ``written`` says nothing
+    counting: bool
     catalog_written: bool  # this backend wrote to CATALOGS since
     written: frozenset[int]  # the relations this backend wrote to since
     moved: frozenset[int]  # the sequences whose last value is not the baseline's
@@ -185,9 +200,63 @@ class Seen:
 
 
 def oids(values: Seq[int]) -> str:
-    """OIDs as the text of an array: what ``look`` takes (made once per mark; a list of
-    thousands, adapted by the driver at every look, costs more than the look itself)."""
+    """OIDs as the text of an array: what ``look`` takes (made once per mark)."""
     return "{" + ",".join(str(int(v)) for v in values) + "}"
+
+
+@dataclass(frozen=True)
+class _Texts:
+    """The look's two statements for one pair of lists: as prepared, and as run."""
+
+    prepared: tuple[tuple[str, Seq[str]], tuple[str, Seq[str]]]  # texts and their types
+    run: tuple[str, str]
+    sequences: tuple[int, ...]
+
+
+@functools.lru_cache(maxsize=8)
+def _texts(relations: str, sequences: str) -> _Texts:
+    def observe(**parameters: str) -> str:
+        return OBSERVE.format(relations=relations, **parameters)
+
+    numbered = {k: f"${i}" for i, k in enumerate(("xmax", "xip", "own", "quiet"), 1)}
+    given = {
+        k: f"%s::{t}" for k, t in zip(("xmax", "xip", "own", "quiet"), _PARAMETERS, strict=True)
+    }
+    states = STATES.format(sequences=sequences)
+    return _Texts(
+        prepared=((observe(**numbered), _PARAMETERS), (states, ())),
+        run=(observe(**given), states),
+        sequences=tuple(_ints(sequences)),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _array(text: str) -> tuple[int | None, ...]:
+    """An array of integers as the server writes it (``{1,NULL,3}``); the states of one
+    look are read by the next two."""
+    inner = text.strip("{}")
+    return tuple(None if v == "NULL" else int(v) for v in inner.split(",")) if inner else ()
+
+
+def _ints(text: str) -> list[int]:
+    """An array of integers without NULLs as the server writes it (``{1,2,3}``)."""
+    inner = text.strip("{}")
+    return [int(v) for v in inner.split(",")] if inner else []
+
+
+def _counts(text: str | None) -> dict[int, int]:
+    """``{oid,...}:{count,...}`` (NULL: none) as a dict."""
+    if not text:
+        return {}
+    keys, values = text.split(":")
+    return dict(zip(_ints(keys), _ints(values), strict=True))
+
+
+def _quiet(base: Baseline, texts: _Texts) -> list[int]:
+    """The sequences not called at the baseline (every one where there is none)."""
+    if base.states is None:
+        return list(texts.sequences)
+    return [s for s, v in zip(texts.sequences, _array(base.states), strict=True) if v is None]
 
 
 def look(
@@ -202,34 +271,11 @@ def look(
     sequences given (``oids``) since ``base``. In a savepoint rolled back at its end,
     under the lock timeout (a sequence another session alters); raises ``CannotCheck``
     when it fails."""
-    given = [
-        list(CATALOGS),
-        relations,
-        sequences,
-        SENTINEL,
-        base.xmax,
-        list(base.xip),
-        base.own_xid,
-        base.writes,
-        base.states,
-        base.fetched,
-        base.sentinel,
-    ]
-    answers = session.batch(
-        [
-            ("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"]),
-            (OBSERVE, given),
-            (STATES, [sequences, base.states]),
-            (BUMP, ()),
-            (FETCHED, [sequences, SENTINEL]),
-        ],
-        release_locks=True,
-        replay=False,
-    )
-    for answer in answers:
-        if isinstance(answer, ReadFailure):
-            raise CannotCheck(answer.message)
-    _, observed, states, _, fetched = answers
+    texts = _texts(relations, sequences)
+    quiet = _quiet(base, texts)
+    given = [base.xmax, list(base.xip), base.own_xid, quiet if base.states is not None else []]
+    answers = _look(session, texts, given, lock_timeout_ms, oids(quiet))
+    observed, states, fetched = answers
     (
         (
             xmax,
@@ -240,43 +286,108 @@ def look(
             role,
             path,
             catalog,
-            flushed,
-            written,
+            sentinel,
+            counting,
             writes,
-            touched,
+            quiet_fetched,
             done,
         ),
-    ) = observed  # type: ignore[misc]
-    ((moved, values),) = states  # type: ignore[misc]
-    ((fetches, sentinel),) = fetched  # type: ignore[misc]
+    ) = observed
+    ((values,),) = states
+    ((sentinel_after, fetches),) = fetched
+    flushed = base.sentinel is not None and int(sentinel) < base.sentinel
+    now_writes = _counts(writes)
+    before_writes = {} if flushed or base.writes is None else base.writes
+    before_fetched = {} if flushed or base.fetched is None else base.fetched
+    touched = (
+        {
+            s
+            for s, f in zip(quiet, quiet_fetched, strict=True)
+            if s not in before_fetched or int(f) > before_fetched[s]
+        }
+        if base.states is not None
+        else set()
+    )
     return Seen(
         backend=(int(pid), str(started)),
         role=str(role),
         search_path=str(path),
         committed=None if done is None else int(done),
-        flushed=bool(flushed),
+        flushed=flushed,
+        counting=bool(counting),
         catalog_written=int(catalog) > (0 if flushed else base.catalog_writes),
-        written=frozenset(int(r) for r in written),
-        moved=frozenset(int(s) for s in moved),
-        touched=frozenset(int(s) for s in touched),
+        written=frozenset(r for r, w in now_writes.items() if w > before_writes.get(r, 0)),
+        moved=_moved(texts.sequences, base.states, str(values)),
+        touched=frozenset(touched),
         baseline=Baseline(
             xmax=int(xmax),
             xip=tuple(int(x) for x in xip),
             own_xid=int(own),
-            writes=str(writes),
+            writes=now_writes,
             states=str(values),
-            fetched=str(fetches),
-            sentinel=int(sentinel),
+            fetched=_fetched(quiet, fetches),
+            sentinel=int(sentinel_after),
             catalog_writes=int(catalog),
         ),
     )
 
 
-REBASE = f"""
-SELECT ARRAY(SELECT {PENDING_WRITES.format("t")}
-             FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(t, i) ORDER BY i)::text,
-       (SELECT coalesce(sum({PENDING_WRITES.format("c")}), 0)::int8 FROM unnest(%s::regclass[]) AS c)
-"""
+def _look(
+    session: Session, texts: _Texts, given: list[Any], lock_timeout_ms: int, quiet: str
+) -> list[Rows]:
+    """The look's statements, in one round trip: prepared on the connection where they
+    may be (run as they are where not, and once more so where they vanished)."""
+    # one plan for every look (the lists are constants: no value of a parameter changes
+    # the best plan); both settings end with the batch's savepoint
+    timeout = (
+        "SELECT set_config('lock_timeout', %s, true),"
+        " set_config('plan_cache_mode', 'force_generic_plan', true)",
+        [f"{int(lock_timeout_ms)}ms"],
+    )
+    after: list[tuple[str, Seq[Any]]] = [(BUMP, ()), (FETCHED, [quiet])]
+    names = prepared.ready(session, texts.prepared)
+    for attempt in ("prepared", "run") if names else ("run",):
+        if attempt == "prepared":
+            assert names is not None
+            arguments = ", ".join(_literal(v) for v in given)
+            middle: list[tuple[str, Seq[Any]]] = [
+                (f"EXECUTE {names[0]}({arguments})", ()),
+                (f"EXECUTE {names[1]}", ()),
+            ]
+        else:
+            middle = [(texts.run[0], given), (texts.run[1], ())]
+        answers = session.batch([timeout, *middle, *after], release_locks=True, replay=False)
+        failure = next((a for a in answers if isinstance(a, ReadFailure)), None)
+        if failure is None:
+            _, observed, states, _, fetched = answers
+            return [observed, states, fetched]  # type: ignore[list-item]
+        if attempt == "run" or not prepared.vanished(session, failure):
+            raise CannotCheck(failure.message)
+    raise AssertionError("unreachable")
+
+
+def _literal(value: Any) -> str:
+    """A parameter of the look as SQL: an integer, a list of them, or NULL."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, list):
+        return "'" + oids(value) + "'"
+    return str(int(value))
+
+
+def _moved(sequences: tuple[int, ...], before: str | None, now: str) -> frozenset[int]:
+    """The sequences whose last value is not the baseline's (none where no value is)."""
+    if before == now:
+        return frozenset()
+    values = _array(now)
+    old = _array(before) if before is not None else ()
+    if len(old) != len(values):
+        old = (None,) * len(values)
+    return frozenset(s for s, v, b in zip(sequences, values, old, strict=True) if v != b)
+
+
+def _fetched(sequences: Seq[int], fetches: Seq[Any]) -> dict[int, int]:
+    return {s: int(f) for s, f in zip(sequences, fetches, strict=True)}
 
 
 def rebase(
@@ -284,19 +395,26 @@ def rebase(
 ) -> Baseline:
     """The baseline moved on past what this backend did since it was taken (a probe's
     own reads, and with ``writes`` its inserts: not the next test's), its snapshot and
-    states kept (one round trip)."""
-    statements: list[tuple[str, Seq[Any]]] = [(BUMP, ()), (FETCHED, [sequences, SENTINEL])]
+    states kept (one round trip, none where there is nothing to move on past)."""
+    texts = _texts(relations, sequences)
+    quiet = _quiet(base, texts)
+    statements: list[tuple[str, Seq[Any]]] = []
+    if quiet:
+        statements.append((FETCHED, [oids(quiet)]))
     if writes:
-        statements.append((REBASE, [relations, list(CATALOGS)]))
+        statements.append((WRITES, [relations, list(CATALOGS)]))
+    if not statements:
+        return base
     answers = session.batch(statements, replay=False)
     for answer in answers:
         if isinstance(answer, ReadFailure):
             raise CannotCheck(answer.message)
-    ((fetches, sentinel),) = answers[1]  # type: ignore[misc]
-    base = replace(base, fetched=str(fetches), sentinel=int(sentinel))
+    if quiet:
+        ((_, fetches),) = answers[0]  # type: ignore[misc]
+        base = replace(base, fetched=_fetched(quiet, fetches))
     if writes:
-        ((written, catalog),) = answers[2]  # type: ignore[misc]
-        base = replace(base, writes=str(written), catalog_writes=int(catalog))
+        ((written, catalog),) = answers[-1]  # type: ignore[misc]
+        base = replace(base, writes=_counts(written), catalog_writes=int(catalog))
     return base
 
 

@@ -156,32 +156,81 @@ def read(session: Session, reads: Seq[block.Read], most: int) -> list[block.Answ
         else:
             _remember(known.seen, name, SEEN)
             return None
-    if evicted is not None and not _prepare(session, known, name, text, evicted):
+    if evicted is not None and not _prepare(session, known, [(name, f"AS {text}")], evicted):
         return None
     (result,) = session.batch([(f"EXECUTE {name}", ())], release_locks=True, replay=False)
     if isinstance(result, ReadFailure):
-        if result.sqlstate == _NOT_THERE:  # deallocated behind our back
-            with _lock:
-                known.ready.clear()
-                known.lost = True
+        vanished(session, result)
         return None
     if len(result) != 1 or not isinstance(result[0][0], list):
         return None
     return answers(result[0][0], len(reads))
 
 
-def _prepare(session: Session, known: _Known, name: str, text: str, evicted: list[str]) -> bool:
-    """Prepare the statement (after deallocating those ``evicted``); True once it is
-    there, also when it was already (prepared by this process before it forgot)."""
+def ready(session: Session, statements: Seq[tuple[str, Seq[str]]]) -> list[str] | None:
+    """The names of statements prepared on the connection, one for each text and the
+    types of its parameters (written ``$1``, ``$2``... in the text), prepared now where
+    they are not yet, in one round trip: for statements that repeat by design
+    (``read.changes``' look after every test), not only once seen twice. None where
+    nothing may be prepared on the connection, or preparing failed: then the caller
+    runs its statements as they are."""
+    if not session.may_prepare:
+        return None
+    named = [
+        (
+            name_of(f"({', '.join(types)}) {text}"),
+            f"({', '.join(types)}) AS {text}" if types else f"AS {text}",
+        )
+        for text, types in statements
+    ]
+    with _lock:
+        try:
+            known = _known.setdefault(session.conn, _Known())
+        except TypeError:  # a connection that takes no weak reference
+            return None
+        if known.lost:
+            return None
+        missing = [(n, t) for n, t in named if n not in known.ready]
+        for n, _ in named:
+            if n in known.ready:
+                known.ready.move_to_end(n)
+        evicted = _evicted(known, len(missing)) if missing else []
+    if missing and not _prepare(session, known, missing, evicted):
+        return None
+    return [n for n, _ in named]
+
+
+def vanished(session: Session, failure: ReadFailure) -> bool:
+    """Whether ``failure`` says a statement prepared here is gone (a pooler's other
+    server connection, a ``DISCARD ALL``); then nothing more is prepared on it."""
+    if failure.sqlstate != _NOT_THERE:
+        return False
+    with _lock:
+        known = _known.get(session.conn)
+        if known is not None:
+            known.ready.clear()
+            known.lost = True
+    return True
+
+
+def _prepare(
+    session: Session, known: _Known, named: Seq[tuple[str, str]], evicted: list[str]
+) -> bool:
+    """Prepare the statements (names and what follows the name in ``PREPARE``, after
+    deallocating those ``evicted``); True once they are
+    there, also when one was already (prepared by this process before it forgot)."""
     work = [(f"DEALLOCATE {n}", ()) for n in evicted]
-    work.append((f"PREPARE {name} AS {text}", ()))
+    work += [(f"PREPARE {n} {t}", ()) for n, t in named]
     # replayed one by one on a failure: a statement already deallocated fails alone
-    *_, prepared = session.batch(work, release_locks=True)
-    there = not isinstance(prepared, ReadFailure) or prepared.sqlstate == _THERE
+    answers = session.batch(work, release_locks=True)
+    there = all(
+        not isinstance(a, ReadFailure) or a.sqlstate == _THERE for a in answers[len(evicted) :]
+    )
     if there:
         with _lock:
-            known.ready[name] = None  # _evicted made room
-            known.ready.move_to_end(name)
+            for n, _ in named:
+                known.ready[n] = None  # _evicted made room
+                known.ready.move_to_end(n)
     return there
 
 
@@ -192,11 +241,11 @@ def _remember(names: OrderedDict[str, None], name: str, most: int) -> None:
         names.popitem(last=False)
 
 
-def _evicted(known: _Known) -> list[str]:
-    """The oldest statements past ``KEPT`` once one more is added, forgotten here (the
-    caller deallocates them)."""
+def _evicted(known: _Known, adding: int = 1) -> list[str]:
+    """The oldest statements past ``KEPT`` once ``adding`` more are added, forgotten here
+    (the caller deallocates them)."""
     out = []
-    while len(known.ready) >= KEPT:
+    while known.ready and len(known.ready) + adding > KEPT:
         out.append(known.ready.popitem(last=False)[0])
     return out
 
