@@ -62,6 +62,8 @@ from pytest_seqdrift.read import block
 KEPT = 8
 # lists of reads remembered as seen once per connection (only their digests)
 SEEN = 32
+# at most this many reads seen once are one statement, not the block (``direct``)
+DIRECT = 16
 # SQLSTATEs that say the connection's prepared statements are not what ``_known`` says
 _NOT_THERE = "26000"  # invalid_sql_statement_name: no such statement
 _THERE = "42P05"  # duplicate_prepared_statement
@@ -211,6 +213,16 @@ def vanished(session: Session, failure: ReadFailure) -> bool:
             known.ready.clear()
             known.lost = True
     return True
+
+
+def direct(session: Session, reads: Seq[block.Read]) -> list[block.Answer] | None:
+    """Every read's answer from the same statement, not prepared: for a few reads it is
+    planned faster than the block is compiled and run (``DIRECT``). None where it fails:
+    then the block answers each read on its own."""
+    (result,) = session.batch([(statement(reads), ())], release_locks=True, replay=False)
+    if isinstance(result, ReadFailure) or len(result) != 1 or not isinstance(result[0][0], list):
+        return None
+    return answers(result[0][0], len(reads))
 
 
 def _prepare(

@@ -77,6 +77,8 @@ def _read(session: Session, reads: Seq[block.Read]) -> list[block.Answer | ReadF
     if not reads:
         return []
     answered = prepared.read(session, reads, CHUNK)
+    if answered is None and len(reads) <= prepared.DIRECT:
+        answered = prepared.direct(session, reads)
     if answered is not None:
         return list(answered)
     return _read_block(session, reads)
