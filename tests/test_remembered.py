@@ -20,6 +20,7 @@ from psycopg import sql
 from support.cli import Conn, dsn, login_role
 
 from pytest_seqdrift import Report, acheck, check
+from pytest_seqdrift.db.drivers import PsycopgSession
 from pytest_seqdrift.read import remembered
 
 SCHEMA = """
@@ -152,6 +153,29 @@ def test_a_commit_that_changed_the_catalog_means_a_discovery_of_its_own(
     other(app, statement)
     after = same_as_fresh(app, taken, expect_taken=False)
     assert answer(after) != answer(before)
+
+
+@pytest.mark.parametrize("statement", COMMITTED.values(), ids=COMMITTED.keys())
+def test_ddl_the_checking_connection_committed_skips_the_fingerprint(
+    app: Conn, taken: list[bool], monkeypatch: pytest.MonkeyPatch, statement: str
+) -> None:
+    """A migration's way: the DDL committed on the connection the plugin checks on. Its
+    backend counts its own writes to the catalog, so the check discovers afresh at once,
+    without reading the fingerprint, which could only have said "changed"."""
+    before = with_fingerprint(app)
+    looks: list[str] = []
+    sent = PsycopgSession._send_batch
+
+    def spy(self: PsycopgSession, statements: Any) -> Any:
+        looks.extend(str(q) for q, _ in statements)
+        return sent(self, statements)
+
+    monkeypatch.setattr(PsycopgSession, "_send_batch", spy)
+    app.execute(statement)
+    after = same_as_fresh(app, taken, expect_taken=False)
+    assert answer(after) != answer(before)
+    fingerprints = [q for q in looks if "fingerprint AS (" in q]
+    assert looks and not fingerprints
 
 
 # what other sessions commit that changes rows and sequences, not the catalog
