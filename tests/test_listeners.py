@@ -268,6 +268,8 @@ def test_which_django_migrations_are_checked_after() -> None:
     safe = [
         migrations.CreateModel("Plan", [("id", models.BigAutoField(primary_key=True))]),
         migrations.AddField("plan", "note", models.TextField(default="")),
+        # a wider column, a new default, an index: no sequence, no key
+        migrations.AlterField("plan", "note", models.TextField(default="-", db_index=True)),
         migrations.AddIndex("plan", models.Index(fields=["note"], name="plan_note")),
         migrations.RenameField("plan", "note", "remark"),
         migrations.RemoveField("plan", "remark"),
@@ -281,6 +283,12 @@ def test_which_django_migrations_are_checked_after() -> None:
         migrations.RunPython(migrations.RunPython.noop),
         migrations.RunSQL("INSERT INTO plan VALUES (7)"),
         migrations.AlterField("plan", "id", models.AutoField(primary_key=True)),
+        # a key on a column whose rows (and default, set by RunSQL) are already there
+        migrations.AlterField("plan", "note", models.TextField(unique=True)),
+        migrations.AlterField("plan", "code", models.IntegerField(primary_key=True)),
+        migrations.AlterField(
+            "plan", "code", models.BigIntegerField(db_default=models.Value(1))
+        ),
         migrations.AddField("plan", "number", models.BigAutoField(primary_key=True)),
         migrations.AddConstraint(
             "plan", models.UniqueConstraint(fields=["id", "note"], name="plan_id_note")

@@ -86,6 +86,12 @@ def _operation_safe(operation: Any, operations: ModuleType) -> bool:
         return all(_operation_safe(op, operations) for op in operation.database_operations)
     if cls is getattr(operations, "AddField", None):
         return _field_safe(operation.field, new_table=False)
+    if cls is getattr(operations, "AlterField", None):
+        # a column that draws from no sequence Django knows of, and no new key on it:
+        # where rows and a default set outside Django are already there, a key is what
+        # would make the column judged, and maybe drifted, from now on
+        field = operation.field
+        return _field_safe(field, new_table=False) and not field.unique
     if cls is getattr(operations, "CreateModel", None):
         return all(_field_safe(field, new_table=True) for _, field in operation.fields)
     return any(cls is getattr(operations, name, None) for name in _DJANGO_SAFE)
@@ -93,8 +99,9 @@ def _operation_safe(operation: Any, operations: ModuleType) -> bool:
 
 def django_may_drift(migration: Any) -> bool:
     """Whether a Django migration may leave a column's sequence behind its ids: it has
-    an operation that writes rows (``RunPython``, ``RunSQL``), alters a column or adds a
-    unique key, or one this module does not know."""
+    an operation that writes rows (``RunPython``, ``RunSQL``), makes a column an
+    ``AutoField`` (or one with a ``db_default``, or generated), adds a unique key, or
+    one this module does not know."""
     operations = importlib.import_module("django.db.migrations.operations")
     return not all(_operation_safe(op, operations) for op in migration.operations)
 
