@@ -256,21 +256,25 @@ def test_the_optional_drivers_are_not_imported_with_the_package() -> None:
 
 @pytest.mark.parametrize("threshold", [None, 5])
 def test_discovery_is_prepared_only_as_the_connection_prepares(db: Conn, threshold: Any) -> None:
-    """psycopg prepares the discovery query as it prepares the caller's statements:
-    never with ``prepare_threshold=None`` (a transaction-pooling PgBouncer's setting).
-    A prepared discovery still sees DDL made after it was prepared."""
+    """The discovery query is prepared by the engine from the second discovery on a
+    connection (``reader._discovered``), as its reads are, whatever psycopg's
+    ``prepare_threshold``: once, under a name of its own, and psycopg never prepares
+    the query itself. A prepared discovery still sees DDL made after it was prepared."""
     from pytest_seqdrift.read import remembered
 
     db.execute("CREATE TABLE a (id serial PRIMARY KEY); INSERT INTO a DEFAULT VALUES")
     with psycopg.connect(db.info.dsn, autocommit=True, prepare_threshold=threshold) as conn:
-        for _ in range(7):
+        for n in range(7):
             remembered.forget()
             assert [v.column.table for v in check(conn).checked] == ["a"]
-        prepared = conn.execute(
-            "SELECT count(*) FROM pg_prepared_statements "
-            "WHERE strpos(statement, 'FROM links ' || 'l') > 0"
-        ).fetchone()
-        assert prepared == ((0,) if threshold is None else (1,))
+            prepared = conn.execute(
+                "SELECT array_agg(name) FROM pg_prepared_statements "
+                "WHERE strpos(statement, 'FROM links ' || 'l') > 0"
+            ).fetchone()
+            assert prepared is not None
+            names = prepared[0] or []
+            assert len(names) == (0 if n == 0 else 1)  # the first discovery is not prepared
+            assert all(name.startswith("seqdrift_") for name in names)
         conn.execute("CREATE TABLE b (id serial PRIMARY KEY)")
         conn.execute("INSERT INTO b (id) VALUES (1)")
         report = check(conn)

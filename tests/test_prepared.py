@@ -13,6 +13,7 @@ import pytest
 from support.cli import Conn, dsn
 
 from pytest_seqdrift import check
+from pytest_seqdrift.db.drivers import PsycopgSession
 from pytest_seqdrift.read import prepared, remembered
 from pytest_seqdrift.render import as_dict
 
@@ -79,6 +80,39 @@ def test_a_connection_where_statements_vanish_is_not_prepared_on_again(app: Conn
         assert ours(other)
 
 
+def test_a_prepared_discovery_gone_from_the_connection(
+    app: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Discovery, prepared from the second one on a connection: when that statement is
+    gone, the check discovers with the query itself, in the same transaction, and
+    nothing more is prepared or executed on that connection."""
+    app.prepare_threshold = None
+    first = as_dict(check(app))
+    remembered.forget()
+    check(app)  # the second discovery here: prepared
+    assert len(ours(app)) == 1 + 2  # the discovery, and the two lists of reads seen twice
+    (discovery,) = [
+        name
+        for (name,) in app.execute(
+            "SELECT name FROM pg_prepared_statements WHERE strpos(statement, 'FROM links l') > 0"
+        )
+    ]
+    app.execute(f"DEALLOCATE {discovery}")  # the reads' statements are still there
+    sent: list[str] = []
+    run = PsycopgSession._execute_dicts
+
+    def spy(self: PsycopgSession, query: str, params: Any) -> Any:
+        sent.append(query)
+        return run(self, query, params)
+
+    monkeypatch.setattr(PsycopgSession, "_execute_dicts", spy)
+    for _ in range(2):
+        remembered.forget()
+        assert as_dict(check(app)) == first
+    assert sent[0] == f"EXECUTE {discovery}"  # gone: then the query itself, and only that
+    assert not any(q.startswith("EXECUTE") for q in sent[1:]), sent
+
+
 def test_a_table_made_again_with_another_type_is_read_as_it_is(app: Conn) -> None:
     check(app)
     check(app)
@@ -139,3 +173,26 @@ def test_psycopg2_prepares_as_psycopg_does(app: Conn) -> None:
         conn.close()
     assert reports == [expected] * 3
     assert count == 2
+
+
+@pytest.mark.parametrize("conforming", ["on", "off"])
+def test_a_prepared_discovery_of_schemas_named_oddly(app: Conn, conforming: str) -> None:
+    """``schemas=`` is written into the prepared discovery: names with quotes, a
+    backslash and a non-ASCII letter, read alike whatever standard_conforming_strings."""
+    odd = ["Odd \"S\\ch'ema", "naïve"]
+    for name in odd:
+        app.execute(f'CREATE SCHEMA "{name.replace(chr(34), chr(34) * 2)}"')
+        app.execute(
+            f'CREATE TABLE "{name.replace(chr(34), chr(34) * 2)}".t (id serial PRIMARY KEY);'
+            f'INSERT INTO "{name.replace(chr(34), chr(34) * 2)}".t (id) VALUES (3)'  # drift
+        )
+    app.execute(f"SET standard_conforming_strings = {conforming}")
+    answers = []
+    for _ in range(3):  # the query, then prepared, then executed
+        remembered.forget()
+        report = check(app, schemas=odd)
+        answers.append(sorted((f.column.schema, f.column.table) for f in report.findings))
+    assert answers == [sorted((name, "t") for name in odd)] * 3
+    assert any(
+        "FROM links l" in s for (s,) in app.execute("SELECT statement FROM pg_prepared_statements")
+    )

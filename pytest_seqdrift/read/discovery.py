@@ -264,6 +264,21 @@ def discovery_params(schemas: Iterable[str] | None) -> dict[str, Any]:
     return {"schemas": list(schemas) if schemas is not None else None}
 
 
+def discovery_text(schemas: Iterable[str] | None) -> str:
+    """DISCOVERY with its one parameter written in, as a statement without parameters
+    (to be prepared: ``read.prepared``). Each schema name is spelled in hexadecimal, so
+    no setting of the server (``standard_conforming_strings``) changes how it reads."""
+    if schemas is None:
+        given = "NULL::text[]"
+    else:
+        names = (
+            f"convert_from(decode('{name.encode().hex()}', 'hex'), 'UTF8')" for name in schemas
+        )
+        given = f"ARRAY[{', '.join(names)}]::text[]"
+    # the driver would have turned each %% into % and %(schemas)s into the value
+    return DISCOVERY.replace("%(schemas)s", f"({given})").replace("%%", "%")
+
+
 def parse_discovery(
     rows: Iterable[dict[str, Any]], exclude_tables: Seq[str] = ()
 ) -> tuple[list[Column], dict[int, PgSequence]]:

@@ -169,13 +169,17 @@ def read(session: Session, reads: Seq[block.Read], most: int) -> list[block.Answ
     return answers(result[0][0], len(reads))
 
 
-def ready(session: Session, statements: Seq[tuple[str, Seq[str]]]) -> list[str] | None:
+def ready(
+    session: Session, statements: Seq[tuple[str, Seq[str]]], *, once_seen: bool = False
+) -> list[str] | None:
     """The names of statements prepared on the connection, one for each text and the
     types of its parameters (written ``$1``, ``$2``... in the text), prepared now where
     they are not yet, in one round trip: for statements that repeat by design
     (``read.changes``' look after every test), not only once seen twice. None where
     nothing may be prepared on the connection, or preparing failed: then the caller
-    runs its statements as they are."""
+    runs its statements as they are. ``once_seen``: not the first time they are asked
+    for on the connection (as the reads): a statement that a connection runs once, as
+    a ``seqdrift check`` does, costs its planning either way."""
     if not session.may_prepare:
         return None
     named = [
@@ -193,6 +197,14 @@ def ready(session: Session, statements: Seq[tuple[str, Seq[str]]]) -> list[str] 
         if known.lost:
             return None
         missing = [(n, t) for n, t in named if n not in known.ready]
+        if once_seen and missing:
+            unseen = [n for n, _ in missing if n not in known.seen]
+            for n, _ in missing:
+                known.seen.pop(n, None)
+            if unseen:
+                for n in unseen:
+                    _remember(known.seen, n, SEEN)
+                return None
         for n, _ in named:
             if n in known.ready:
                 known.ready.move_to_end(n)
