@@ -286,9 +286,7 @@ def test_which_django_migrations_are_checked_after() -> None:
         # a key on a column whose rows (and default, set by RunSQL) are already there
         migrations.AlterField("plan", "note", models.TextField(unique=True)),
         migrations.AlterField("plan", "code", models.IntegerField(primary_key=True)),
-        migrations.AlterField(
-            "plan", "code", models.BigIntegerField(db_default=models.Value(1))
-        ),
+        migrations.AlterField("plan", "code", models.BigIntegerField(db_default=models.Value(1))),
         migrations.AddField("plan", "number", models.BigAutoField(primary_key=True)),
         migrations.AddConstraint(
             "plan", models.UniqueConstraint(fields=["id", "note"], name="plan_id_note")
