@@ -38,11 +38,7 @@ transaction that reads it. So a discovery is taken again as it stands when
     so), and the role attributes that decide privileges (``pg_authid`` is not readable
     by every role; ``pg_roles`` is). A full scan of those catalogs: about 2 ms at 100
     tables and 10 ms at 1,000 on a quiet machine, against a discovery's 40 and 90. The
-    first discovery of a database in a process goes without one, and so does a check on
-    the backend the discovery was made on once that backend has written to the catalogs
-    since (a migration's DDL, committed on the connection the plugin checks on): its
-    pending statistics count more such writes than then, the catalog changed, and it
-    is discovered afresh at once.
+    first discovery of a database in a process goes without one.
 
 Anything else, and a look that fails, means a discovery of its own. The one thing
 that changes without a commit is the planner's row estimate (``VACUUM`` writes it in
@@ -123,10 +119,9 @@ now AS (
            ARRAY(SELECT x::text::int8 FROM pg_snapshot_xip(pg_current_snapshot()) AS x) AS xip,
            coalesce(pg_current_xact_id_if_assigned()::text::int8, 0) AS own,
            (SELECT coalesce(sum({PENDING_WRITES.format("c")}), 0)
-            FROM unnest(%s::regclass[]) AS c)::int8 AS writes,
-           pg_backend_pid() AS backend
+            FROM unnest(%s::regclass[]) AS c) > 0 AS written
 )"""
-_FITS = f"""e.context = now.context AND NOT (now.own <> 0 AND now.writes > 0)
+_FITS = f"""e.context = now.context AND NOT (now.own <> 0 AND now.written)
                AND now.xmax - e.xmax <= {MAX_XIDS}
                AND now.xmax >= e.xmax
                AND NOT EXISTS (SELECT FROM unnest(now.xip) AS x
@@ -143,7 +138,7 @@ _ESTIMATES = """ARRAY(SELECT CASE WHEN t.relkind = 'p' THEN (
 # indexes), the estimates asked for)
 LOOK = f"""
 WITH {_NOW}
-SELECT now.context, now.xmax, now.xip, now.own, now.writes, now.backend,
+SELECT now.context, now.xmax, now.xip, now.own, now.written,
        ARRAY(SELECT e.i FROM unnest(%s::text[], %s::text::int8[], %s::text[])
                              WITH ORDINALITY AS e(context, xmax, xids, i)
              WHERE {_FITS}
@@ -161,7 +156,7 @@ FROM now
 # its own, so that the look, which most checks end with, is not planned with it.
 ALIKE = f"""
 WITH {_NOW}, fingerprint AS ({FINGERPRINT})
-SELECT now.context, now.xmax, now.xip, now.own, now.writes, now.backend,
+SELECT now.context, now.xmax, now.xip, now.own, now.written,
        ARRAY(SELECT e.i FROM unnest(%s::text[], %s::text::int8[], %s::text[], %s::text[],
                                     %s::text::int8[])
                              WITH ORDINALITY AS e(context, xmax, xids, fingerprint, oldest, i)
@@ -184,10 +179,6 @@ class _Entry:
     fingerprint: str | None  # of the catalog it was made from (None: not read)
     columns: tuple[Column, ...]
     sequences: dict[int, PgSequence]
-    # the backend that looked when it was made (or last found to stand), and the writes
-    # to the catalogs its pending statistics counted then
-    backend: int = 0
-    writes: int = 0
 
     @property
     def oldest(self) -> int:
@@ -225,16 +216,11 @@ def discover(
     (answer,) = session.batch([(LOOK, look)])
     if isinstance(answer, ReadFailure):
         return fresh()  # the look is not needed to check: discover as without it
-    context, xmax, xip, own, writes, backend, standing, estimates = answer[0]
-    written = writes > 0
+    context, xmax, xip, own, written, standing, estimates = answer[0]
     if standing:
         return _taken(candidates, standing[0], estimates)
     fingerprint = None
-    if (
-        context in contexts
-        and not (own and written)
-        and not _wrote_since(candidates, context, backend, writes)
-    ):
+    if context in contexts and not (own and written):
         # something committed since this database's discoveries: the second look
         fingerprints = [e.fingerprint or "" for e in candidates]  # "": never a catalog's
         alike = [list(_CATALOGS), contexts, xmaxes, xids, fingerprints]
@@ -242,32 +228,17 @@ def discover(
         (answer,) = session.batch([(ALIKE, alike)])
         if isinstance(answer, ReadFailure):
             return fresh()
-        context, xmax, xip, own, writes, backend, standing, estimates, fingerprint = answer[0]
-        written = writes > 0
+        context, xmax, xip, own, written, standing, estimates, fingerprint = answer[0]
         if standing:  # the catalog this snapshot sees: it stands for this one from now on
             now = _in_progress(xip, own)
-            stamp = {"xmax": xmax, "xids": now, "backend": backend, "writes": writes}
-            return _taken(candidates, standing[0], estimates, **stamp)
+            return _taken(candidates, standing[0], estimates, xmax=xmax, xids=now)
     # (the first discovery of a database here goes without a fingerprint: a database
     # checked once, as each test's own database often is, never pays for one)
     columns, sequences = fresh()
     if not (own and written) and not any(_transient(c) for c in columns):
         now = _in_progress(xip, own)
-        entry = _Entry(context, options, xmax, now, fingerprint, tuple(columns), sequences)
-        _remember(replace(entry, backend=backend, writes=writes))
+        _remember(_Entry(context, options, xmax, now, fingerprint, tuple(columns), sequences))
     return columns, sequences
-
-
-def _wrote_since(candidates: list[_Entry], context: str, backend: int, writes: int) -> bool:
-    """Whether this backend has written to the catalogs since the discovery of this
-    context was made (or last found to stand) on it: its pending statistics count more
-    writes than then. A flush since sets them back to zero, so more than then means
-    writes since either way (rolled back ones too: a discovery afresh costs no more
-    than the fingerprint would have). Then the fingerprint would only say "changed":
-    it is not read."""
-    return any(
-        e.context == context and e.backend == backend and writes > e.writes for e in candidates
-    )
 
 
 def _taken(
