@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from support.cli import Conn, dsn
+from support.cli import Conn, app_connection, dsn
 
 from pytest_seqdrift import check
 from pytest_seqdrift.db.drivers import PsycopgSession
@@ -43,9 +43,7 @@ def fresh(db: Conn) -> dict[str, Any]:
 
 @pytest.fixture
 def app(db: Conn) -> Iterator[Conn]:
-    db.execute(SCHEMA)
-    remembered.forget()
-    with psycopg.connect(dsn(db), autocommit=True) as conn:
+    with app_connection(db, SCHEMA) as conn:
         yield conn
 
 

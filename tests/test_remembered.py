@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from support.cli import Conn, dsn, login_role
+from support.cli import Conn, app_connection, dsn, login_role
 
 from pytest_seqdrift import Report, acheck, check
 from pytest_seqdrift.read import remembered
@@ -41,11 +41,8 @@ END $$;
 
 @pytest.fixture
 def app(db: Conn) -> Iterator[Conn]:
-    db.execute(SCHEMA)
-    remembered.forget()
-    with psycopg.connect(dsn(db), autocommit=True) as conn:
+    with app_connection(db, SCHEMA) as conn:
         yield conn
-    remembered.forget()
 
 
 @pytest.fixture

@@ -58,6 +58,21 @@ def dsn(conn: Conn, **override: str) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items())
 
 
+@contextmanager
+def app_connection(db: Conn, schema: str) -> Iterator[Conn]:
+    """``schema`` made on the test's database, then a session-long connection to it in
+    autocommit, an application's; no discovery remembered before it or after."""
+    from pytest_seqdrift.read import remembered
+
+    db.execute(schema)
+    remembered.forget()
+    try:
+        with psycopg.connect(dsn(db), autocommit=True) as conn:
+            yield conn
+    finally:
+        remembered.forget()
+
+
 def one_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
