@@ -345,25 +345,29 @@ def _look(
         [f"{int(lock_timeout_ms)}ms"],
     )
     after: list[tuple[str, Seq[Any]]] = [(BUMP, ()), (FETCHED, [quiet])]
+
+    def send(middle: list[tuple[str, Seq[Any]]]) -> list[Rows | ReadFailure]:
+        return session.batch([timeout, *middle, *after], release_locks=True, replay=False)
+
+    answers = None
     names = prepared.ready(session, texts.prepared)
-    for attempt in ("prepared", "run") if names else ("run",):
-        if attempt == "prepared":
-            assert names is not None
-            arguments = ", ".join(_literal(v) for v in given)
-            middle: list[tuple[str, Seq[Any]]] = [
-                (f"EXECUTE {names[0]}({arguments})", ()),
-                (f"EXECUTE {names[1]}", ()),
-            ]
-        else:
-            middle = [(texts.run[0], given), (texts.run[1], ())]
-        answers = session.batch([timeout, *middle, *after], release_locks=True, replay=False)
-        failure = next((a for a in answers if isinstance(a, ReadFailure)), None)
-        if failure is None:
-            _, observed, states, _, fetched = answers
-            return [observed, states, fetched]  # type: ignore[list-item]
-        if attempt == "run" or not prepared.vanished(session, failure):
-            raise CannotCheck(failure.message)
-    raise AssertionError("unreachable")
+    if names is not None:
+        arguments = ", ".join(_literal(v) for v in given)
+        answers = send([(f"EXECUTE {names[0]}({arguments})", ()), (f"EXECUTE {names[1]}", ())])
+        failure = _failed(answers)
+        if failure is not None and prepared.vanished(session, failure):
+            answers = None  # gone from the connection: run as they are
+    if answers is None:
+        answers = send([(texts.run[0], given), (texts.run[1], ())])
+    failure = _failed(answers)
+    if failure is not None:
+        raise CannotCheck(failure.message)
+    _, observed, states, _, fetched = answers
+    return [observed, states, fetched]  # type: ignore[list-item]
+
+
+def _failed(answers: Seq[Rows | ReadFailure]) -> ReadFailure | None:
+    return next((a for a in answers if isinstance(a, ReadFailure)), None)
 
 
 def _literal(value: Any) -> str:
@@ -406,9 +410,9 @@ def rebase(
     if not statements:
         return base
     answers = session.batch(statements, replay=False)
-    for answer in answers:
-        if isinstance(answer, ReadFailure):
-            raise CannotCheck(answer.message)
+    failure = _failed(answers)
+    if failure is not None:
+        raise CannotCheck(failure.message)
     if quiet:
         ((_, fetches),) = answers[0]  # type: ignore[misc]
         base = replace(base, fetched=_fetched(quiet, fetches))
