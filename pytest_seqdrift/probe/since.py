@@ -218,8 +218,8 @@ def _followed(session: Session, columns: list[Column], readable: list[int]) -> F
         if c.unjudged is not None or not c.plain_default or c.source == "trigger"
     )
     return Followed(
-        relations=changes.oids(sorted(owners)),
-        sequences=changes.oids(sorted(readable)),
+        relations=changes.int_array(sorted(owners)),
+        sequences=changes.int_array(sorted(readable)),
         owners=owners,
         by_table={t: tuple(v) for t, v in by_table.items()},
         by_sequence={s: tuple(v) for s, v in by_sequence.items()},

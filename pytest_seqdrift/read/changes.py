@@ -31,7 +31,7 @@ never leave out one that did.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, replace
 from typing import Any
@@ -199,8 +199,9 @@ class Seen:
     baseline: Baseline  # for the next look
 
 
-def oids(values: Seq[int]) -> str:
-    """OIDs as the text of an array: what ``look`` takes (made once per mark)."""
+def int_array(values: Iterable[int]) -> str:
+    """Integers (OIDs, xids) as the text of an array: the lists ``look`` takes (made once
+    per mark), and ``read.remembered``'s parameters."""
     return "{" + ",".join(str(int(v)) for v in values) + "}"
 
 
@@ -268,13 +269,13 @@ def look(
     lock_timeout_ms: int,
 ) -> Seen:
     """Look at the database (one round trip): what ``Seen`` says of the relations and
-    sequences given (``oids``) since ``base``. In a savepoint rolled back at its end,
+    sequences given (``int_array``) since ``base``. In a savepoint rolled back at its end,
     under the lock timeout (a sequence another session alters); raises ``CannotCheck``
     when it fails."""
     texts = _texts(relations, sequences)
     quiet = _quiet(base, texts)
     given = [base.xmax, list(base.xip), base.own_xid, quiet if base.states is not None else []]
-    answers = _look(session, texts, given, lock_timeout_ms, oids(quiet))
+    answers = _look(session, texts, given, lock_timeout_ms, int_array(quiet))
     observed, states, fetched = answers
     (
         (
@@ -375,7 +376,7 @@ def _literal(value: Any) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, list):
-        return "'" + oids(value) + "'"
+        return "'" + int_array(value) + "'"
     return str(int(value))
 
 
@@ -404,7 +405,7 @@ def rebase(
     quiet = _quiet(base, texts)
     statements: list[tuple[str, Seq[Any]]] = []
     if quiet:
-        statements.append((FETCHED, [oids(quiet)]))
+        statements.append((FETCHED, [int_array(quiet)]))
     if writes:
         statements.append((WRITES, [relations, list(CATALOGS)]))
     if not statements:

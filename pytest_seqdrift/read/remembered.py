@@ -50,14 +50,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pytest_seqdrift.db.session import Session
 from pytest_seqdrift.errors import ReadFailure
 from pytest_seqdrift.model import Column, PgSequence, amended
-from pytest_seqdrift.read.changes import CATALOGS, MAX_XIDS, PENDING_WRITES
+from pytest_seqdrift.read.changes import CATALOGS, MAX_XIDS, PENDING_WRITES, int_array
 
 Discovered = tuple[list[Column], dict[int, PgSequence]]
 
@@ -208,10 +208,10 @@ def discover(
     text); ``options`` are the ones discovery was asked with."""
     with _lock:
         candidates = [e for e in _entries.values() if e.options == options]
-    unindexed = _array(oid for e in candidates for oid in e.unindexed)
+    unindexed = int_array(oid for e in candidates for oid in e.unindexed)
     contexts = [e.context for e in candidates]
-    xmaxes = _array(e.xmax for e in candidates)
-    xids = [_array(e.xids) for e in candidates]
+    xmaxes = int_array(e.xmax for e in candidates)
+    xids = [int_array(e.xids) for e in candidates]
     look = [list(_CATALOGS), contexts, xmaxes, xids, unindexed]
     (answer,) = session.batch([(LOOK, look)])
     if isinstance(answer, ReadFailure):
@@ -224,7 +224,7 @@ def discover(
         # something committed since this database's discoveries: the second look
         fingerprints = [e.fingerprint or "" for e in candidates]  # "": never a catalog's
         alike = [list(_CATALOGS), contexts, xmaxes, xids, fingerprints]
-        alike += [_array(e.oldest for e in candidates), unindexed]
+        alike += [int_array(e.oldest for e in candidates), unindexed]
         (answer,) = session.batch([(ALIKE, alike)])
         if isinstance(answer, ReadFailure):
             return fresh()
@@ -257,10 +257,6 @@ def _taken(
 def _in_progress(xip: Sequence[int], own: int) -> tuple[int, ...]:
     """The xids a look's snapshot saw in progress, and its own transaction's (0: none)."""
     return tuple(xip) + ((own,) if own else ())
-
-
-def _array(values: Iterable[int]) -> str:
-    return "{" + ",".join(str(int(v)) for v in values) + "}"
 
 
 def _reused(entry: _Entry, estimates: Sequence[float | None]) -> Discovered:
