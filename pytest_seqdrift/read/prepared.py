@@ -46,6 +46,7 @@ the caller's, so:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import weakref
@@ -182,13 +183,7 @@ def ready(
     a ``seqdrift check`` does, costs its planning either way."""
     if not session.may_prepare:
         return None
-    named = [
-        (
-            name_of(f"({', '.join(types)}) {text}"),
-            f"({', '.join(types)}) AS {text}" if types else f"AS {text}",
-        )
-        for text, types in statements
-    ]
+    named = [_named(text, tuple(types)) for text, types in statements]
     with _lock:
         try:
             known = _known.setdefault(session.conn, _Known())
@@ -212,6 +207,14 @@ def ready(
     if missing and not _prepare(session, known, missing, evicted):
         return None
     return [n for n, _ in named]
+
+
+@functools.lru_cache(maxsize=32)
+def _named(text: str, types: tuple[str, ...]) -> tuple[str, str]:
+    """A statement's name and what follows it in its PREPARE (``ready``'s statements
+    repeat, and are long: the look's is some ten thousand characters at 1,000 tables)."""
+    signature = f"({', '.join(types)})"
+    return name_of(f"{signature} {text}"), f"{signature} AS {text}" if types else f"AS {text}"
 
 
 def vanished(session: Session, failure: ReadFailure) -> bool:
