@@ -7,6 +7,7 @@ probe of the same state, made on the same connection."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -214,6 +215,141 @@ def test_another_session_moving_a_sequence_without_committing(app: Conn, db: Con
     done = suite.case(elsewhere)
     assert done.full is None
     assert "t5" in {f.column.table for f in done.result.report.findings}
+
+
+def _quiet_server(conn: Conn) -> None:
+    if conn.info.server_version < 150000:
+        pytest.skip("PostgreSQL 14 reads every sequence at every look")
+
+
+def _gone(db: Conn, pid: int) -> None:
+    """Wait until a backend has left pg_stat_activity (asked from another database: a
+    backend of this one would be activity of its own)."""
+    with psycopg.connect(dsn(db, dbname="postgres"), autocommit=True) as elsewhere:
+        for _ in range(200):
+            if not elsewhere.execute("SELECT FROM pg_stat_activity WHERE pid = %s", [pid]).rowcount:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"backend {pid} is still there")
+
+
+def test_a_quiet_database_has_no_state_read(app: Conn, db: Conn) -> None:
+    """Nothing else going on in the database (an idle connection, another database busy):
+    the look reads no sequence's state, and the answers are still the full probe's."""
+    _quiet_server(app)
+    suite = Suite(app)
+    suite.case(nothing)
+    with psycopg.connect(dsn(db, dbname="postgres"), autocommit=True) as elsewhere:
+        read = []
+        for k in range(5):  # this backend's own statistics flushed meanwhile: a state read
+            elsewhere.execute("SELECT 1")
+            done = suite.case(writes_three_tables if k % 2 else nothing)
+            assert done.full is None
+            assert done.mark is not None
+            read.append(done.mark.seen.states_read)
+    assert False in read
+
+
+def test_another_session_moving_a_sequence_and_staying(app: Conn, db: Conn) -> None:
+    """Another connection, open since before the last probe and idle again by the next,
+    sets a sequence back in a transaction it rolls back (an xid, not committed; the
+    statistics not flushed yet): what it is doing has changed, so every state is read."""
+    suite = Suite(app)
+    with psycopg.connect(dsn(db)) as other:
+        other.execute("SELECT 1")
+        other.rollback()
+        suite.case(nothing)
+
+        def elsewhere(conn: Conn) -> None:
+            other.execute("SELECT setval('t5_id_seq', 3)")
+            other.rollback()
+
+        done = suite.case(elsewhere)
+        assert done.full is None
+        assert done.mark is not None
+        assert done.mark.seen.states_read
+        assert "t5" in {f.column.table for f in done.result.report.findings}
+
+
+def test_a_sequence_put_back_by_another_session_after_a_look_that_read_none(
+    app: Conn, db: Conn
+) -> None:
+    """This test moves a sequence back while the database is quiet (no state read, its
+    block fetches tell); another session puts it where it was at the last state read:
+    that state is not taken for unchanged."""
+    _quiet_server(app)
+    row = db.execute("SELECT last_value FROM t3_id_seq").fetchone()
+    assert row is not None
+    (was,) = row
+    suite = Suite(app)
+    with psycopg.connect(dsn(db)) as other:
+        other.execute("SELECT 1")
+        other.rollback()
+        suite.case(nothing)
+        moved = suite.case(lambda c: c.execute("SELECT setval('t3_id_seq', 2)"))
+        assert "t3" in {f.column.table for f in moved.result.report.findings}
+
+        def elsewhere(conn: Conn) -> None:
+            other.execute("SELECT setval('t3_id_seq', %s)", [was])
+            other.rollback()
+
+        back = suite.case(elsewhere)
+        assert back.full is None
+        assert "t3" not in {f.column.table for f in back.result.report.findings}
+
+
+def test_another_session_that_moved_a_sequence_and_left(app: Conn, db: Conn) -> None:
+    """A connection that came, set a sequence back, rolled back and left before the next
+    probe: no trace of it in pg_stat_activity, but its transactions were counted as it
+    left."""
+    suite = Suite(app)
+    suite.case(nothing)
+
+    def elsewhere(conn: Conn) -> None:
+        with psycopg.connect(dsn(db)) as other:
+            pid = other.info.backend_pid
+            other.execute("SELECT setval('t9_id_seq', 2)")
+            other.rollback()
+        _gone(db, pid)
+
+    done = suite.case(elsewhere)
+    assert done.full is None
+    assert done.mark is not None
+    assert done.mark.seen.states_read
+    assert "t9" in {f.column.table for f in done.result.report.findings}
+
+
+def test_another_session_busy_since_before_the_last_probe(app: Conn, db: Conn) -> None:
+    """A statement of another connection, running since before the last probe, sets a
+    sequence back after it: its activity is the same at the next look, but not idle."""
+    suite = Suite(app)
+    started = threading.Event()
+    with psycopg.connect(dsn(db), autocommit=True) as other:
+        pid = other.info.backend_pid
+
+        def busy() -> None:
+            started.set()
+            other.execute("SELECT pg_sleep(1), setval('t11_id_seq', 2), pg_sleep(2)")
+
+        worker = threading.Thread(target=busy)
+        worker.start()
+        try:
+            started.wait()
+            with psycopg.connect(dsn(db, dbname="postgres"), autocommit=True) as elsewhere:
+                query = "SELECT FROM pg_stat_activity WHERE pid = %s AND state = 'active'"
+                while not elsewhere.execute(query, [pid]).rowcount:
+                    time.sleep(0.01)
+            begun = time.monotonic()
+            suite.case(nothing)
+            time.sleep(max(0.0, begun + 1.5 - time.monotonic()))  # its setval is done
+
+            done = suite.case(nothing)
+            assert done.full is None
+            assert done.mark is not None
+            assert done.mark.seen.states_read
+            assert "t11" in {f.column.table for f in done.result.report.findings}
+        finally:
+            worker.join()
 
 
 def test_statistics_flushed_between_probes_judge_every_uncalled_sequence(app: Conn) -> None:

@@ -95,10 +95,16 @@ def probe_since(
         judged = probe_checked(session, sub, mode, limit, options, followed.paths)
         result = _combined(mark, judged, {_key(c) for c in chosen})
         # what the check read (and the probe inserted) since the look is not the next
-        # test's doing: a sequence read would look touched, a table probed written
+        # test's doing: a sequence read would look touched, a table probed written.
+        # The check reads the sequences of its columns; an insert may move any.
         inserted = bool(judged.restored or any(p.drawn for p in judged.probed))
         base = changes.rebase(
-            session, followed.relations, followed.sequences, seen.baseline, writes=inserted
+            session,
+            followed.relations,
+            followed.sequences,
+            seen.baseline,
+            writes=inserted,
+            read=None if inserted else {c.sequence_oid for c in chosen},
         )
         seen = replace(seen, baseline=base)
     following = replace(mark, result=result, seen=seen, dirty=frozenset(written))

@@ -18,14 +18,28 @@ never leave out one that did.
 * **The catalog** (a new column, key, default, trigger, privilege) changes only by a
   transaction that commits (see above) or by the probe's own, whose catalog writes the
   same statistics count.
-* **Sequences** move outside transactions. ``pg_sequence_last_value`` reads each one's
-  last value where it was called; a sequence not called (``is_called`` false) reads as
-  NULL whatever ``setval(..., false)`` made of it, so for those the backend's pending
-  block fetches say whether it touched them since the mark. Those counts vanish when
-  the backend flushes its statistics (about once a second, between transactions): a
-  sentinel read many times at the mark tells a flush, and then every such sequence
-  counts as moved. Another session that moves one of those without an xid (an
-  unlogged sequence) is the one case this cannot see.
+* **Sequences** move outside transactions, and ``nextval`` takes no xid most times.
+  ``pg_sequence_last_value`` reads each one's last value where it was called; a
+  sequence not called (``is_called`` false) reads as NULL whatever ``setval(...,
+  false)`` made of it, so for those the backend's pending block fetches say whether it
+  touched them since the mark. Those counts vanish when the backend flushes its
+  statistics (about once a second, between transactions): a sentinel read many times
+  at the mark tells a flush, and then every such sequence counts as moved. Another
+  session that moves one of those without an xid (an unlogged sequence) is the one
+  case this cannot see.
+* **No sequence state is read at all** (it is most of the look's time: a lock on each
+  sequence) where no other session can have moved one since the last look, and this
+  backend's own block fetches say which ones it touched (every change of a sequence's
+  stored state reads its block; a value from this backend's cache changes nothing
+  there). No other session can have: every other backend of the database is
+  a client backend, idle, and doing what it was doing at the last look -- each one's
+  pid, start and last change of state are the same, and any statement changes the
+  last -- and none came and went: the database's counts of sessions and of transactions
+  ended are the same, and a backend's counts are flushed before it leaves
+  ``pg_stat_activity``.
+  Both are read after the statistics snapshot is cleared and before any state is.
+  PostgreSQL 14's counts come from the statistics collector, late: there every state
+  is read at every look.
 """
 
 from __future__ import annotations
@@ -121,12 +135,61 @@ SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8,
 FROM (VALUES ({{xmax}}, {{xip}}, {{own}}, {{quiet}})) AS g (xmax, xip, own, quiet)
 """
 
-# every followed sequence's last value (NULL: not called; the role may read each one,
-# ``readable``: a GRANT or REVOKE is a catalog write)
-STATES = """
-SELECT ARRAY(SELECT pg_sequence_last_value(s)
-             FROM unnest('{sequences}'::oid[]) WITH ORDINALITY AS u(s, i) ORDER BY i)::text
+# The other backends of this database: a digest of what each one is and does since
+# when, and whether every one is a client backend that is idle (in a transaction or not).
+ACTIVITY = """
+SELECT md5(coalesce(string_agg(concat_ws(':', a.pid, a.backend_type, a.state,
+                                         extract(epoch FROM a.backend_start),
+                                         extract(epoch FROM a.state_change)),
+                               ',' ORDER BY a.pid), '')) AS digest,
+       coalesce(bool_and(a.backend_type = 'client backend' AND a.state_change IS NOT NULL
+                         AND a.state IN ('idle', 'idle in transaction',
+                                         'idle in transaction (aborted)')), true) AS idle
+FROM pg_stat_get_activity(NULL) AS a
+WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND a.pid <> pg_backend_pid()
 """
+
+# the transactions of this database that ended and its sessions, as the statistics
+# count them (a backend's counts are flushed as it leaves, before it leaves
+# pg_stat_activity)
+XACTS = """
+SELECT pg_stat_get_db_xact_commit(oid) + pg_stat_get_db_xact_rollback(oid)
+       + pg_stat_get_db_sessions(oid) AS xacts
+FROM pg_database WHERE datname = current_database()
+"""
+
+# every followed sequence's last value (NULL: not called; the role may read each one,
+# ``readable``: a GRANT or REVOKE is a catalog write), unless ``quiet`` (then NULL);
+# then every one's block fetches pending. Each subquery's row is made before the query
+# around it: the activity and the count before any state, the states before the fetches.
+STATES = """
+SELECT v.digest, v.xacts, v.states,
+       ARRAY(SELECT pg_stat_get_xact_blocks_fetched(s)
+             FROM unnest('{sequences}'::oid[]) WITH ORDINALITY AS u(s, i) ORDER BY i)::text
+FROM (SELECT w.digest, w.xacts,
+             CASE WHEN w.quiet THEN NULL
+                  ELSE ARRAY(SELECT pg_sequence_last_value(s)
+                             FROM unnest('{sequences}'::oid[]) WITH ORDINALITY AS u(s, i)
+                             ORDER BY i)::text
+             END AS states
+      FROM (SELECT {watched} OFFSET 0) AS w
+      OFFSET 0) AS v
+"""
+
+# where other sessions are watched: the activity, the count, and whether the states can
+# go unread -- every other backend unchanged and idle since the baseline, no transaction
+# ended since, no flush here (``{digest}`` and the rest are the baseline's: NULL where
+# there is none, and then every state is read)
+WATCHED = f"""a.digest, d.xacts,
+       coalesce(a.digest = {{digest}} AND a.idle AND d.xacts = {{xacts}}
+                AND pg_stat_get_xact_blocks_fetched('{SENTINEL}'::regclass) >= {{sentinel}},
+                false) AS quiet
+FROM ({ACTIVITY}) AS a, ({XACTS}) AS d"""
+# PostgreSQL 14: every state read at every look
+UNWATCHED = "NULL::text AS digest, NULL::int8 AS xacts, false AS quiet"
+
+SENTINEL_NOW = f"SELECT pg_stat_get_xact_blocks_fetched('{SENTINEL}'::regclass)"
 
 READABLE = """
 SELECT s::int8 FROM unnest(%s::oid[]) AS s WHERE has_sequence_privilege(s, 'SELECT,USAGE')
@@ -141,11 +204,10 @@ SELECT CASE WHEN pg_stat_get_xact_blocks_fetched('{SENTINEL}'::regclass) < {SENT
        END
 """
 
-# the block fetches pending of the sentinel and of the sequences given: the baseline
-FETCHED = f"""
-SELECT pg_stat_get_xact_blocks_fetched('{SENTINEL}'::regclass),
-       ARRAY(SELECT pg_stat_get_xact_blocks_fetched(s)
-             FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(s, i) ORDER BY i)
+# the block fetches pending of the sequences given: the baseline
+FETCHED = """
+SELECT ARRAY(SELECT pg_stat_get_xact_blocks_fetched(s)
+             FROM unnest(%s::text::oid[]) WITH ORDINALITY AS u(s, i) ORDER BY i)::text
 """
 
 # the writes pending to each relation (those not zero) and to the catalogs
@@ -159,6 +221,7 @@ SELECT (SELECT array_agg(t::int8 ORDER BY t)::text || ':' || array_agg(w ORDER B
 """
 
 _PARAMETERS = ("int8", "int8[]", "int8", "int8[]")
+_STATES_PARAMETERS = ("text", "int8", "int8")
 
 
 @dataclass(frozen=True)
@@ -171,11 +234,14 @@ class Baseline:
     own_xid: int = 0  # the looking transaction's xid (0: none assigned)
     writes: Mapping[int, int] | None = None  # writes pending to each relation (not 0)
     states: str | None = None  # each sequence's last value, as the server wrote the array
-    # block fetches pending of the sequences not called (``states``) -- those whose
-    # blocks were read since are absent, and count as touched
-    fetched: Mapping[int, int] | None = None
+    # the sequences this backend touched since ``states`` were read (the looks between
+    # read none): their values there are not theirs now
+    stale: frozenset[int] = frozenset()
+    fetched: tuple[int, ...] | None = None  # each sequence's block fetches pending
     sentinel: int | None = None  # block fetches pending of SENTINEL
     catalog_writes: int = 0  # writes pending to CATALOGS
+    activity: str | None = None  # the other backends of the database (ACTIVITY's digest)
+    xacts: int | None = None  # the database's transactions ended, as the statistics count
 
 
 @dataclass(frozen=True)
@@ -193,9 +259,12 @@ class Seen:
     catalog_written: bool  # this backend wrote to CATALOGS since
     written: frozenset[int]  # the relations this backend wrote to since
     moved: frozenset[int]  # the sequences whose last value is not the baseline's
-    # the sequences not called then whose blocks this backend fetched since (all of
-    # them after a flush): a setval(..., false) of theirs reads as NULL before and after
+    # the sequences whose blocks this backend fetched since: where no state was read,
+    # any of them; else those not called then (all of them after a flush), as a
+    # setval(..., false) of theirs reads as NULL before and after
     touched: frozenset[int]
+    # the states were read (else no other session can have moved a sequence since)
+    states_read: bool
     baseline: Baseline  # for the next look
 
 
@@ -212,29 +281,48 @@ class _Texts:
     prepared: tuple[tuple[str, Seq[str]], tuple[str, Seq[str]]]  # texts and their types
     run: tuple[str, str]
     sequences: tuple[int, ...]
+    watched: bool  # other sessions are watched (else every state is read, no parameter)
+    positions: dict[int, int]  # each sequence's place in ``sequences``
 
 
 @functools.lru_cache(maxsize=8)
-def _texts(relations: str, sequences: str) -> _Texts:
+def _texts(relations: str, sequences: str, watched: bool) -> _Texts:
+    def numbered(names: Seq[str]) -> dict[str, str]:
+        return {k: f"${i}" for i, k in enumerate(names, 1)}
+
+    def given(names: Seq[str], types: Seq[str]) -> dict[str, str]:
+        return {k: f"%s::{t}" for k, t in zip(names, types, strict=True)}
+
     def observe(**parameters: str) -> str:
         return OBSERVE.format(relations=relations, **parameters)
 
-    numbered = {k: f"${i}" for i, k in enumerate(("xmax", "xip", "own", "quiet"), 1)}
-    given = {
-        k: f"%s::{t}" for k, t in zip(("xmax", "xip", "own", "quiet"), _PARAMETERS, strict=True)
-    }
-    states = STATES.format(sequences=sequences)
+    def states(**parameters: str) -> str:
+        text = STATES.replace("{watched}", WATCHED if watched else UNWATCHED)
+        return text.format(sequences=sequences, **parameters)
+
+    oids = tuple(_ints(sequences))
+    names = ("xmax", "xip", "own", "quiet")
+    state_names = ("digest", "xacts", "sentinel") if watched else ()
+    state_types = _STATES_PARAMETERS if watched else ()
     return _Texts(
-        prepared=((observe(**numbered), _PARAMETERS), (states, ())),
-        run=(observe(**given), states),
-        sequences=tuple(_ints(sequences)),
+        prepared=(
+            (observe(**numbered(names)), _PARAMETERS),
+            (states(**numbered(state_names)), state_types),
+        ),
+        run=(
+            observe(**given(names, _PARAMETERS)),
+            states(**given(state_names, state_types)),
+        ),
+        sequences=oids,
+        watched=watched,
+        positions={oid: i for i, oid in enumerate(oids)},
     )
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _array(text: str) -> tuple[int | None, ...]:
-    """An array of integers as the server writes it (``{1,NULL,3}``); the states of one
-    look are read by the next two."""
+    """An array of integers as the server writes it (``{1,NULL,3}``); the states and the
+    fetches of one look are read by the next two."""
     inner = text.strip("{}")
     return tuple(None if v == "NULL" else int(v) for v in inner.split(",")) if inner else ()
 
@@ -254,10 +342,11 @@ def _counts(text: str | None) -> dict[int, int]:
 
 
 def _quiet(base: Baseline, texts: _Texts) -> list[int]:
-    """The sequences not called at the baseline (every one where there is none)."""
+    """The sequences not called at the baseline, by index (every one where there is
+    none)."""
     if base.states is None:
-        return list(texts.sequences)
-    return [s for s, v in zip(texts.sequences, _array(base.states), strict=True) if v is None]
+        return list(range(len(texts.sequences)))
+    return [i for i, v in enumerate(_array(base.states)) if v is None]
 
 
 def look(
@@ -272,10 +361,14 @@ def look(
     sequences given (``int_array``) since ``base``. In a savepoint rolled back at its end,
     under the lock timeout (a sequence another session alters); raises ``CannotCheck``
     when it fails."""
-    texts = _texts(relations, sequences)
+    texts = _texts(relations, sequences, session._server_version() >= 150000)
     quiet = _quiet(base, texts)
-    given = [base.xmax, list(base.xip), base.own_xid, quiet if base.states is not None else []]
-    answers = _look(session, texts, given, lock_timeout_ms, int_array(quiet))
+    quiet_oids = [texts.sequences[i] for i in quiet]
+    given = [base.xmax, list(base.xip), base.own_xid, quiet_oids if base.states is not None else []]
+    # the states go unread only from a baseline that has them and every fetch count
+    whole = base.states is not None and base.fetched is not None
+    watched = [base.activity if whole else None, base.xacts, base.sentinel]
+    answers = _look(session, texts, given, watched if texts.watched else [], lock_timeout_ms)
     observed, states, fetched = answers
     (
         (
@@ -294,21 +387,33 @@ def look(
             done,
         ),
     ) = observed
-    ((values,),) = states
-    ((sentinel_after, fetches),) = fetched
+    ((activity, xacts, values, fetches),) = states
+    ((sentinel_after,),) = fetched
     flushed = base.sentinel is not None and int(sentinel) < base.sentinel
     now_writes = _counts(writes)
     before_writes = {} if flushed or base.writes is None else base.writes
-    before_fetched = {} if flushed or base.fetched is None else base.fetched
-    touched = (
-        {
-            s
-            for s, f in zip(quiet, quiet_fetched, strict=True)
-            if s not in before_fetched or int(f) > before_fetched[s]
-        }
-        if base.states is not None
-        else set()
-    )
+    before = base.fetched if not flushed else None
+    now = tuple(_ints(str(fetches)))
+    if values is None:  # no other session can have moved one: this backend's fetches say
+        touched = (  # (a flush, where nothing is known, makes every state read)
+            set(texts.sequences)
+            if before is None
+            else {s for s, n, b in zip(texts.sequences, now, before, strict=True) if n != b}
+        )
+        moved: frozenset[int] = frozenset()
+        states_text, stale = base.states, base.stale | touched
+    else:
+        touched = (
+            {
+                texts.sequences[i]
+                for i, f in zip(quiet, quiet_fetched, strict=True)
+                if before is None or int(f) > (before[i] or 0)
+            }
+            if base.states is not None
+            else set()
+        )
+        moved = _moved(texts.sequences, base.states, str(values)) | base.stale
+        states_text, stale = str(values), frozenset()
     return Seen(
         backend=(int(pid), str(started)),
         role=str(role),
@@ -318,48 +423,64 @@ def look(
         counting=bool(counting),
         catalog_written=int(catalog) > (0 if flushed else base.catalog_writes),
         written=frozenset(r for r, w in now_writes.items() if w > before_writes.get(r, 0)),
-        moved=_moved(texts.sequences, base.states, str(values)),
+        moved=moved,
         touched=frozenset(touched),
+        states_read=values is not None,
         baseline=Baseline(
             xmax=int(xmax),
             xip=tuple(int(x) for x in xip),
             own_xid=int(own),
             writes=now_writes,
-            states=str(values),
-            fetched=_fetched(quiet, fetches),
+            states=states_text,
+            stale=stale,
+            fetched=now,
             sentinel=int(sentinel_after),
             catalog_writes=int(catalog),
+            activity=None if activity is None else str(activity),
+            xacts=None if xacts is None else int(xacts),
         ),
     )
 
 
 def _look(
-    session: Session, texts: _Texts, given: list[Any], lock_timeout_ms: int, quiet: str
+    session: Session,
+    texts: _Texts,
+    given: list[Any],
+    watched: list[Any],
+    lock_timeout_ms: int,
 ) -> list[Rows]:
     """The look's statements, in one round trip: prepared on the connection where they
     may be (run as they are where not, and once more so where they vanished)."""
     # one plan for every look (the lists are constants: no value of a parameter changes
-    # the best plan); both settings end with the batch's savepoint
+    # the best plan); both settings end with the batch's savepoint. The statistics read
+    # in this transaction before (by a test, or by the look before in it) are let go:
+    # what the other sessions do is read as it is now.
     timeout = (
         "SELECT set_config('lock_timeout', %s, true),"
-        " set_config('plan_cache_mode', 'force_generic_plan', true)",
+        " set_config('plan_cache_mode', 'force_generic_plan', true), pg_stat_clear_snapshot()",
         [f"{int(lock_timeout_ms)}ms"],
     )
-    after: list[tuple[str, Seq[Any]]] = [(BUMP, ()), (FETCHED, [quiet])]
+    after: list[tuple[str, Seq[Any]]] = [(BUMP, ()), (SENTINEL_NOW, ())]
 
     def send(middle: list[tuple[str, Seq[Any]]]) -> list[Rows | ReadFailure]:
         return session.batch([timeout, *middle, *after], release_locks=True, replay=False)
 
+    def call(name: str, values: list[Any]) -> str:
+        return (
+            f"EXECUTE {name}({', '.join(_literal(v) for v in values)})"
+            if values
+            else (f"EXECUTE {name}")
+        )
+
     answers = None
     names = prepared.ready(session, texts.prepared)
     if names is not None:
-        arguments = ", ".join(_literal(v) for v in given)
-        answers = send([(f"EXECUTE {names[0]}({arguments})", ()), (f"EXECUTE {names[1]}", ())])
+        answers = send([(call(names[0], given), ()), (call(names[1], watched), ())])
         failure = _failed(answers)
         if failure is not None and prepared.vanished(session, failure):
             answers = None  # gone from the connection: run as they are
     if answers is None:
-        answers = send([(texts.run[0], given), (texts.run[1], ())])
+        answers = send([(texts.run[0], given), (texts.run[1], watched)])
     failure = _failed(answers)
     if failure is not None:
         raise CannotCheck(failure.message)
@@ -372,9 +493,13 @@ def _failed(answers: Seq[Rows | ReadFailure]) -> ReadFailure | None:
 
 
 def _literal(value: Any) -> str:
-    """A parameter of the look as SQL: an integer, a list of them, or NULL."""
+    """A parameter of the look as SQL: an integer, a list of them, a digest, or NULL."""
     if value is None:
         return "NULL"
+    if isinstance(value, str):
+        if not (value.isascii() and value.isalnum()):
+            raise ValueError(f"not a digest: {value!r}")
+        return f"'{value}'"
     if isinstance(value, list):
         return "'" + int_array(value) + "'"
     return str(int(value))
@@ -391,21 +516,25 @@ def _moved(sequences: tuple[int, ...], before: str | None, now: str) -> frozense
     return frozenset(s for s, v, b in zip(sequences, values, old, strict=True) if v != b)
 
 
-def _fetched(sequences: Seq[int], fetches: Seq[Any]) -> dict[int, int]:
-    return {s: int(f) for s, f in zip(sequences, fetches, strict=True)}
-
-
 def rebase(
-    session: Session, relations: str, sequences: str, base: Baseline, *, writes: bool = True
+    session: Session,
+    relations: str,
+    sequences: str,
+    base: Baseline,
+    *,
+    writes: bool = True,
+    read: Iterable[int] | None = None,
 ) -> Baseline:
     """The baseline moved on past what this backend did since it was taken (a probe's
     own reads, and with ``writes`` its inserts: not the next test's), its snapshot and
-    states kept (one round trip, none where there is nothing to move on past)."""
-    texts = _texts(relations, sequences)
-    quiet = _quiet(base, texts)
+    states kept (one round trip, none where there is nothing to move on past). ``read``:
+    the only sequences whose blocks it fetched (None: any); the others keep their
+    counts, and if they were fetched after all, the next look judges them again."""
+    texts = _texts(relations, sequences, session._server_version() >= 150000)
+    some = texts.sequences if read is None else sorted(set(read) & texts.positions.keys())
     statements: list[tuple[str, Seq[Any]]] = []
-    if quiet:
-        statements.append((FETCHED, [int_array(quiet)]))
+    if some:
+        statements.append((FETCHED, [int_array(some)]))
     if writes:
         statements.append((WRITES, [relations, list(CATALOGS)]))
     if not statements:
@@ -414,9 +543,16 @@ def rebase(
     failure = _failed(answers)
     if failure is not None:
         raise CannotCheck(failure.message)
-    if quiet:
-        ((_, fetches),) = answers[0]  # type: ignore[misc]
-        base = replace(base, fetched=_fetched(quiet, fetches))
+    if some:
+        ((fetches,),) = answers[0]  # type: ignore[misc]
+        counts = _ints(str(fetches))
+        if read is None:
+            base = replace(base, fetched=tuple(counts))
+        elif base.fetched is not None:
+            merged = list(base.fetched)
+            for oid, count in zip(some, counts, strict=True):
+                merged[texts.positions[oid]] = count
+            base = replace(base, fetched=tuple(merged))
     if writes:
         ((written, catalog),) = answers[-1]  # type: ignore[misc]
         base = replace(base, writes=_counts(written), catalog_writes=int(catalog))
