@@ -277,8 +277,8 @@ def test_django_scope_all_probes_test_case_methods_before_their_teardown(
     result.stdout.fnmatch_lines(
         [
             "note: tests/test_committing.py::CountryDrafts::test_keeps_an_id_in_its_transaction: "
-            "public.shop_country.id: drift only inside this test's own transaction, which its "
-            "rollback takes away: *existing id 700 (max id 700)",
+            "public.shop_country.id: drift only against rows this test's own transaction holds, "
+            "which its rollback removes: *existing id 700 (max id 700)",
         ]
     )
     assert "pytest_seqdrift" not in result.stdout.str()  # none of our frames
@@ -304,8 +304,8 @@ def test_django_scope_all_blames_no_test_for_the_set_up_or_its_own_rows(
     result.stdout.fnmatch_lines(
         [
             "note: tests/test_zz_more.py::test_an_imported_order_keeps_its_number: "
-            "public.shop_order.id: drift only inside this test's own transaction, which its "
-            "rollback takes away: next value *; * inserts succeed, the * collides with "
+            "public.shop_order.id: drift only against rows this test's own transaction holds, "
+            "which its rollback removes: next value *; * inserts succeed, the * collides with "
             "existing id 500 (max id 500)",
         ]
     )

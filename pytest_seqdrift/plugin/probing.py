@@ -311,8 +311,8 @@ class Prober:
         outlives = {column_key(f.column) for f in committed.findings}
         kept = [f for f in report.findings if column_key(f.column) in outlives]
         notes = [
-            f"{f.column.label}: drift only inside this test's own transaction, which its "
-            f"rollback takes away: {render.what_happens(f)}"
+            f"{f.column.label}: drift only against rows this test's own transaction holds, "
+            f"which its rollback removes: {render.what_happens(f)}"
             for f in report.findings
             if column_key(f.column) not in outlives
         ]

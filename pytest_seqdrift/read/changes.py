@@ -407,7 +407,7 @@ def look(
             {
                 texts.sequences[i]
                 for i, f in zip(quiet, quiet_fetched, strict=True)
-                if before is None or int(f) > (before[i] or 0)
+                if before is None or int(f) > before[i]
             }
             if base.states is not None
             else set()
