@@ -337,7 +337,9 @@ def test_another_session_busy_since_before_the_last_probe(app: Conn, db: Conn) -
             started.wait()
             with psycopg.connect(dsn(db, dbname="postgres"), autocommit=True) as elsewhere:
                 query = "SELECT FROM pg_stat_activity WHERE pid = %s AND state = 'active'"
+                deadline = time.monotonic() + 10
                 while not elsewhere.execute(query, [pid]).rowcount:
+                    assert time.monotonic() < deadline, "the other statement never ran"
                     time.sleep(0.01)
             begun = time.monotonic()
             suite.case(nothing)
