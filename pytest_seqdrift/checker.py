@@ -150,10 +150,11 @@ def discover_and_run(
 
 def rerun(
     conn: Any, options: CheckOptions, discovered: Discovered, columns: Iterable[Column]
-) -> Report:
+) -> tuple[Report, dict[int, SequenceState | ReadFailure]]:
     """The check of only ``columns`` (some of ``discovered``'s, whose discovery is taken
     as it stands: the catalog has not changed since). Their verdicts, findings and
-    skips; nothing of any other column."""
+    skips, nothing of any other column; and the state of each sequence it judged them
+    with, by OID."""
     report = Report()
     _, sequences = discovered
     with (
@@ -163,9 +164,9 @@ def rerun(
             statement_timeout_ms=options.statement_timeout_ms,
         ) as snapshot,
     ):
-        _judge_columns(session, list(columns), sequences, options, report, snapshot, 1)
+        states = _judge_columns(session, list(columns), sequences, options, report, snapshot, 1)
     _finish(report)
-    return report
+    return report, states
 
 
 def _judge_columns(
@@ -176,13 +177,15 @@ def _judge_columns(
     report: Report,
     snapshot: str | None,
     jobs: int,
-) -> None:
+) -> dict[int, SequenceState | ReadFailure]:
+    """Judge ``columns`` into ``report``; the states read of their sequences."""
     judged = _to_judge(columns, sequences, options, report)
     tops, states = _first_read(session, judged, sequences, snapshot, jobs, options)
     bounded = _bounds(session, judged, sequences, tops, states, report)
     rows = _row_counts(session, bounded, options.threshold)
     for i, (c, seq, state, bounds) in enumerate(bounded):
         _judge(report, c, seq, state, bounds, sequences, options.threshold, rows.get(i))
+    return states
 
 
 def _finish(report: Report) -> None:

@@ -298,6 +298,40 @@ def test_a_sequence_put_back_by_another_session_after_a_look_that_read_none(
         assert "t3" not in {f.column.table for f in back.result.report.findings}
 
 
+def test_a_sequence_touched_and_judged_while_quiet_is_not_judged_again(app: Conn, db: Conn) -> None:
+    """The state the check of a touched sequence's columns read is the one kept: the
+    next look that reads every state (another session did something) does not take the
+    test's ``nextval`` for a move again -- or every sequence the tests touched between
+    two such looks would be judged again at the second."""
+    _quiet_server(app)
+    row = db.execute("SELECT 't3_id_seq'::regclass::oid::int8").fetchone()
+    assert row is not None
+    (t3,) = row
+    suite = Suite(app)
+    with psycopg.connect(dsn(db)) as other:
+        other.execute("SELECT 1")
+        other.rollback()
+        suite.case(nothing)
+        for _ in range(5):  # a flush of this backend's statistics makes a look read all
+            touched = suite.case(lambda c: c.execute("INSERT INTO t3 (v) VALUES ('new')"))
+            assert touched.mark is not None
+            if not touched.mark.seen.states_read:
+                break
+        assert touched.mark is not None
+        assert not touched.mark.seen.states_read
+        assert t3 in touched.mark.seen.touched
+        suite.case(nothing)  # t3's rows of the last test judged again
+
+        def elsewhere(conn: Conn) -> None:
+            other.execute("SELECT 1")
+            other.rollback()
+
+        after = suite.case(elsewhere)
+        assert after.mark is not None
+        assert after.mark.seen.states_read
+        assert t3 not in after.mark.seen.moved
+
+
 def test_another_session_that_moved_a_sequence_and_left(app: Conn, db: Conn) -> None:
     """A connection that came, set a sequence back, rolled back and left before the next
     probe: no trace of it in pg_stat_activity, but its transactions were counted as it

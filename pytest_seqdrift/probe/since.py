@@ -91,12 +91,13 @@ def probe_since(
     result = mark.result
     if again:
         chosen = [columns[i] for i in again]
-        sub = checker.rerun(session, options, mark.discovered, chosen)
+        sub, states = checker.rerun(session, options, mark.discovered, chosen)
         judged = probe_checked(session, sub, mode, limit, options, followed.paths)
         result = _combined(mark, judged, {_key(c) for c in chosen})
         # what the check read (and the probe inserted) since the look is not the next
         # test's doing: a sequence read would look touched, a table probed written.
-        # The check reads the sequences of its columns; an insert may move any.
+        # The check reads the sequences of its columns, and its states are those its
+        # answers stand on; an insert may move any sequence.
         inserted = bool(judged.restored or any(p.drawn for p in judged.probed))
         base = changes.rebase(
             session,
@@ -105,6 +106,7 @@ def probe_since(
             seen.baseline,
             writes=inserted,
             read=None if inserted else {c.sequence_oid for c in chosen},
+            states=None if inserted else states,
         )
         seen = replace(seen, baseline=base)
     following = replace(mark, result=result, seen=seen, dirty=frozenset(written))

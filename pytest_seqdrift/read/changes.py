@@ -52,6 +52,7 @@ from typing import Any
 
 from pytest_seqdrift.db.session import Rows, Session
 from pytest_seqdrift.errors import CannotCheck, ReadFailure
+from pytest_seqdrift.model import SequenceState
 from pytest_seqdrift.read import prepared
 
 # The catalogs whose rows discovery, the keys, the triggers and the privileges are read
@@ -233,9 +234,11 @@ class Baseline:
     xip: tuple[int, ...] = ()  # the transactions in progress
     own_xid: int = 0  # the looking transaction's xid (0: none assigned)
     writes: Mapping[int, int] | None = None  # writes pending to each relation (not 0)
-    states: str | None = None  # each sequence's last value, as the server wrote the array
+    # each sequence's last value (None: not called), as last read (by a look, or by the
+    # check of its columns since)
+    states: tuple[int | None, ...] | None = None
     # the sequences this backend touched since ``states`` were read (the looks between
-    # read none): their values there are not theirs now
+    # read none) and no check read them since: their values there may not be theirs now
     stale: frozenset[int] = frozenset()
     fetched: tuple[int, ...] | None = None  # each sequence's block fetches pending
     sentinel: int | None = None  # block fetches pending of SENTINEL
@@ -346,7 +349,7 @@ def _quiet(base: Baseline, texts: _Texts) -> list[int]:
     none)."""
     if base.states is None:
         return list(range(len(texts.sequences)))
-    return [i for i, v in enumerate(_array(base.states)) if v is None]
+    return [i for i, v in enumerate(base.states) if v is None]
 
 
 def look(
@@ -401,7 +404,7 @@ def look(
             else {s for s, n, b in zip(texts.sequences, now, before, strict=True) if n != b}
         )
         moved: frozenset[int] = frozenset()
-        states_text, stale = base.states, base.stale | touched
+        states_now, stale = base.states, base.stale | touched
     else:
         touched = (
             {
@@ -412,8 +415,8 @@ def look(
             if base.states is not None
             else set()
         )
-        moved = _moved(texts.sequences, base.states, str(values)) | base.stale
-        states_text, stale = str(values), frozenset()
+        states_now, stale = _array(str(values)), frozenset()
+        moved = _moved(texts.sequences, base.states, states_now) | base.stale
     return Seen(
         backend=(int(pid), str(started)),
         role=str(role),
@@ -431,7 +434,7 @@ def look(
             xip=tuple(int(x) for x in xip),
             own_xid=int(own),
             writes=now_writes,
-            states=states_text,
+            states=states_now,
             stale=stale,
             fetched=now,
             sentinel=int(sentinel_after),
@@ -505,15 +508,14 @@ def _literal(value: Any) -> str:
     return str(int(value))
 
 
-def _moved(sequences: tuple[int, ...], before: str | None, now: str) -> frozenset[int]:
+def _moved(
+    sequences: tuple[int, ...], before: tuple[int | None, ...] | None, now: tuple[int | None, ...]
+) -> frozenset[int]:
     """The sequences whose last value is not the baseline's (none where no value is)."""
     if before == now:
         return frozenset()
-    values = _array(now)
-    old = _array(before) if before is not None else ()
-    if len(old) != len(values):
-        old = (None,) * len(values)
-    return frozenset(s for s, v, b in zip(sequences, values, old, strict=True) if v != b)
+    old = before if before is not None and len(before) == len(now) else (None,) * len(now)
+    return frozenset(s for s, v, b in zip(sequences, now, old, strict=True) if v != b)
 
 
 def rebase(
@@ -524,13 +526,17 @@ def rebase(
     *,
     writes: bool = True,
     read: Iterable[int] | None = None,
+    states: Mapping[int, SequenceState | ReadFailure] | None = None,
 ) -> Baseline:
     """The baseline moved on past what this backend did since it was taken (a probe's
-    own reads, and with ``writes`` its inserts: not the next test's), its snapshot and
-    states kept (one round trip, none where there is nothing to move on past). ``read``:
-    the only sequences whose blocks it fetched (None: any); the others keep their
-    counts, and if they were fetched after all, the next look judges them again."""
+    own reads, and with ``writes`` its inserts: not the next test's), its snapshot kept
+    (one round trip, none where there is nothing to move on past). ``read``: the only
+    sequences whose blocks it fetched (None: any); the others keep their counts, and if
+    they were fetched after all, the next look judges them again. ``states``: those a
+    check read since, and judged its columns with (nothing moved them after): they are
+    the baseline's from now on, and no longer stale."""
     texts = _texts(relations, sequences, session._server_version() >= 150000)
+    base = _settled(base, texts, states or {})
     some = texts.sequences if read is None else sorted(set(read) & texts.positions.keys())
     statements: list[tuple[str, Seq[Any]]] = []
     if some:
@@ -557,6 +563,22 @@ def rebase(
         ((written, catalog),) = answers[-1]  # type: ignore[misc]
         base = replace(base, writes=_counts(written), catalog_writes=int(catalog))
     return base
+
+
+def _settled(
+    base: Baseline, texts: _Texts, states: Mapping[int, SequenceState | ReadFailure]
+) -> Baseline:
+    known = {
+        oid: (state.last_value if state.is_called else None)
+        for oid, state in states.items()
+        if isinstance(state, SequenceState) and oid in texts.positions
+    }
+    if not known or base.states is None:
+        return base
+    values = list(base.states)
+    for oid, value in known.items():
+        values[texts.positions[oid]] = value
+    return replace(base, states=tuple(values), stale=base.stale - known.keys())
 
 
 # every table with the tables under it (partitions, inheritance children): a write to
