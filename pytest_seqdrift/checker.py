@@ -21,7 +21,7 @@ from typing import Any
 
 from pytest_seqdrift import drift
 from pytest_seqdrift.db.adapters import in_thread, open_session
-from pytest_seqdrift.db.session import Session
+from pytest_seqdrift.db.session import Session, Then
 from pytest_seqdrift.errors import ReadFailure
 from pytest_seqdrift.model import (
     Bounds,
@@ -149,12 +149,18 @@ def discover_and_run(
 
 
 def rerun(
-    conn: Any, options: CheckOptions, discovered: Discovered, columns: Iterable[Column]
+    conn: Any,
+    options: CheckOptions,
+    discovered: Discovered,
+    columns: Iterable[Column],
+    *,
+    then: Then | None = None,
 ) -> tuple[Report, dict[int, SequenceState | ReadFailure]]:
     """The check of only ``columns`` (some of ``discovered``'s, whose discovery is taken
     as it stands: the catalog has not changed since). Their verdicts, findings and
     skips, nothing of any other column; and the state of each sequence it judged them
-    with, by OID."""
+    with, by OID. ``then``: reads to run as the check ends (``Session.read_only``); its
+    savepoint travels with its first read."""
     report = Report()
     _, sequences = discovered
     with (
@@ -162,6 +168,8 @@ def rerun(
         session.read_only(
             lock_timeout_ms=options.lock_timeout_ms,
             statement_timeout_ms=options.statement_timeout_ms,
+            lazy=True,
+            then=then,
         ) as snapshot,
     ):
         states = _judge_columns(session, list(columns), sequences, options, report, snapshot, 1)

@@ -11,6 +11,7 @@ from support.cli import dsn
 
 from pytest_seqdrift import CannotCheck, check
 from pytest_seqdrift.db.drivers import PsycopgSession
+from pytest_seqdrift.db.session import Then
 from pytest_seqdrift.errors import ReadFailure
 from pytest_seqdrift.model import Report
 
@@ -39,6 +40,74 @@ def test_runs_read_only_in_its_own_transaction(db: psycopg.Connection[Any]) -> N
         assert session.run("SHOW transaction_isolation") == [("repeatable read",)]
         assert session.run("SHOW lock_timeout") == [("500ms",)]
     assert db.execute("SHOW lock_timeout").fetchone() == ("0",)
+
+
+def test_a_lazy_savepoint_goes_with_the_first_statement_and_reads_with_the_end(
+    db: psycopg.Connection[Any],
+) -> None:
+    """Inside the caller's transaction, ``read_only(lazy=True)`` opens its savepoint and
+    settings in the round trip of the block's first statement, and ``then`` reads in
+    the round trip that ends the block -- inside the savepoint, before its rollback."""
+    db.autocommit = False
+    db.execute("SET LOCAL lock_timeout = '7s'")
+    session = PsycopgSession(db)
+    then = Then([("SELECT current_setting('lock_timeout')", ())])
+    before = session.round_trips
+    with session.read_only(lock_timeout_ms=500, lazy=True, then=then):
+        assert session.round_trips == before  # nothing sent yet
+        assert session.run("SHOW lock_timeout") == [("500ms",)]
+        assert session.batch([("SELECT 2", ())]) == [[(2,)]]
+    assert session.round_trips - before == 3  # the first statement, the batch, the end
+    assert then.rows == [[("500ms",)]]
+    assert db.info.transaction_status == TransactionStatus.INTRANS
+    assert db.execute("SHOW lock_timeout").fetchone() == ("7s",)
+    with pytest.raises(psycopg.errors.InvalidSavepointSpecification):
+        db.execute("RELEASE SAVEPOINT seqdrift_check")  # rolled back and released
+    db.rollback()
+
+
+def test_a_lazy_block_that_sends_nothing_opens_nothing(db: psycopg.Connection[Any]) -> None:
+    db.autocommit = False
+    db.execute("SELECT 1")
+    session = PsycopgSession(db)
+    then = Then([("SELECT 3", ())])
+    before = session.statements
+    with session.read_only(lock_timeout_ms=500, lazy=True, then=then):
+        pass
+    assert then.rows == [[(3,)]]
+    # the reads alone, in a savepoint of the batch's own: SAVEPOINT, the read,
+    # ROLLBACK TO, RELEASE -- no savepoint of the block, no settings
+    assert session.statements - before == 4
+    empty = Then([])
+    with session.read_only(lock_timeout_ms=500, lazy=True, then=empty):
+        pass
+    assert session.statements - before == 4
+    assert db.info.transaction_status == TransactionStatus.INTRANS
+    db.rollback()
+
+
+def test_reads_with_the_end_that_fail_lose_nothing(db: psycopg.Connection[Any]) -> None:
+    """A ``then`` read that fails answers None; the savepoint is still undone, the
+    caller's transaction usable and its settings its own. A block that raises runs no
+    ``then``."""
+    db.autocommit = False
+    db.execute("SET LOCAL lock_timeout = '7s'")
+    session = PsycopgSession(db)
+    failing = Then([("SELECT 1 / 0", ())])
+    with session.read_only(lock_timeout_ms=500, lazy=True, then=failing):
+        session.run("SELECT 1")
+    assert failing.rows is None
+    assert db.execute("SHOW lock_timeout").fetchone() == ("7s",)
+    unread = Then([("SELECT 4", ())])
+    with (
+        pytest.raises(CannotCheck, match="division by zero"),
+        session.read_only(lock_timeout_ms=500, lazy=True, then=unread),
+    ):
+        session.run("SELECT 1 / 0")
+    assert unread.rows is None
+    assert db.info.transaction_status == TransactionStatus.INTRANS
+    assert db.execute("SHOW lock_timeout").fetchone() == ("7s",)
+    db.rollback()
 
 
 def test_users_transaction_is_untouched_and_its_rows_are_seen(db: psycopg.Connection[Any]) -> None:

@@ -114,6 +114,9 @@ class Session(ABC):
         # inside read_only() in a transaction of its own (not the caller's), which its
         # end rolls back
         self.own_transaction = False
+        # a savepoint and its settings (``read_only(lazy=True)``) not sent yet: they go
+        # ahead of the next statement, in its round trip
+        self._ahead: list[Statement] = []
 
     # -- the driver's primitives ---------------------------------------------------------
 
@@ -153,6 +156,10 @@ class Session(ABC):
 
     def run(self, query: Query, params: Params = None) -> Rows:
         _names_without_parameters(query, params)
+        if self._ahead:
+            if not isinstance(params, Mapping):
+                return self._send([(query, params or ())])[-1]
+            self._send([])
         self.statements += 1
         self.round_trips += 1
         return self._execute(query, params)
@@ -165,9 +172,19 @@ class Session(ABC):
         running it on a small database, and a catalog's column types never change, so
         the plan never goes stale ("cached plan must not change result type" comes from
         user tables, which every other statement names and none is prepared for)."""
+        if self._ahead:
+            self._send([])
         self.statements += 1
         self.round_trips += 1
         return self._execute_dicts(query, params)
+
+    def _send(self, statements: Seq[Statement]) -> list[Rows]:
+        """``_send_batch``, what waits to go ahead (``_ahead``) first, in the same round
+        trip; the rows of ``statements`` only. What goes ahead is a savepoint and
+        settings in a transaction known not to have failed: nothing in it fails but on a
+        lost connection, so a failure of the round trip is one of ``statements``'."""
+        ahead, self._ahead = self._ahead, []
+        return self._send_batch([*ahead, *statements])[len(ahead) :]
 
     @property
     def may_prepare(self) -> bool:
@@ -193,13 +210,24 @@ class Session(ABC):
 
     @contextmanager
     def read_only(
-        self, *, lock_timeout_ms: int, statement_timeout_ms: int | None = None, share: bool = False
+        self,
+        *,
+        lock_timeout_ms: int,
+        statement_timeout_ms: int | None = None,
+        share: bool = False,
+        lazy: bool = False,
+        then: Then | None = None,
     ) -> Iterator[str | None]:
         """Read inside a transaction or savepoint that is rolled back, with timeouts.
 
         ``share``: in a transaction of its own, export its snapshot and yield its id, so
         that ``sibling`` sessions read the very same rows (None where the connection is
-        inside the caller's transaction, or the server refuses to export)."""
+        inside the caller's transaction, or the server refuses to export).
+
+        ``lazy``: inside the caller's transaction, the savepoint and its settings travel
+        with the block's first statement (a round trip less); none at all where the block
+        sends nothing. ``then``: statements that only read, run as the block ends, in the
+        round trip that ends it (``Then``)."""
         own = self._usable("checking sequences")
         version = self._server_version()
         if version < MIN_SERVER_VERSION:
@@ -208,6 +236,7 @@ class Session(ABC):
             )
         autocommit = self._get_autocommit()
         opened = own  # a savepoint is undone only once it exists
+        done = False  # the block ended without raising: ``then`` is run
         try:
             # the transaction and its settings travel together: one round trip
             opening: list[Statement] = []
@@ -227,19 +256,27 @@ class Session(ABC):
                         raise
                     self.run("ROLLBACK")  # then as without share
                     self._send_batch(opening)
+            elif lazy and not own:
+                self._ahead = opening
             else:
                 self._send_batch(opening)
             opened = True
             self.own_transaction = own
             yield snapshot
+            done = True
         except self.Error as exc:
             if sqlstate(exc) == IN_FAILED_TRANSACTION and not opened:
                 raise CannotCheck(_in_failed_transaction("checking sequences")) from None
             raise CannotCheck(error_line(exc)) from exc
         finally:
             self.own_transaction = False
-            if opened:
-                self._undo(own, autocommit, "seqdrift_check")
+            unsent, self._ahead = bool(self._ahead), []
+            then = then if done else None
+            if opened and unsent:  # nothing was sent: no savepoint to undo
+                if then is not None:
+                    then.rows = _rows(self.batch(then.statements, release_locks=True))
+            elif opened:
+                self._undo(own, autocommit, "seqdrift_check", then)
 
     def sibling(
         self, snapshot: str, *, lock_timeout_ms: int, statement_timeout_ms: int | None = None
@@ -326,17 +363,43 @@ class Session(ABC):
             self.run("ROLLBACK TO SAVEPOINT seqdrift_probe")
             self.run(*timeout)
 
-    def _undo(self, own: bool, autocommit: bool, savepoint: str) -> None:
+    def _undo(self, own: bool, autocommit: bool, savepoint: str, then: Then | None = None) -> None:
         if self.closed or self.broken:
             return
         try:
-            if own:
+            if then is not None and then.statements:
+                then.rows = self._read_then_undo(own, savepoint, then.statements)
+            elif own:
                 self.run("ROLLBACK")
             else:
                 self._end_savepoint(savepoint, rollback=True)
         finally:
             if own and not self.closed and self._status() == _IDLE:
                 self._set_autocommit(autocommit)
+
+    def _read_then_undo(
+        self, own: bool, savepoint: str, reads: Seq[Statement]
+    ) -> list[Rows] | None:
+        """``reads``, then the rollback of the transaction or savepoint, in one round
+        trip; their rows (None where one failed: the rollback is sent again alone)."""
+        ending: list[Statement] = (
+            [("ROLLBACK", ())]
+            if own
+            else [
+                (f"ROLLBACK TO SAVEPOINT {savepoint}", ()),
+                (f"RELEASE SAVEPOINT {savepoint}", ()),
+            ]
+        )
+        try:
+            return self._send([*reads, *ending])[: len(reads)]
+        except self.Error:
+            if self.broken:
+                raise
+        if own:
+            self.run("ROLLBACK")
+        else:
+            self._end_savepoint(savepoint, rollback=True)
+        return None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -388,7 +451,7 @@ class Session(ABC):
         if release_locks:
             closing.insert(0, ("ROLLBACK TO SAVEPOINT seqdrift_batch", ()))
         try:
-            answers = self._send_batch([("SAVEPOINT seqdrift_batch", ()), *statements, *closing])
+            answers = self._send([("SAVEPOINT seqdrift_batch", ()), *statements, *closing])
         except self.Error as exc:
             if self.broken:
                 raise
@@ -428,11 +491,25 @@ class Session(ABC):
         """Release the savepoint (one of ours, named without quotes), rolled back to
         first with ``rollback``: one round trip."""
         if rollback:
-            self._send_batch(
-                [(f"ROLLBACK TO SAVEPOINT {name}", ()), (f"RELEASE SAVEPOINT {name}", ())]
-            )
+            self._send([(f"ROLLBACK TO SAVEPOINT {name}", ()), (f"RELEASE SAVEPOINT {name}", ())])
         else:
             self.run(f"RELEASE SAVEPOINT {name}")
+
+
+@dataclass
+class Then:
+    """Statements that only read, run as a ``read_only`` block ends, with the round trip
+    that ends it; their rows once it has (None: one failed, or the block raised)."""
+
+    statements: Seq[Statement]
+    rows: list[Rows] | None = None
+
+
+def _rows(answers: Seq[Rows | ReadFailure]) -> list[Rows] | None:
+    """A batch's rows, None where one statement failed."""
+    if any(isinstance(a, ReadFailure) for a in answers):
+        return None
+    return [a for a in answers if not isinstance(a, ReadFailure)]
 
 
 @dataclass(frozen=True)

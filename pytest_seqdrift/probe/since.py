@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from pytest_seqdrift import checker
-from pytest_seqdrift.db.session import Session, error_line
+from pytest_seqdrift.db.session import Session, Then, error_line
 from pytest_seqdrift.errors import CannotCheck
 from pytest_seqdrift.model import Column, Report
 from pytest_seqdrift.options import CheckOptions
@@ -91,13 +91,21 @@ def probe_since(
     result = mark.result
     if again:
         chosen = [columns[i] for i in again]
-        sub, states = checker.rerun(session, options, mark.discovered, chosen)
-        judged = probe_checked(session, sub, mode, limit, options, followed.paths)
-        result = _combined(mark, judged, {_key(c) for c in chosen})
+        read = {c.sequence_oid for c in chosen}
         # what the check read (and the probe inserted) since the look is not the next
         # test's doing: a sequence read would look touched, a table probed written.
         # The check reads the sequences of its columns, and its states are those its
-        # answers stand on; an insert may move any sequence.
+        # answers stand on; an insert may move any sequence. Where the probe after the
+        # check sends nothing, what the check's end read of those counts stands.
+        then = Then(
+            changes.rebase_reads(
+                session, followed.relations, followed.sequences, writes=False, read=read
+            )
+        )
+        sub, states = checker.rerun(session, options, mark.discovered, chosen, then=then)
+        sent = session.statements
+        judged = probe_checked(session, sub, mode, limit, options, followed.paths)
+        result = _combined(mark, judged, {_key(c) for c in chosen})
         inserted = bool(judged.restored or any(p.drawn for p in judged.probed))
         base = changes.rebase(
             session,
@@ -105,8 +113,9 @@ def probe_since(
             followed.sequences,
             seen.baseline,
             writes=inserted,
-            read=None if inserted else {c.sequence_oid for c in chosen},
+            read=None if inserted else read,
             states=None if inserted else states,
+            answered=then.rows if not inserted and session.statements == sent else None,
         )
         seen = replace(seen, baseline=base)
     following = replace(mark, result=result, seen=seen, dirty=frozenset(written))

@@ -527,6 +527,7 @@ def rebase(
     writes: bool = True,
     read: Iterable[int] | None = None,
     states: Mapping[int, SequenceState | ReadFailure] | None = None,
+    answered: Seq[Rows] | None = None,
 ) -> Baseline:
     """The baseline moved on past what this backend did since it was taken (a probe's
     own reads, and with ``writes`` its inserts: not the next test's), its snapshot kept
@@ -534,18 +535,17 @@ def rebase(
     sequences whose blocks it fetched (None: any); the others keep their counts, and if
     they were fetched after all, the next look judges them again. ``states``: those a
     check read since, and judged its columns with (nothing moved them after): they are
-    the baseline's from now on, and no longer stale."""
+    the baseline's from now on, and no longer stale. ``answered``: the rows of
+    ``rebase_reads`` (the same arguments), read already after the last of what is moved
+    on past (then no round trip)."""
     texts = _texts(relations, sequences, session._server_version() >= 150000)
     base = _settled(base, texts, states or {})
-    some = texts.sequences if read is None else sorted(set(read) & texts.positions.keys())
-    statements: list[tuple[str, Seq[Any]]] = []
-    if some:
-        statements.append((FETCHED, [int_array(some)]))
-    if writes:
-        statements.append((WRITES, [relations, list(CATALOGS)]))
+    some, statements = _rebase_reads(texts, relations, writes, read)
     if not statements:
         return base
-    answers = session.batch(statements, replay=False)
+    answers: Seq[Rows | ReadFailure] = (
+        answered if answered is not None else session.batch(statements, replay=False)
+    )
     failure = _failed(answers)
     if failure is not None:
         raise CannotCheck(failure.message)
@@ -563,6 +563,28 @@ def rebase(
         ((written, catalog),) = answers[-1]  # type: ignore[misc]
         base = replace(base, writes=_counts(written), catalog_writes=int(catalog))
     return base
+
+
+def rebase_reads(
+    session: Session, relations: str, sequences: str, *, writes: bool, read: Iterable[int] | None
+) -> list[tuple[str, Seq[Any]]]:
+    """What ``rebase`` reads (they only read: they may run with another read's round
+    trip, their rows given to ``rebase`` as ``answered``)."""
+    texts = _texts(relations, sequences, session._server_version() >= 150000)
+    return _rebase_reads(texts, relations, writes, read)[1]
+
+
+def _rebase_reads(
+    texts: _Texts, relations: str, writes: bool, read: Iterable[int] | None
+) -> tuple[list[int], list[tuple[str, Seq[Any]]]]:
+    """The sequences whose fetch counts are read again, and the statements."""
+    some = list(texts.sequences) if read is None else sorted(set(read) & texts.positions.keys())
+    statements: list[tuple[str, Seq[Any]]] = []
+    if some:
+        statements.append((FETCHED, [int_array(some)]))
+    if writes:
+        statements.append((WRITES, [relations, list(CATALOGS)]))
+    return some, statements
 
 
 def _settled(
