@@ -10,12 +10,13 @@ alternately, it times:
     paid before;
 (b) the probe from the mark (``probe_since``), the mark carried from round to round.
 
-and prints each median, the ratio (a)/(b), how many columns (b) judged again, and the
-target of issue 17: (b) at most 3 ms at 1,000 tables. ``--real`` makes the schema look
-like an application's: a foreign key from each table to the one before, three more
-indexes per table, a BEFORE UPDATE trigger on every table and an AFTER INSERT audit
-trigger on every 20th. ``--load 2`` keeps both cores of this machine busy with spinning
-processes of its own while it measures (they end with the script, however it ends).
+and prints each median, the ratio (a)/(b), how many columns (b) judged again and in
+how many round trips (medians), and the target of issue 17: (b) at most 3 ms at 1,000
+tables. ``--real`` makes the schema look like an application's: a foreign key from
+each table to the one before, three more indexes per table, a BEFORE UPDATE trigger
+on every table and an AFTER INSERT audit trigger on every 20th. ``--load 2`` keeps both
+cores of this machine busy with spinning processes of its own while it measures (they
+end with the script, however it ends).
 
     python benchmarks/bench_scope.py                       # 100 and 1000 tables
     python benchmarks/bench_scope.py --tables 1000 --real --load 2
@@ -107,6 +108,7 @@ def measure(dsn: str, tables: int, rounds: int, block: int = 5) -> dict[str, Any
     options = CheckOptions()
     times: dict[str, list[float]] = {"full": [], "since": []}
     judged: list[int] = []
+    trips: list[int] = []  # round trips of each probe from the mark
     fulls: list[str] = []
     with psycopg.connect(dsn) as conn:
         mark: Mark | None = None
@@ -118,6 +120,7 @@ def measure(dsn: str, tables: int, rounds: int, block: int = 5) -> dict[str, Any
                     conn.execute("SELECT 1")
                     one_test(conn, k, tables)
                     with open_session(conn) as session:
+                        sent = session.round_trips
                         start = time.perf_counter()
                         if way == "full":
                             found = probe(conn).report.findings
@@ -125,6 +128,7 @@ def measure(dsn: str, tables: int, rounds: int, block: int = 5) -> dict[str, Any
                             done = probe_since(session, "insert", 10_000, options, mark)
                             mark, found = done.mark, done.result.report.findings
                         took = (time.perf_counter() - start) * 1000
+                        sent = session.round_trips - sent
                     assert not found, found
                     conn.rollback()
                     if n == 0 or k <= 2 * block:  # each block's first; the first two blocks
@@ -132,12 +136,14 @@ def measure(dsn: str, tables: int, rounds: int, block: int = 5) -> dict[str, Any
                     times[way].append(took)
                     if way == "since":
                         judged.append(done.judged)
+                        trips.append(sent)
                         if done.full:
                             fulls.append(done.full)
     return {
         "full": statistics.median(times["full"]),
         "since": statistics.median(times["since"]),
         "judged": statistics.median(judged),
+        "trips": statistics.median(trips),
         "fulls": fulls,
     }
 
@@ -157,14 +163,17 @@ def main() -> None:
         shape = "real-looking" if args.real else "plain"
         print(f"# --seqdrift-scope=all per test: {shape} schema, {args.rows} rows a table")
         print(f"# load: {args.load} spinning processes of its own")
-        print(f"{'tables':>7} {'full probe':>11} {'from mark':>10} {'full/mark':>10} {'judged':>7}")
+        print(
+            f"{'tables':>7} {'full probe':>11} {'from mark':>10} {'full/mark':>10} {'judged':>7}"
+            f" {'trips':>6}"
+        )
         for n in args.tables:
             build(dsn, n, args.rows, args.real)
             with cpu_load(args.load):
                 got = measure(dsn, n, args.rounds)
             print(
                 f"{n:>7} {got['full']:>8.1f} ms {got['since']:>7.1f} ms "
-                f"{got['full'] / got['since']:>10.1f} {got['judged']:>7.0f}"
+                f"{got['full'] / got['since']:>10.1f} {got['judged']:>7.0f} {got['trips']:>6.0f}"
                 + (f"   full probes in (b): {got['fulls']}" if got["fulls"] else "")
             )
             if n == 1000:
