@@ -152,6 +152,23 @@ def test_a_test_that_writes_three_tables_is_judged_on_those_alone(app: Conn) -> 
         # a sequence that was not called, set again the same way: pg_sequence_last_value
         # reads NULL before and after
         (lambda c: c.execute("SELECT setval('fresh_id_seq', 4, false)"), "fresh"),
+        # the other ways of writing rows: each takes the lock a look finds written tables by
+        (
+            lambda c: c.execute("LOCK t4 IN ACCESS EXCLUSIVE MODE; INSERT INTO t4 VALUES (500)"),
+            "t4",
+        ),
+        (lambda c: _copy_in(c, "t9", 600), "t9"),
+        (lambda c: _merge_in(c, "t10", 800), "t10"),
+        (
+            lambda c: c.execute(
+                "INSERT INTO t11 VALUES (1) ON CONFLICT (id) DO UPDATE SET id = 950"
+            ),
+            "t11",
+        ),
+        (
+            lambda c: c.execute("SAVEPOINT s; INSERT INTO t0 VALUES (555); RELEASE SAVEPOINT s"),
+            "t0",
+        ),
         # through a trigger, in a table the test did not name
         (lambda c: c.execute("INSERT INTO orders (v) VALUES ('drift')"), "audit"),
         (lambda c: c.execute("INSERT INTO orders (v) VALUES ('reset')"), "t3"),
@@ -162,6 +179,11 @@ def test_a_test_that_writes_three_tables_is_judged_on_those_alone(app: Conn) -> 
         "insert-select",
         "setval",
         "setval-not-called",
+        "under-a-stronger-lock",
+        "copy",
+        "merge",
+        "on-conflict-update",
+        "savepoint-released",
         "trigger-row",
         "trigger-setval",
     ],
@@ -176,6 +198,36 @@ def test_drift_the_test_makes_is_caught_from_the_mark(
     assert done.full is None  # from the mark, not in full
     assert table in {f.column.table for f in done.result.report.findings}
     assert done.judged < TABLES  # not everything
+
+
+def _copy_in(conn: Conn, table: str, first_id: int) -> None:
+    with conn.cursor().copy(f"COPY {table} (id, v) FROM STDIN") as copy:
+        copy.write_row((first_id, "copied"))
+
+
+def _merge_in(conn: Conn, table: str, new_id: int) -> None:
+    if conn.info.server_version < 150000:
+        pytest.skip("MERGE came with PostgreSQL 15")
+    conn.execute(
+        f"MERGE INTO {table} AS t USING (VALUES ({new_id})) AS s (id) ON t.id = s.id"
+        " WHEN NOT MATCHED THEN INSERT (id, v) VALUES (s.id, 'merged')"
+    )
+
+
+def test_rows_written_and_rolled_back_to_a_savepoint_are_not_judged_again(app: Conn) -> None:
+    """Rows the test wrote in a savepoint it rolled back before the probe are gone, and
+    so is the lock their writes took: the table is as the last probe saw it (the write
+    still counts in PostgreSQL's statistics of the transaction)."""
+    suite = Suite(app)
+    suite.case(nothing)
+
+    def undone(conn: Conn) -> None:
+        conn.execute("SAVEPOINT s; INSERT INTO t4 (id, v) VALUES (500, 'gone')")
+        conn.execute("ROLLBACK TO SAVEPOINT s")
+
+    done = _unflushed(suite, undone)
+    assert done.full is None
+    assert done.judged == 0
 
 
 def test_the_last_tests_rows_are_judged_again_after_its_rollback(app: Conn) -> None:
