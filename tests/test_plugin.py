@@ -324,6 +324,43 @@ def seqdrift_connection(db):
 '''
 
 
+def test_scope_all_fails_a_later_test_that_adds_rows_past_the_reported_drift(
+    pytester: pytest.Pytester,
+) -> None:
+    """A column reported once is not reported again for its sequence's moves (a failing
+    insert moves it on), but rows a later test commits past every id reported on it are
+    that test's drift: run alone it fails, and so it does after the first one."""
+    pytester.makeconftest(SESSION_DATABASE)
+    pytester.makepyfile(
+        """
+        def test_a_resets_a_sequence(db):
+            db.execute("SELECT setval('t3_id_seq', 1)")  # outlives the rollback
+
+        def test_b_draws_from_it(db):
+            db.execute("SELECT nextval('t3_id_seq') FROM generate_series(1, 3)")
+
+        def test_c_copies_rows_with_their_ids(db):
+            db.execute("INSERT INTO t3 (id, v) VALUES (40, 'copied'), (41, 'copied')")
+            db.commit()
+
+        def test_d_draws_again(db):
+            db.execute("SELECT nextval('t3_id_seq')")
+        """
+    )
+    result = run(pytester, "--seqdrift", "--seqdrift-scope=all", "-v")
+    result.assert_outcomes(passed=2, failed=2)
+    failures = result.stdout.str().split("= FAILURES =")[1].split("= sequence drift")[0]
+    assert "test_a_resets_a_sequence" in failures
+    assert "test_c_copies_rows_with_their_ids" in failures
+    assert "(max id 41)" in failures.split("test_c_copies")[1]
+    result.stdout.fnmatch_lines(
+        [
+            "*public.t3.id: the same drift, reported at *::test_a_resets_a_sequence*",
+            "*public.t3.id: the same drift, reported at *::test_c_copies_rows_with_their_ids*",
+        ]
+    )
+
+
 def test_scope_all_judges_each_test_from_the_last_probe(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(SESSION_DATABASE)
     pytester.makepyfile(

@@ -79,6 +79,7 @@ class Reporter:
         for f in fresh:
             state.blamed[(database.name, *column_key(f.column))] = item.nodeid
             state.blamed[state.made_by(database, f)] = item.nodeid
+            state.reported(database.name, f)
         outcome.probed += [(database, f) for f in fresh]
         outcome.reset |= {column_key(f.column) for f in fresh} & reset
         if fresh:

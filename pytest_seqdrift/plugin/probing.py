@@ -260,7 +260,9 @@ class Prober:
         under ``--seqdrift-scope=all`` on the same column, whatever the sequence's state
         now (a failing insert moves it); for a migration test the same finding made by
         the same step (pytest-alembic's tests each run the same upgrade); drift no
-        step made is a migration test's own, every time."""
+        step made is a migration test's own, every time. Under ``--seqdrift-scope=all``
+        rows past every id reported on the column are new drift, the test's own: a
+        failing insert moves the sequence, never the rows."""
         fresh = []
         for f in report.findings:
             why = self._stale(database, f, scope_only)
@@ -274,7 +276,11 @@ class Prober:
         """Why ``_fresh`` leaves a finding out, or None when the test is failed for it."""
         state = self.state
         column = (database.name, *column_key(f.column))
-        if finding_key(f) in state.born_keys or scope_only and column in state.born_columns:
+        if finding_key(f) in state.born_keys:
+            return "the drift its set-up left, reported once"
+        if scope_only and state.past_reported(database.name, f):
+            return None  # rows past every id reported on the column: this test's drift
+        if scope_only and column in state.born_columns:
             return "the drift its set-up left, reported once"
         made_by = state.made_by(database, f)
         # a migration test's drift with no step to blame is its own, every time

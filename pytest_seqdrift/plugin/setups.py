@@ -123,6 +123,7 @@ class SetupChecks:
         for f in fresh:  # a test that runs the same migration again makes the same drift
             if (made_by := state.made_by(database, f))[-1] is not None:
                 state.blamed.setdefault(made_by, here)
+            state.reported(database.name, f)
         if state.claims is None:
             return fresh
         mine = []

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from pytest_seqdrift import drift
 from pytest_seqdrift.db.session import DatabaseId
 from pytest_seqdrift.errors import CannotCheck
 from pytest_seqdrift.model import Finding
@@ -94,6 +95,10 @@ class State:
     born_columns: set[tuple[str, ...]] = field(default_factory=set)
     # what a probe reported -> at which test
     blamed: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    # (database name, column) -> the furthest existing id a collision reported on it
+    # had, in the order its sequence walks (a set-up's or a test's): rows past it are new
+    # drift, which a later test is failed for
+    furthest: dict[tuple[str, ...], int] = field(default_factory=dict)
     # test -> columns its reset drifted
     reset_made: dict[str, set[ColumnKey]] = field(default_factory=dict)
     # databases a fixture migrated (an `engine` fixture running `alembic upgrade`):
@@ -116,6 +121,22 @@ class State:
             if (d.server_started, d.port, d.name) == (database.server_started, database.port, name)
         ]
         return found[-1] if found else None
+
+    def reported(self, database_name: str, finding: Finding) -> None:
+        """Keep how far the rows of a reported collision went (``furthest``)."""
+        if finding.kind != "collision" or finding.max_existing is None:
+            return
+        column = (database_name, *column_key(finding.column))
+        further = drift.forward(finding.sequence, finding.max_existing)
+        self.furthest[column] = max(further, self.furthest.get(column, further))
+
+    def past_reported(self, database_name: str, finding: Finding) -> bool:
+        """Whether a collision has rows past every one reported on its column."""
+        column = (database_name, *column_key(finding.column))
+        if finding.kind != "collision" or finding.max_existing is None:
+            return False
+        known = self.furthest.get(column)
+        return known is not None and drift.forward(finding.sequence, finding.max_existing) > known
 
     def made_by(self, database: DatabaseId, f: Finding) -> tuple[Any, ...]:
         """The drift of one column of one database as one step made it (the step's
