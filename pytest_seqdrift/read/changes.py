@@ -336,18 +336,16 @@ def _texts(relations: str, sequences: str, watched: bool) -> _Texts:
     )
 
 
-@functools.lru_cache(maxsize=8)
 def _array(text: str) -> tuple[int | None, ...]:
-    """An array of integers as the server writes it (``{1,NULL,3}``); the states and the
-    fetches of one look are read by the next two."""
+    """An array of integers as the server writes it (``{1,NULL,3}``): the states a look
+    read."""
     inner = text.strip("{}")
     return tuple(None if v == "NULL" else int(v) for v in inner.split(",")) if inner else ()
 
 
 def _ints(text: str) -> list[int]:
     """An array of integers without NULLs as the server writes it (``{1,2,3}``)."""
-    inner = text.strip("{}")
-    return [int(v) for v in inner.split(",")] if inner else []
+    return [int(v) for v in _texts_of(text)]
 
 
 def _texts_of(text: str) -> tuple[str, ...]:
